@@ -1,0 +1,26 @@
+"""gradflow: policy-gradient dynamics under imperfect rewards, in JAX."""
+
+from ._analysis import (
+    Stall as Stall,
+    StallCriteria as StallCriteria,
+    Stalls as Stalls,
+    find_stalls as find_stalls,
+    reward_variance as reward_variance,
+    time_to_reward as time_to_reward,
+    true_reward_rate as true_reward_rate,
+)
+from ._dynamics import (
+    AbstractMethod as AbstractMethod,
+    GradientAscent as GradientAscent,
+    GradientFlow as GradientFlow,
+    Regularization as Regularization,
+)
+from ._problem import (
+    AbstractPolicy as AbstractPolicy,
+    InexactFitWarning as InexactFitWarning,
+    LogLinear as LogLinear,
+    TabularSoftmax as TabularSoftmax,
+)
+from ._solve import SaveAt as SaveAt, Solution as Solution, Status as Status, solve as solve
+
+__version__ = "0.1.0"

@@ -1,0 +1,332 @@
+"""Time-to-reward, stalls and the closed-form rates of the tabular theory.
+
+The same small state machine (`Tracker`) finds target crossings and plateaus in three
+places: online inside a discrete run (one update per step), over the solver steps of a
+flow, and offline over a recorded trajectory in [`gradflow.find_stalls`][].
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+from ._problem import AbstractPolicy, as_reward, expected
+
+
+class Stall(eqx.Module):
+    """One plateau of the true reward: its `level` (the mean of the reward at its two ends),
+    `start` time and `duration`. All `nan` when there is none."""
+
+    level: Float[Array, ""]
+    start: Float[Array, ""]
+    duration: Float[Array, ""]
+
+
+class Stalls(eqx.Module):
+    """Plateaus of the true reward, in order of start, padded with `nan` to a fixed
+    length so the result can be vmapped; `count` is how many were found (it may exceed
+    the padded length)."""
+
+    level: Float[Array, " max_stalls"]
+    start: Float[Array, " max_stalls"]
+    duration: Float[Array, " max_stalls"]
+    count: Int[Array, ""]
+
+    def longest(self) -> Stall:
+        """The longest stall (`nan` fields when there is none)."""
+        d = jnp.where(jnp.isnan(self.duration), -jnp.inf, self.duration)
+        i = jnp.argmax(d)
+        return Stall(self.level[i], self.start[i], self.duration[i])
+
+
+class StallCriteria(eqx.Module):
+    """What counts as a stall: a maximal stretch of time in which the expected true
+    reward is below `target` and changes slower than `max_rate` (in absolute value),
+    lasting at least `min_duration`. Its `level` is the mean of the reward at the two
+    ends of the stretch.
+
+    Rates are per unit of the run's time: flow time for the flow (exact, from the rate
+    formula), updates for discrete methods (the change over one update).
+
+    **Arguments** (each `None` means the scale-aware default):
+
+    - `target`: the level a stall must be below; default: the run's largest tracked
+      target, else the maximal achievable true reward minus 2% of its range.
+    - `min_duration`: default `0.01 * horizon` (`t1` for the flow, `steps` for discrete
+      methods).
+    - `max_rate`: default `0.02 * range / min_duration`, where `range` is the spread
+      `max - min` of the achievable true reward: a stall is where the reward would need
+      longer than `min_duration` to move by 2% of its range.
+    """
+
+    target: float | None = None
+    max_rate: float | None = None
+    min_duration: float | None = None
+
+    def resolve(self, vmin, vmax, horizon, targets=None):
+        """`(target, max_rate, min_duration)` as arrays, defaults filled in."""
+        min_dur = 0.01 * horizon if self.min_duration is None else jnp.asarray(self.min_duration, float)
+        if self.target is not None:
+            target = jnp.asarray(self.target, float)
+        elif targets is not None and jnp.size(targets):
+            target = jnp.max(jnp.asarray(targets))
+        else:
+            target = vmax - 0.02 * (vmax - vmin)
+        max_rate = 0.02 * (vmax - vmin) / min_dur if self.max_rate is None else jnp.asarray(self.max_rate, float)
+        return target, max_rate, min_dur
+
+
+class Tracker(eqx.Module):
+    """Online state: first crossing of each target and the current plateau."""
+
+    hit: Float[Array, " targets"]
+    in_win: Bool[Array, ""]
+    win_start: Float[Array, ""]
+    win_end: Float[Array, ""]
+    win_v0: Float[Array, ""]
+    win_v1: Float[Array, ""]
+    best: Stall
+    count: Int[Array, ""]
+
+
+def tracker_init(n_targets: int, dtype=float) -> Tracker:
+    nan = jnp.asarray(jnp.nan, dtype)
+    z = jnp.asarray(0.0, dtype)
+    return Tracker(
+        hit=jnp.full((n_targets,), jnp.inf, dtype),
+        in_win=jnp.asarray(False), win_start=z, win_end=z, win_v0=z, win_v1=z,
+        best=Stall(nan, nan, nan), count=jnp.asarray(0),
+    )
+
+
+def hermite_crossing(t0, v0, d0, t1, v1, d1, level, iters: int = 40):
+    """Where the cubic Hermite interpolant of `(t0, v0, d0)`, `(t1, v1, d1)` first
+    reaches `level`, given `v0 < level <= v1` (bisection on the cubic, which is accurate
+    to O(h^4) on a smooth curve)."""
+    h = t1 - t0
+
+    def cubic(s):
+        s2, s3 = s * s, s * s * s
+        return (
+            (2 * s3 - 3 * s2 + 1) * v0 + (s3 - 2 * s2 + s) * h * d0
+            + (-2 * s3 + 3 * s2) * v1 + (s3 - s2) * h * d1
+        )
+
+    def body(_, lohi):
+        lo, hi = lohi
+        mid = 0.5 * (lo + hi)
+        up = cubic(mid) >= level
+        return jnp.where(up, lo, mid), jnp.where(up, mid, hi)
+
+    z = jnp.zeros(jnp.broadcast_shapes(jnp.shape(h), jnp.shape(level)), jnp.result_type(h))
+    lo, hi = jax.lax.fori_loop(0, iters, body, (z, z + 1))
+    return t0 + hi * h
+
+
+def _close(trk: Tracker, min_dur) -> tuple[Tracker, Stall, Bool[Array, ""]]:
+    """The plateau in progress as a `Stall`, whether it qualifies, and the state with
+    it counted (the caller decides whether to keep that state)."""
+    dur = trk.win_end - trk.win_start
+    ok = trk.in_win & (dur >= min_dur)
+    stall = Stall(0.5 * (trk.win_v0 + trk.win_v1), trk.win_start, dur)
+    longer = ok & ~(dur <= trk.best.duration)  # best.duration may be nan
+    best = jax.tree.map(lambda new, old: jnp.where(longer, new, old), stall, trk.best)
+    return eqx.tree_at(lambda t: (t.best, t.count), trk, (best, trk.count + ok)), stall, ok
+
+
+def tracker_update(
+    trk: Tracker, t, value, rate, alive, targets, stall_target, max_rate, min_dur
+) -> tuple[Tracker, Stall, Bool[Array, ""]]:
+    """Feed one point `(t, value, rate)` of the true-reward curve.
+
+    Returns the new state, and the plateau that ended at this point with a flag saying
+    whether it was a stall. Points with `alive=False` are ignored.
+    """
+    reached = value >= jnp.asarray(targets, value.dtype)
+    hit = jnp.where(alive & reached & jnp.isinf(trk.hit), t, trk.hit)
+    flat = (value < stall_target) & (jnp.abs(rate) <= max_rate)
+    closed, stall, ok = _close(trk, min_dur)
+    ending = trk.in_win & ~flat & alive
+    new = jax.tree.map(lambda a, b: jnp.where(ending, a, b), closed, trk)
+    new = Tracker(
+        hit=hit,
+        in_win=flat,
+        win_start=jnp.where(trk.in_win, trk.win_start, t),
+        win_end=t,
+        win_v0=jnp.where(trk.in_win, trk.win_v0, value),
+        win_v1=value,
+        best=new.best,
+        count=new.count,
+    )
+    new = jax.tree.map(lambda a, b: jnp.where(alive, a, b), new, trk)
+    return new, stall, ok & ending
+
+
+def tracker_finish(trk: Tracker, min_dur) -> tuple[Tracker, Stall, Bool[Array, ""]]:
+    """Close the plateau still open at the end of the run."""
+    return _close(trk, min_dur)
+
+
+def crossings(ts, values, rates, valid, targets, *, hermite: bool) -> Float[Array, " targets"]:
+    """First crossing of each target by a recorded curve (`+inf` if none).
+
+    With `hermite`, the crossing is located between the first point at or above the
+    target and the point before it, on the cubic Hermite interpolant of values and rates.
+    """
+    targets = jnp.asarray(targets, values.dtype)
+    above = valid[None, :] & (values[None, :] >= targets[:, None])
+    i = jnp.argmax(above, axis=1)
+    found = jnp.any(above, axis=1)
+    t = ts[i]
+    if hermite:
+        j = jnp.maximum(i - 1, 0)
+        refined = hermite_crossing(ts[j], values[j], rates[j], ts[i], values[i], rates[i], targets)
+        t = jnp.where(i > 0, refined, t)
+    return jnp.where(found, t, jnp.inf)
+
+
+def stalls_along(ts, values, rates, valid, stall_target, max_rate, min_dur, max_stalls: int) -> Stalls:
+    """All stalls of a recorded curve, found by the same state machine as online."""
+
+    def body(trk, x):
+        t, val, rate, ok = x
+        trk, stall, closed = tracker_update(
+            trk, t, val, rate, ok, jnp.zeros((0,), val.dtype), stall_target, max_rate, min_dur
+        )
+        return trk, (stall, closed)
+
+    trk, (stalls, closed) = jax.lax.scan(body, tracker_init(0, values.dtype), (ts, values, rates, valid))
+    trk, last, last_ok = tracker_finish(trk, min_dur)
+    stalls = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), stalls, last)
+    closed = jnp.concatenate([closed, last_ok[None]])
+    (idx,) = jnp.nonzero(closed, size=max_stalls, fill_value=closed.shape[0])
+
+    def pad(a):
+        return jnp.concatenate([a, jnp.full((1,), jnp.nan, a.dtype)])[idx]
+
+    return Stalls(pad(stalls.level), pad(stalls.start), pad(stalls.duration), trk.count)
+
+
+def difference_rates(ts, values):
+    """Backward differences `(v_i - v_{i-1}) / (t_i - t_{i-1})`; `inf` at the first point."""
+    d = jnp.diff(values) / jnp.diff(ts)
+    return jnp.concatenate([jnp.full((1,), jnp.inf, values.dtype), d])
+
+
+def _absolute_target(sol, target, normalized: bool):
+    target = jnp.asarray(target, sol.true_reward.dtype)
+    if normalized:
+        v0 = sol.initial_true_reward
+        return v0 + target * (sol.max_true_reward - v0)
+    return target
+
+
+def time_to_reward(sol, target, normalized: bool = False) -> Float[Array, ""]:
+    """First time the expected true reward reaches `target`.
+
+    For the flow the crossing is located between solver steps by cubic Hermite
+    interpolation with the exact rate `dV_G/dt`; for discrete methods it is the step
+    index `n` (the policy after `n` updates; 0 is the initial policy).
+
+    **Arguments:**
+
+    - `sol`: a [`gradflow.Solution`][] from [`gradflow.solve`][].
+    - `target`: the level `gamma` (absolute), or the fraction of the way from the initial
+      to the maximal achievable true reward when `normalized=True`.
+    - `normalized`: interpret `target` as a fraction in `[0, 1]`.
+
+    **Returns:** a float scalar: the time (flow) or step (discrete); `+inf` if the run
+    ended without reaching the target; `nan` if the run failed (diverged or hit
+    `max_steps`) before reaching it.
+    """
+    if normalized and isinstance(target, (int, float)) and not 0 <= target <= 1:
+        raise ValueError(f"`target` must be in [0, 1] when `normalized=True`; got {target}.")
+    tracked = (
+        isinstance(target, (int, float))
+        and float(target) in sol.targets
+        and normalized == sol.normalized_targets
+    )
+    if tracked:
+        t = sol.target_times[sol.targets.index(float(target))]
+    else:
+        level = _absolute_target(sol, target, normalized)
+        if sol.step_ts is not None:  # flow: per-step record, Hermite refinement
+            ts, vals, rates = sol.step_ts, sol.step_true_reward, sol.step_true_rate
+            hermite = True
+        elif sol.record_every == 1:
+            ts, vals = sol.steps.astype(sol.true_reward.dtype), sol.true_reward
+            rates, hermite = jnp.zeros_like(vals), False
+        else:
+            raise ValueError(
+                f"time_to_reward: target {target!r} was not tracked online and the run was "
+                f"recorded only every {sol.record_every} steps, so its step cannot be known "
+                "exactly. Pass `targets=(...)` to gf.solve, or record every step."
+            )
+        t = crossings(ts, vals, rates, jnp.isfinite(ts), level[None], hermite=hermite)[0]
+    return jnp.where(jnp.isinf(t) & (sol.status != 0), jnp.nan, t)
+
+
+def find_stalls(
+    sol,
+    target=None,
+    max_rate=None,
+    min_duration=None,
+    *,
+    max_stalls: int = 8,
+) -> Stalls:
+    """Plateaus of the expected true reward below a target (see
+    [`gradflow.StallCriteria`][] for the definition and the scale-aware defaults).
+
+    Works on the recorded trajectory: for the flow every solver step with the exact
+    rate; for discrete methods the recorded steps with finite-difference rates (so the
+    resolution is the recording stride). The longest stall is also tracked online
+    during the solve, as `sol.stall`.
+
+    **Arguments:**
+
+    - `sol`: a [`gradflow.Solution`][].
+    - `target`, `max_rate`, `min_duration`: as in [`gradflow.StallCriteria`][].
+    - `max_stalls`: the length the result is padded to.
+
+    **Returns:** a [`gradflow.Stalls`][].
+    """
+    crit = StallCriteria(target, max_rate, min_duration)
+    tracked = jnp.asarray(sol.targets) if sol.targets else None
+    if tracked is not None and sol.normalized_targets:
+        tracked = _absolute_target(sol, tracked, True)
+    stall_target, max_rate, min_dur = crit.resolve(
+        sol.min_true_reward, sol.max_true_reward, sol.horizon, tracked
+    )
+    if sol.step_ts is not None:
+        ts, vals, rates = sol.step_ts, sol.step_true_reward, sol.step_true_rate
+    else:
+        ts, vals = sol.steps.astype(sol.true_reward.dtype), sol.true_reward
+        rates = difference_rates(ts, vals)
+    valid = jnp.isfinite(ts) & jnp.isfinite(vals)
+    return stalls_along(ts, vals, rates, valid, stall_target, max_rate, min_dur, max_stalls)
+
+
+def reward_variance(policy: AbstractPolicy, reward) -> Float[Array, ""]:
+    """`sum_x w_x Var_{pi(.|x)}[r(x, .)]`: the reward variance under the policy, which
+    bounds the size of the policy gradient (low variance means a flat objective)."""
+    r = as_reward("reward", reward, policy)
+    p = policy.probs()
+    mean = jnp.sum(p * r, axis=-1, keepdims=True)
+    return jnp.sum(policy.weights * jnp.sum(p * (r - mean) ** 2, axis=-1))
+
+
+def true_reward_rate(policy: AbstractPolicy, reward, true_reward) -> Float[Array, ""]:
+    """`dV_G/dt = <grad V_G, grad J_P>` at the policy, for the exact flow trained on
+    `reward` (no regularisation). For a tabular policy at temperature 1 this is
+    `sum_x w_x^2 sum_y pi(y|x)^2 (r_P - V_P)(r_G - V_G)`."""
+    r = as_reward("reward", reward, policy)
+    g = as_reward("true_reward", true_reward, policy)
+
+    def value(params, rr):
+        return expected(policy.with_params(params).probs(), rr, policy.weights)
+
+    grad_p = jax.grad(value)(policy.params, r)
+    grad_g = jax.grad(value)(policy.params, g)
+    return sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(grad_g), jax.tree.leaves(grad_p)))

@@ -1,0 +1,345 @@
+"""One run of a policy-gradient method: `gradflow.solve`.
+
+Discrete methods are a `lax.scan` over updates (nested: segments of `every` updates
+between two records) with crossings and stalls tracked online, so a run stores only
+what it records. The flow is one `diffrax.diffeqsolve`, saving the user's grid plus a
+compact `(t, V_G, dV_G/dt)` record at every accepted solver step, from which crossings
+are located between steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import Array, Float, Int, PyTree
+
+from . import _validate as v
+from ._analysis import (
+    Stall,
+    StallCriteria,
+    crossings,
+    stalls_along,
+    tracker_finish,
+    tracker_init,
+    tracker_update,
+)
+from ._dynamics import AbstractMethod, Diagnostics, GradientAscent, GradientFlow, gradient
+from ._problem import AbstractPolicy, as_reward, expected, reward_range
+
+
+class Status:
+    """Codes of `Solution.status`."""
+
+    OK = 0
+    DIVERGED = 1
+    MAX_STEPS = 2
+    names = ("ok", "diverged", "max steps hit")
+
+    @classmethod
+    def name(cls, code) -> str:
+        return cls.names[int(code)]
+
+
+class SaveAt(eqx.Module):
+    """What to record along a run.
+
+    **Arguments:**
+
+    - `ts`: flow only: the times to record at (within `[0, t1]`, increasing).
+    - `n`: flow only: when `ts` is `None`, record at `n` evenly spaced times on `[0, t1]`.
+    - `every`: discrete only: record every `every` updates (steps `0, every, 2 every, ...`
+      and always the last step).
+    - `probs`: also record the output probabilities, shape `(saves, prompts, outputs)`.
+    """
+
+    ts: Float[Array, " times"] | None = None
+    n: int = eqx.field(default=1001, static=True)
+    every: int = eqx.field(default=1, static=True)
+    probs: bool = eqx.field(default=False, static=True)
+
+    def __check_init__(self):
+        v.positive_int("n", self.n)
+        v.positive_int("every", self.every)
+
+
+class Solution(eqx.Module):
+    """The result of [`gradflow.solve`][] for one run.
+
+    Recorded series (length `saves`): `ts` (flow time) or `steps` (update count),
+    `proxy_reward` and `true_reward` (expected rewards, prompt-weighted),
+    `reward_variance` (of the training reward), `grad_norm` (of the full objective),
+    `probs` (when asked, `(saves, prompts, outputs)`).
+
+    Summaries: `status` (see [`gradflow.Status`][]), `params` (final parameters),
+    `num_steps` (solver steps or updates taken), `targets` / `target_times` (crossings
+    tracked online), `stall` (longest stall, tracked online) and `num_stalls`.
+    """
+
+    ts: Float[Array, " saves"] | None
+    steps: Int[Array, " saves"] | None
+    proxy_reward: Float[Array, " saves"]
+    true_reward: Float[Array, " saves"]
+    reward_variance: Float[Array, " saves"]
+    grad_norm: Float[Array, " saves"]
+    probs: Float[Array, "saves prompts outputs"] | None
+    status: Int[Array, ""]
+    params: PyTree[Array]
+    num_steps: Int[Array, ""]
+    target_times: Float[Array, " targets"]
+    stall: Stall
+    num_stalls: Int[Array, ""]
+    initial_true_reward: Float[Array, ""]
+    min_true_reward: Float[Array, ""]
+    max_true_reward: Float[Array, ""]
+    horizon: Float[Array, ""]
+    step_ts: Float[Array, " max_steps"] | None
+    step_true_reward: Float[Array, " max_steps"] | None
+    step_true_rate: Float[Array, " max_steps"] | None
+    targets: tuple[float, ...] = eqx.field(static=True)
+    normalized_targets: bool = eqx.field(static=True)
+    record_every: int | None = eqx.field(static=True)
+
+    @property
+    def time(self) -> Float[Array, " saves"]:
+        """`ts` for the flow, `steps` (as floats) for discrete methods."""
+        return self.ts if self.ts is not None else self.steps.astype(self.true_reward.dtype)
+
+    @property
+    def final_true_reward(self) -> Float[Array, ""]:
+        """The expected true reward at the end of the run."""
+        return self.true_reward[..., -1]
+
+
+def _tree_where(pred, a, b):
+    return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
+
+
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _record(d: Diagnostics, probs: bool):
+    return d if probs else eqx.tree_at(lambda x: x.probs, d, None)
+
+
+def _solve_discrete(method: GradientAscent, policy, reward, true_reward, saveat, setup):
+    targets, stall_target, max_rate, min_dur = setup
+    reg = method.regularization
+    log_ref = reg.reference(policy)
+    opt = method.optimizer
+
+    def grad_at(params):
+        return gradient(params, policy, reward, true_reward, log_ref, reg)
+
+    def update(trk, i, d, prev, alive):
+        t = jnp.asarray(i, d.true_reward.dtype)
+        rate = d.true_reward - prev
+        trk, _, _ = tracker_update(trk, t, d.true_reward, rate, alive, targets, stall_target, max_rate, min_dur)
+        return trk
+
+    def step(carry, i):
+        params, opt_state, grad, d, trk, diverged = carry
+        neg = jax.tree.map(jnp.negative, grad)
+        updates, new_state = opt.update(neg, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        new_grad, new_d = grad_at(new_params)
+        bad = ~_all_finite((new_params, new_grad, new_d))
+        diverged = diverged | bad
+        keep = (params, opt_state, grad, d)
+        params, opt_state, grad, d = _tree_where(diverged, keep, (new_params, new_state, new_grad, new_d))
+        trk = update(trk, i, d, carry[3].true_reward, ~diverged)
+        return (params, opt_state, grad, d, trk, diverged)
+
+    params0 = policy.params
+    grad0, d0 = grad_at(params0)
+    trk0 = update(tracker_init(len(targets), d0.true_reward.dtype), 0, d0, jnp.inf, jnp.asarray(True))
+    carry = (params0, opt.init(params0), grad0, d0, trk0, ~_all_finite((grad0, d0)))
+
+    n, k = method.steps, saveat.every
+    segments, rest = divmod(n, k)
+
+    def segment(carry, start):
+        carry = jax.lax.fori_loop(start, start + k, lambda i, c: step(c, i + 1), carry)
+        return carry, _record(carry[3], saveat.probs)
+
+    carry, recs = jax.lax.scan(segment, carry, jnp.arange(segments) * k)
+    steps = list(np.arange(segments + 1) * k)
+    if rest:
+        carry = jax.lax.fori_loop(segments * k, n, lambda i, c: step(c, i + 1), carry)
+        recs = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), recs, _record(carry[3], saveat.probs))
+        steps.append(n)
+    recs = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), _record(d0, saveat.probs), recs)
+    params, _, _, _, trk, diverged = carry
+    trk, _, _ = tracker_finish(trk, min_dur)
+    status = jnp.where(diverged, Status.DIVERGED, Status.OK)
+    return recs, jnp.asarray(steps), None, status, params, jnp.asarray(n), trk.hit, trk.best, trk.count, None
+
+
+def _solve_flow(method: GradientFlow, policy, reward, true_reward, t1, saveat, setup):
+    targets, stall_target, max_rate, min_dur = setup
+    reg = method.regularization
+    log_ref = reg.reference(policy)
+
+    def vector_field(t, params, args):
+        return gradient(params, policy, reward, true_reward, log_ref, reg)[0]
+
+    def save_diag(t, params, args):
+        return _record(gradient(params, policy, reward, true_reward, log_ref, reg)[1], saveat.probs)
+
+    def value_true(params):
+        return expected(policy.with_params(params).probs(), true_reward, policy.weights)
+
+    def save_step(t, params, args):
+        flow = vector_field(t, params, args)
+        value, rate = jax.jvp(value_true, (params,), (flow,))
+        return value, rate
+
+    if saveat.ts is None:
+        ts = jnp.linspace(0.0, t1, saveat.n)
+    else:
+        ts = v.as_float_array("saveat.ts", saveat.ts, ndim=(1,))
+        ts = v.check(ts, lambda a: (a < 0) | (a > t1), "`saveat.ts` must lie within [0, t1].")
+        ts = v.check(ts, lambda a: jnp.diff(a) <= 0, "`saveat.ts` must be strictly increasing.")
+    subs = [
+        diffrax.SubSaveAt(ts=ts, fn=save_diag),
+        diffrax.SubSaveAt(t0=True, steps=True, fn=save_step),
+        diffrax.SubSaveAt(t1=True),
+    ]
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(vector_field),
+        method.solver,
+        t0=0.0,
+        t1=t1,
+        dt0=method.dt0,
+        y0=policy.params,
+        saveat=diffrax.SaveAt(subs=subs),
+        stepsize_controller=method.controller(),
+        max_steps=method.max_steps,
+        throw=False,
+    )
+    recs, (step_v, step_d), final = sol.ys
+    step_ts = sol.ts[1]
+    status = jnp.where(
+        sol.result == diffrax.RESULTS.successful,
+        Status.OK,
+        jnp.where(sol.result == diffrax.RESULTS.max_steps_reached, Status.MAX_STEPS, Status.DIVERGED),
+    )
+    valid = jnp.isfinite(step_ts) & jnp.isfinite(step_v) & jnp.isfinite(step_d)
+    hit = crossings(step_ts, step_v, step_d, valid, targets, hermite=True)
+    stalls = stalls_along(step_ts, step_v, step_d, valid, stall_target, max_rate, min_dur, 1)
+    best = stalls.longest()
+    final = jax.tree.map(lambda a: a[-1], final)
+    steps_taken = sol.stats["num_accepted_steps"]
+    return recs, None, ts, status, final, steps_taken, hit, best, stalls.count, (step_ts, step_v, step_d)
+
+
+def solve(
+    policy: AbstractPolicy,
+    *,
+    reward,
+    true_reward=None,
+    method: AbstractMethod,
+    t1=None,
+    saveat: SaveAt | None = None,
+    targets: Sequence[float] = (),
+    normalized_targets: bool = False,
+    stall: StallCriteria | None = None,
+) -> Solution:
+    """Train `policy` on `reward` with `method`, tracking `true_reward`.
+
+    **Arguments:**
+
+    - `policy`: the initial policy ([`gradflow.TabularSoftmax`][], [`gradflow.LogLinear`][]).
+    - `reward`: the training (proxy) reward, shape `(outputs,)` or `(prompts, outputs)`.
+    - `true_reward`: the ground-truth reward tracked along the run (same shapes);
+      defaults to `reward`.
+    - `method`: [`gradflow.GradientFlow`][] or [`gradflow.GradientAscent`][].
+    - `t1`: the flow's final time (required for the flow, not allowed otherwise; discrete
+      methods run their `steps`).
+    - `saveat`: a [`gradflow.SaveAt`][]; default: 1001 evenly spaced times (flow) or every
+      step (discrete).
+    - `targets`: true-reward levels whose first crossing is tracked online
+      (`sol.target_times`); the largest also bounds online stall detection.
+    - `normalized_targets`: `targets` are fractions of the way from the initial to the
+      maximal achievable true reward.
+    - `stall`: [`gradflow.StallCriteria`][] for the online stall tracking.
+
+    **Returns:** a [`gradflow.Solution`][].
+
+    Works under `jax.jit` and `jax.vmap` (over rewards, initial parameters, learning
+    rates, `t1`); concrete inputs are validated eagerly with `ValueError`s, traced ones
+    with `equinox.error_if`.
+    """
+    if not isinstance(policy, AbstractPolicy):
+        raise ValueError(f"`policy` must be a gradflow policy; got {type(policy).__name__}.")
+    if not isinstance(method, AbstractMethod):
+        raise ValueError(f"`method` must be a gradflow method (e.g. gf.GradientFlow()); got {method!r}.")
+    saveat = SaveAt() if saveat is None else saveat
+    stall = StallCriteria() if stall is None else stall
+    reward = as_reward("reward", reward, policy)
+    true_reward = reward if true_reward is None else as_reward("true_reward", true_reward, policy)
+    targets = tuple(float(x) for x in targets)
+    if any(not np.isfinite(x) for x in targets):
+        raise ValueError(f"`targets` must be finite numbers; got {targets}.")
+    if normalized_targets and any(not 0 <= x <= 1 for x in targets):
+        raise ValueError(f"`targets` must lie in [0, 1] when `normalized_targets=True`; got {targets}.")
+
+    vmin, vmax = reward_range(true_reward, policy.weights)
+    v0 = expected(policy.probs(), true_reward, policy.weights)
+    abs_targets = jnp.asarray(targets, v0.dtype)
+    if normalized_targets:
+        abs_targets = v0 + abs_targets * (vmax - v0)
+    if isinstance(method, GradientFlow):
+        if t1 is None:
+            raise ValueError("`t1` (the final flow time) is required for gf.GradientFlow.")
+        t1 = v.positive_scalar("t1", t1)
+        horizon = t1
+    else:
+        if t1 is not None:
+            raise ValueError("`t1` is only for gf.GradientFlow; discrete methods run `method.steps` updates.")
+        horizon = jnp.asarray(float(method.steps), v0.dtype)
+    setup = (abs_targets, *stall.resolve(vmin, vmax, horizon, abs_targets if targets else None))
+
+    if isinstance(method, GradientFlow):
+        if saveat.every != 1:
+            raise ValueError("`saveat.every` is for discrete methods; use `saveat.ts` or `saveat.n` for the flow.")
+        out = _solve_flow(method, policy, reward, true_reward, t1, saveat, setup)
+    else:
+        if saveat.ts is not None:
+            raise ValueError("`saveat.ts` is for the flow; use `saveat.every` for discrete methods.")
+        if saveat.every > method.steps:
+            raise ValueError(f"`saveat.every` ({saveat.every}) exceeds `steps` ({method.steps}).")
+        out = _solve_discrete(method, policy, reward, true_reward, saveat, setup)
+    recs, steps, ts, status, params, nsteps, hit, best, count, step_rec = out
+    step_rec = (None, None, None) if step_rec is None else step_rec
+    return Solution(
+        ts=ts,
+        steps=steps,
+        proxy_reward=recs.proxy_reward,
+        true_reward=recs.true_reward,
+        reward_variance=recs.reward_variance,
+        grad_norm=recs.grad_norm,
+        probs=recs.probs,
+        status=status,
+        params=params,
+        num_steps=nsteps,
+        target_times=hit,
+        stall=best,
+        num_stalls=count,
+        initial_true_reward=v0,
+        min_true_reward=vmin,
+        max_true_reward=vmax,
+        horizon=horizon,
+        step_ts=step_rec[0],
+        step_true_reward=step_rec[1],
+        step_true_rate=step_rec[2],
+        targets=targets,
+        normalized_targets=normalized_targets,
+        record_every=saveat.every if ts is None else None,
+    )

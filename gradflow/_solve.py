@@ -134,51 +134,56 @@ def _solve_discrete(method: GradientAscent, policy, reward, true_reward, saveat,
     log_ref = reg.reference(policy)
     opt = method.optimizer
 
-    def grad_at(params):
-        return gradient(params, policy, reward, true_reward, log_ref, reg)
+    def diagnostics(params):
+        return _record(gradient(params, policy, reward, true_reward, log_ref, reg)[1], saveat.probs)
 
-    def update(trk, i, d, prev, alive):
-        t = jnp.asarray(i, d.true_reward.dtype)
-        rate = d.true_reward - prev
-        trk, _, _ = tracker_update(trk, t, d.true_reward, rate, alive, targets, stall_target, max_rate, min_dur)
-        return trk
+    # The hot loop carries only what the next update and the online tracker need; the
+    # full diagnostics are computed at the recorded steps only.
+    def observe(i, params, trk, prev, alive):
+        grad, d = gradient(params, policy, reward, true_reward, log_ref, reg)
+        value = d.true_reward
+        trk, _, _ = tracker_update(
+            trk, i.astype(value.dtype), value, value - prev, alive, targets, stall_target, max_rate, min_dur
+        )
+        return grad, trk, value
 
-    def step(carry, i):
-        params, opt_state, grad, d, trk, diverged = carry
-        neg = jax.tree.map(jnp.negative, grad)
-        updates, new_state = opt.update(neg, opt_state, params)
+    def step(i, carry):
+        params, opt_state, trk, prev, diverged = carry
+        grad, trk, value = observe(i, params, trk, prev, ~diverged)
+        updates, new_state = opt.update(jax.tree.map(jnp.negative, grad), opt_state, params)
         new_params = optax.apply_updates(params, updates)
-        new_grad, new_d = grad_at(new_params)
-        bad = ~_all_finite((new_params, new_grad, new_d))
-        diverged = diverged | bad
-        keep = (params, opt_state, grad, d)
-        params, opt_state, grad, d = _tree_where(diverged, keep, (new_params, new_state, new_grad, new_d))
-        trk = update(trk, i, d, carry[3].true_reward, ~diverged)
-        return (params, opt_state, grad, d, trk, diverged)
+        diverged = diverged | ~_all_finite(new_params)
+        params, opt_state = _tree_where(diverged, (params, opt_state), (new_params, new_state))
+        return params, opt_state, trk, value, diverged
+
+    def run(carry, start, stop):
+        return jax.lax.fori_loop(start, stop, step, carry)
 
     params0 = policy.params
-    grad0, d0 = grad_at(params0)
-    trk0 = update(tracker_init(len(targets), d0.true_reward.dtype), 0, d0, jnp.inf, jnp.asarray(True))
-    carry = (params0, opt.init(params0), grad0, d0, trk0, ~_all_finite((grad0, d0)))
+    dtype = jnp.result_type(*jax.tree.leaves(params0))
+    trk0 = tracker_init(len(targets), dtype)
+    carry = (params0, opt.init(params0), trk0, jnp.asarray(jnp.inf, dtype), jnp.asarray(False))
 
     n, k = method.steps, saveat.every
     segments, rest = divmod(n, k)
+    stops = [k * s for s in range(1, segments + 1)] + ([n] if rest else [])
 
     def segment(carry, start):
-        carry = jax.lax.fori_loop(start, start + k, lambda i, c: step(c, i + 1), carry)
-        return carry, _record(carry[3], saveat.probs)
+        carry = run(carry, start, start + k)
+        return carry, diagnostics(carry[0])
 
+    first = diagnostics(params0)
     carry, recs = jax.lax.scan(segment, carry, jnp.arange(segments) * k)
-    steps = list(np.arange(segments + 1) * k)
     if rest:
-        carry = jax.lax.fori_loop(segments * k, n, lambda i, c: step(c, i + 1), carry)
-        recs = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), recs, _record(carry[3], saveat.probs))
-        steps.append(n)
-    recs = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), _record(d0, saveat.probs), recs)
-    params, _, _, _, trk, diverged = carry
+        carry = run(carry, segments * k, n)
+        recs = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), recs, diagnostics(carry[0]))
+    recs = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, recs)
+    # The last policy (after n updates) has not been seen by the tracker yet.
+    params, _, trk, prev, diverged = carry
+    _, trk, _ = observe(jnp.asarray(n), params, trk, prev, ~diverged)
     trk, _, _ = tracker_finish(trk, min_dur)
     status = jnp.where(diverged, Status.DIVERGED, Status.OK)
-    return recs, jnp.asarray(steps), None, status, params, jnp.asarray(n), trk.hit, trk.best, trk.count, None
+    return recs, jnp.asarray([0] + stops), None, status, params, jnp.asarray(n), trk.hit, trk.best, trk.count, None
 
 
 def _solve_flow(method: GradientFlow, policy, reward, true_reward, t1, saveat, setup):

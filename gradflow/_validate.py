@@ -24,11 +24,13 @@ def check(x, bad, message: str):
     Eager: raises `ValueError(message)`. Traced: returns `x` wrapped in
     `equinox.error_if`, so the check fires when the computation runs.
     """
-    if is_concrete(x):
-        if bool(np.any(np.asarray(bad(x)))):
+    with jax.ensure_compile_time_eval():  # evaluate now when possible, even inside a jit
+        flagged = jnp.any(bad(x))
+    if is_concrete(flagged):
+        if bool(flagged):
             raise ValueError(message)
         return x
-    return eqx.error_if(x, jnp.any(bad(x)), message)
+    return eqx.error_if(x, flagged, message)
 
 
 def as_float_array(name: str, x, ndim: tuple[int, ...] | None = None) -> jax.Array:

@@ -1,0 +1,113 @@
+"""Study configs: TOML files with a declared schema, validated key by key.
+
+A schema maps section -> key -> `Field`. Unknown sections or keys, missing keys, wrong
+types and out-of-range values are rejected with a `ValueError` that names the key
+(`section.key`) and what was expected.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Field:
+    """One config key: a kind (`"float"`, `"int"`, `"floats"`, `"bool"`, `"str"`), an
+    optional check returning an error text (or `None`) and an optional default."""
+
+    kind: str
+    check: Callable[[Any], str | None] | None = None
+    default: Any = None
+    required: bool = True
+
+
+def positive(x) -> str | None:
+    values = x if isinstance(x, list) else [x]
+    return None if all(v > 0 for v in values) else "positive values"
+
+
+def probability(x) -> str | None:
+    values = x if isinstance(x, list) else [x]
+    return None if all(0 < v < 1 for v in values) else "values strictly between 0 and 1"
+
+
+def nonempty(x) -> str | None:
+    return None if len(x) > 0 else "a non-empty list"
+
+
+def _convert(path: str, field: Field, value):
+    kind = field.kind
+    ok = True
+    if kind == "float":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        value = float(value) if ok else value
+    elif kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind == "floats":
+        ok = isinstance(value, list) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
+        )
+        value = [float(v) for v in value] if ok else value
+    elif kind == "bool":
+        ok = isinstance(value, bool)
+    elif kind == "str":
+        ok = isinstance(value, str)
+    else:  # pragma: no cover - schema error
+        raise TypeError(f"unknown field kind {kind!r}")
+    if not ok:
+        want = {"floats": "a list of finite numbers", "float": "a finite number"}.get(kind, f"a {kind}")
+        raise ValueError(f"config key `{path}`: expected {want}; got {value!r}.")
+    if field.check is not None and (problem := field.check(value)) is not None:
+        raise ValueError(f"config key `{path}`: expected {problem}; got {value!r}.")
+    return value
+
+
+def validate(raw: dict, schema: dict[str, dict[str, Field]], source: str = "config") -> dict:
+    """Check `raw` (parsed TOML) against `schema`; return it with defaults filled in."""
+    out: dict[str, dict[str, Any]] = {}
+    for section in raw:
+        if section not in schema:
+            raise ValueError(
+                f"{source}: unknown section [{section}]; expected one of {sorted(schema)}."
+            )
+    for section, fields in schema.items():
+        given = raw.get(section, {})
+        if not isinstance(given, dict):
+            raise ValueError(f"{source}: `{section}` must be a [section] table.")
+        for key in given:
+            if key not in fields:
+                raise ValueError(
+                    f"{source}: unknown key `{section}.{key}`; expected one of {sorted(fields)}."
+                )
+        out[section] = {}
+        for key, field in fields.items():
+            if key in given:
+                out[section][key] = _convert(f"{section}.{key}", field, given[key])
+            elif field.required and field.default is None:
+                raise ValueError(f"{source}: missing key `{section}.{key}` ({field.kind}).")
+            else:
+                out[section][key] = field.default
+    return out
+
+
+def packaged_config(name: str) -> Path:
+    """The path of the config shipped with the package for study `name`."""
+    return Path(str(resources.files("gradflow") / "experiments" / f"{name}.toml"))
+
+
+def load(path: str | Path, schema: dict[str, dict[str, Field]]) -> dict:
+    """Read and validate a TOML config file."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise ValueError(f"config file not found: {path}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path}: not valid TOML: {e}") from e
+    return validate(raw, schema, source=str(path))

@@ -1,0 +1,259 @@
+"""Studies: each scientific claim is one command, `gradflow study <name>`.
+
+A study is a function `run(config, out, quick) -> dict` plus the schema of its TOML
+config (shipped in `gradflow/experiments/<name>.toml`, mirrored in the repository's
+`experiments/`). Register new studies in `STUDIES`.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from . import _config as C
+from ._analysis import time_to_reward
+from ._dynamics import GradientAscent, GradientFlow
+from ._problem import TabularSoftmax
+from ._solve import SaveAt, Solution, Status, solve
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    summary: str
+    schema: dict[str, dict[str, C.Field]]
+    run: Callable[[dict, Path, bool], dict]
+
+
+def _fmt(x: float, unit: str = "") -> str:
+    if math.isnan(x):
+        return "n/a"
+    if math.isinf(x):
+        return "never"
+    return f"{x:.0f}{unit}" if abs(x) >= 1000 else f"{x:.4g}{unit}"
+
+
+def _table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    """Fixed-width text table; `columns` are `(key, header)`."""
+    cells = [[header for _, header in columns]] + [[str(r[k]) for k, _ in columns] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+# --------------------------------------------------------------------------- stalling
+
+STALLING_SCHEMA = {
+    "problem": {
+        "true_reward": C.Field("floats", C.nonempty),
+        "proxy_reward": C.Field("floats", C.nonempty),
+        "p_best": C.Field("floats", lambda x: C.nonempty(x) or C.probability(x)),
+        "p_mediocre": C.Field("float", C.probability),
+    },
+    "flow": {
+        "t1": C.Field("float", C.positive),
+        "rtol": C.Field("float", C.positive),
+        "atol": C.Field("float", C.positive),
+    },
+    "sgd": {
+        "learning_rate": C.Field("float", C.positive),
+        "steps": C.Field("int", C.positive),
+        "record_every": C.Field("int", C.positive),
+    },
+    "analysis": {"targets": C.Field("floats", C.nonempty)},
+    "quick": {
+        "t1": C.Field("float", C.positive),
+        "steps": C.Field("int", C.positive),
+    },
+}
+
+
+def stalling_probs(p_best: float, p_mediocre: float, n_outputs: int) -> np.ndarray:
+    """Initial policy of the stalling problem: y* (index 0) gets `p_best`, y_med
+    (index 1) `p_mediocre`, the other outputs share the rest equally."""
+    rest = 1.0 - p_best - p_mediocre
+    if not rest > 0:
+        raise ValueError(
+            f"config: `problem.p_best` ({p_best}) + `problem.p_mediocre` ({p_mediocre}) must be "
+            "below 1, leaving mass for the other outputs."
+        )
+    return np.array([p_best, p_mediocre] + [rest / (n_outputs - 2)] * (n_outputs - 2))
+
+
+def run_stalling(cfg: dict, out: Path, quick: bool) -> dict:
+    from . import plotting  # matplotlib is only needed here
+
+    prob, flow_cfg, sgd_cfg = cfg["problem"], cfg["flow"], cfg["sgd"]
+    r_true, r_proxy = np.array(prob["true_reward"]), np.array(prob["proxy_reward"])
+    k = len(r_true)
+    if len(r_proxy) != k or k < 3:
+        raise ValueError(
+            "config: `problem.true_reward` and `problem.proxy_reward` must have the same length "
+            f"(at least 3 outputs); got {len(r_true)} and {len(r_proxy)}."
+        )
+    targets = tuple(cfg["analysis"]["targets"])
+    t1 = cfg["quick"]["t1"] if quick else flow_cfg["t1"]
+    steps = cfg["quick"]["steps"] if quick else sgd_cfg["steps"]
+    lr, every = sgd_cfg["learning_rate"], min(sgd_cfg["record_every"], steps)
+
+    cases = [(p, name, r) for p in prob["p_best"] for name, r in (("true", r_true), ("proxy", r_proxy))]
+    logits = jnp.asarray(np.stack([np.log(stalling_probs(p, prob["p_mediocre"], k)) for p, _, _ in cases]))
+    rewards = jnp.asarray(np.stack([r for _, _, r in cases]))
+    flow = GradientFlow(rtol=flow_cfg["rtol"], atol=flow_cfg["atol"])
+    sgd = GradientAscent(optax.sgd(lr), steps)
+    ts = jnp.concatenate([jnp.zeros(1), jnp.geomspace(1e-2, t1, 600)])
+
+    def run(method, saveat, t1):
+        def one(logit, reward):
+            policy = TabularSoftmax(logit)
+            return solve(policy, reward=reward, true_reward=r_true, method=method, t1=t1,
+                         saveat=saveat, targets=targets)
+        return jax.jit(jax.vmap(one))(logits, rewards)
+
+    start = time.perf_counter()
+    sols = {
+        "flow": run(flow, SaveAt(ts=ts, probs=True), t1),
+        "SGD": run(sgd, SaveAt(every=every, probs=True), None),
+    }
+    jax.block_until_ready(sols)
+    elapsed = time.perf_counter() - start
+
+    def pick(sol: Solution, i: int) -> Solution:
+        return jax.tree.map(lambda a: a[i], sol)
+
+    rows, runs = [], {}
+    for m, sol in sols.items():
+        for i, (p, name, _) in enumerate(cases):
+            s = pick(sol, i)
+            runs[(p, name, m)] = s
+            row = {
+                "p_best": p,
+                "trained_on": name,
+                "method": m,
+                "time_unit": "flow time" if m == "flow" else "steps",
+            }
+            for tgt in targets:
+                row[f"time_to_{tgt:g}"] = float(time_to_reward(s, tgt))
+            row.update(
+                stall_level=float(s.stall.level),
+                stall_start=float(s.stall.start),
+                stall_duration=float(s.stall.duration),
+                final_true_reward=float(s.final_true_reward),
+                status=Status.name(s.status),
+            )
+            rows.append(row)
+
+    out.mkdir(parents=True, exist_ok=True)
+    _write_csv(out / "summary.csv", rows)
+    shown = [
+        {
+            **r,
+            **{f"time_to_{t:g}": _fmt(r[f"time_to_{t:g}"]) for t in targets},
+            "stall_level": _fmt(r["stall_level"]),
+            "stall_start": _fmt(r["stall_start"]),
+            "stall_duration": _fmt(r["stall_duration"]),
+            "final_true_reward": f"{r['final_true_reward']:.4f}",
+        }
+        for r in rows
+    ]
+    columns = [("p_best", "p(y*)"), ("trained_on", "trained on"), ("method", "method"),
+               ("time_unit", "unit")]
+    columns += [(f"time_to_{t:g}", f"time to {t:g}") for t in targets]
+    columns += [("stall_level", "stall level"), ("stall_start", "stall start"),
+                ("stall_duration", "stall length"), ("final_true_reward", "final true reward"),
+                ("status", "status")]
+    print(f"Stalling study: true reward {r_true.tolist()}, proxy {r_proxy.tolist()}, "
+          f"p(y_med) = {prob['p_mediocre']}; flow to t = {t1:g}, SGD lr {lr:g} for {steps} steps"
+          f"{' (quick)' if quick else ''}.")
+    print(_table(shown, columns))
+    first = targets[0]
+    for p in prob["p_best"]:
+        for m, unit in (("flow", ""), ("SGD", " steps")):
+            t_true = rows[[i for i, r in enumerate(rows) if (r["p_best"], r["trained_on"], r["method"]) == (p, "true", m)][0]][f"time_to_{first:g}"]
+            t_proxy = rows[[i for i, r in enumerate(rows) if (r["p_best"], r["trained_on"], r["method"]) == (p, "proxy", m)][0]][f"time_to_{first:g}"]
+            ratio = t_true / t_proxy if t_proxy > 0 else math.nan
+            verdict = (
+                f"the proxy is {ratio:.3g}x faster" if math.isfinite(ratio)
+                else "only the proxy gets there within the horizon" if math.isinf(t_true) and math.isfinite(t_proxy)
+                else "n/a"
+            )
+            print(f"  p(y*) = {p:g}, {m}: time to {first:g}: true reward {_fmt(t_true, unit)}, "
+                  f"proxy {_fmt(t_proxy, unit)} -> {verdict}")
+
+    figures = _stalling_figures(plotting, runs, prob["p_best"], targets, lr, out)
+    print(f"Solved {len(rows)} runs in {elapsed:.1f} s (compilation included).")
+    print(f"Results in {out.resolve()}/:")
+    for path in [out / "summary.csv", *figures]:
+        print(f"  {path.name}")
+    return {"rows": rows, "figures": figures, "solutions": runs}
+
+
+def _stalling_figures(plotting, runs, p_best, targets, lr, out: Path) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    n = len(p_best)
+    scales = {"SGD": lr}
+    fig, axes = plt.subplots(1, n, figsize=(5 * n, 4), layout="constrained", sharey=True, squeeze=False)
+    for ax, p in zip(axes[0], p_best):
+        sols = {f"{m}, trained on {name} reward": runs[(p, name, m)]
+                for name in ("true", "proxy") for m in ("flow", "SGD")}
+        plotting.plot_true_reward(
+            sols, time_scales={k: scales.get(k.split(",")[0], 1.0) for k in sols},
+            targets=targets, ax=ax, title=f"initial p(y*) = {p:g}",
+        )
+    fig.suptitle("True reward vs time: training on the true reward stalls near y_med's 0.8")
+    paths = [out / "true_reward.png"]
+    fig.savefig(paths[0], dpi=120)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(2, n, figsize=(5 * n, 7), layout="constrained", sharey=True, squeeze=False)
+    for j, p in enumerate(p_best):
+        for i, name in enumerate(("true", "proxy")):
+            sols = {m: runs[(p, name, m)] for m in ("flow", "SGD")}
+            plotting.plot_probs(
+                sols, {0: "y*", 1: "y_med"}, time_scales={"SGD": lr}, ax=axes[i, j],
+                title=f"p(y*)={p:g} at start, trained on {name} reward",
+            )
+    fig.suptitle("Probabilities of the best (y*) and the mediocre (y_med) output")
+    paths.append(out / "probs.png")
+    fig.savefig(paths[1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+STUDIES: dict[str, Study] = {
+    "stalling": Study(
+        "stalling",
+        "training on the true reward stalls on a mediocre output; a wrong proxy escapes (what `gradflow demo` runs)",
+        STALLING_SCHEMA,
+        run_stalling,
+    ),
+}
+
+
+def run_study(name: str, out: Path | None = None, quick: bool = False, config: Path | None = None) -> dict:
+    """Run study `name` from its packaged config (or `config`), writing under `out`
+    (default `gradflow-results/<name>/`)."""
+    if name not in STUDIES:
+        raise ValueError(f"unknown study {name!r}; available: {', '.join(sorted(STUDIES))}.")
+    study = STUDIES[name]
+    cfg = C.load(config if config is not None else C.packaged_config(name), study.schema)
+    out = Path("gradflow-results") / name if out is None else Path(out)
+    return study.run(cfg, out, quick)

@@ -1,0 +1,117 @@
+"""Figures of policy-gradient runs (matplotlib only; every function returns a Figure).
+
+The functions take [`gradflow.Solution`][]s (or arrays) and never call `plt.show()`;
+save with `fig.savefig(...)`. Time axes are logarithmic by default, since the dynamics
+of interest (rise, stall, escape) span several orders of magnitude of time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+
+from ._solve import Solution
+
+
+def _time(sol: Solution, time_scale: float) -> np.ndarray:
+    return np.asarray(sol.time, dtype=float) * time_scale
+
+
+def _positive(t: np.ndarray, *ys: np.ndarray):
+    """Drop `t <= 0` (not representable on a log axis)."""
+    keep = t > 0
+    return (t[keep], *(y[keep] for y in ys))
+
+
+def plot_true_reward(
+    solutions: Mapping[str, Solution],
+    *,
+    time_scales: Mapping[str, float] | None = None,
+    targets: Sequence[float] = (),
+    ax=None,
+    logx: bool = True,
+    title: str | None = None,
+) -> Figure:
+    """Expected true reward against time, one line per labelled run.
+
+    **Arguments:**
+
+    - `solutions`: `{label: solution}`.
+    - `time_scales`: per label, a factor converting the run's time unit to flow time
+      (e.g. the learning rate for SGD, so `steps * lr` is comparable with the flow).
+    - `targets`: horizontal reference lines.
+    - `ax`: draw into this axes instead of a new figure.
+    - `logx`: logarithmic time axis.
+    - `title`: axes title.
+
+    **Returns:** the figure.
+    """
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    fig = ax.figure
+    time_scales = dict(time_scales or {})
+    for label, sol in solutions.items():
+        t, v = _positive(_time(sol, time_scales.get(label, 1.0)), np.asarray(sol.true_reward))
+        ax.plot(t, v, label=label)
+    for level in targets:
+        ax.axhline(level, color="grey", lw=0.8, ls=":", label=f"target {level:g}")
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel("time (flow time; SGD: learning rate x steps)")
+    ax.set_ylabel("expected true reward")
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_probs(
+    solutions: Mapping[str, Solution],
+    outputs: Mapping[int, str],
+    *,
+    prompt: int = 0,
+    time_scales: Mapping[str, float] | None = None,
+    ax=None,
+    logx: bool = True,
+    title: str | None = None,
+) -> Figure:
+    """Probabilities of chosen outputs against time (runs recorded with
+    `SaveAt(probs=True)`).
+
+    **Arguments:**
+
+    - `solutions`: `{label: solution}`; line styles distinguish runs, colours outputs.
+    - `outputs`: `{output index: name}`, e.g. `{0: "y*", 1: "y_med"}`.
+    - `prompt`: which prompt's probabilities to show.
+    - `time_scales`, `ax`, `logx`, `title`: as in [`gradflow.plotting.plot_true_reward`][].
+
+    **Returns:** the figure.
+    """
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    fig = ax.figure
+    time_scales = dict(time_scales or {})
+    styles = ["-", "--", "-.", ":"]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for j, (label, sol) in enumerate(solutions.items()):
+        if sol.probs is None:
+            raise ValueError(f"solution {label!r} has no probabilities: solve with SaveAt(probs=True).")
+        t = _time(sol, time_scales.get(label, 1.0))
+        for c, (k, name) in enumerate(outputs.items()):
+            tt, p = _positive(t, np.asarray(sol.probs[:, prompt, k]))
+            ax.plot(tt, p, ls=styles[j % len(styles)], color=colors[c % len(colors)],
+                    label=f"p({name}), {label}")
+    if logx:
+        ax.set_xscale("log")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("time (flow time; SGD: learning rate x steps)")
+    ax.set_ylabel("probability")
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    return fig

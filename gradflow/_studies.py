@@ -118,7 +118,7 @@ def run_stalling(cfg: dict, out: Path, quick: bool) -> dict:
     rewards = jnp.asarray(np.stack([r for _, _, r in cases]))
     flow = GradientFlow(rtol=flow_cfg["rtol"], atol=flow_cfg["atol"])
     sgd = GradientAscent(optax.sgd(lr), steps)
-    ts = jnp.concatenate([jnp.zeros(1), jnp.geomspace(1e-2, t1, 600)])
+    ts = jnp.concatenate([jnp.zeros(1), jnp.geomspace(1e-2, t1, 600)[:-1], jnp.full(1, t1)])
 
     def run(method, saveat, t1):
         def one(logit, reward):

@@ -1,21 +1,84 @@
-"""Helpers shared by the test modules (imported as `helpers`; pytest puts `tests/` on
-`sys.path` because the folder has no `__init__.py`)."""
+"""Helpers shared by the test modules (imported as `helpers`: pytest puts `tests/` on
+`sys.path` because the folder has no `__init__.py`).
+
+Compilation dominates the cost of this suite (a flow compiles in seconds, then runs in
+milliseconds), so tests go through a few *canonical* calls whose static configuration is
+fixed: `flow(...)` and `sgd(...)`. Everything that varies between tests (policies, rewards,
+`t1`, learning rates, temperature, prompt weights) is passed as arrays, so each
+(policy type, shape, dtype) compiles once for the whole suite.
+"""
 
 from __future__ import annotations
 
+import functools
+
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 import gradflow as gf
 
-# ONE jitted `gf.solve` for the whole suite (see conftest.py).
+# ONE jitted `gf.solve` for the whole suite.
 JSOLVE = eqx.filter_jit(gf.solve)
+
+FLOW_F32 = gf.GradientFlow()
+FLOW_F64 = gf.GradientFlow(rtol=1e-10, atol=1e-12)
+
+# Tracked by every canonical flow: normalised targets (fractions of the way from the
+# initial to the maximal true reward). 0.99 keeps the default stall target close to the
+# library's own default (max - 2% of the range).
+TARGETS = (0.5, 0.99)
+N_SAVE = 41
+
+REF_TRUE = (1.0, 0.8, -1.0, -1.0, -1.0)
+REF_PROXY = (1.0, -1.0, -1.0, -1.0, -1.0)
+
+
+def dtype_of(policy):
+    return policy.weights.dtype
 
 
 def tol(dtype, f32: float, f64: float) -> float:
     """The tolerance for the given dtype."""
     return f64 if dtype == jnp.float64 else f32
+
+
+def flow_method(dtype) -> gf.GradientFlow:
+    """The exact flow with tolerances fit for the dtype (tight ones in float64)."""
+    return FLOW_F64 if dtype == jnp.float64 else FLOW_F32
+
+
+def flow(policy, reward, true_reward=None, *, t1, method=None, ts=None):
+    """The canonical flow: `N_SAVE` evenly spaced records (or the `ts` given, length
+    `N_SAVE`) with probabilities, tracked normalised `TARGETS`."""
+    dt = dtype_of(policy)
+    reward = jnp.asarray(reward, dt)
+    true_reward = reward if true_reward is None else jnp.asarray(true_reward, dt)
+    saveat = gf.SaveAt(n=N_SAVE, probs=True) if ts is None else gf.SaveAt(ts=ts, probs=True)
+    return JSOLVE(
+        policy, reward=reward, true_reward=true_reward,
+        method=flow_method(dt) if method is None else method, t1=jnp.asarray(t1, dt),
+        saveat=saveat, targets=TARGETS, normalized_targets=True,
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "every", "targets"))
+def _sgd(policy, reward, true_reward, lr, steps, every, targets):
+    method = gf.GradientAscent(optax.sgd(lr), steps)
+    return gf.solve(
+        policy, reward=reward, true_reward=true_reward, method=method,
+        saveat=gf.SaveAt(every=every, probs=True), targets=targets,
+    )
+
+
+def sgd(policy, reward, true_reward=None, *, lr, steps, every=1, targets=()):
+    """The canonical discrete run: `optax.sgd(lr)` (traced `lr`) for `steps` updates."""
+    dt = dtype_of(policy)
+    reward = jnp.asarray(reward, dt)
+    true_reward = reward if true_reward is None else jnp.asarray(true_reward, dt)
+    return _sgd(policy, reward, true_reward, jnp.asarray(lr, dt), steps, every, tuple(targets))
 
 
 def softmax(x):
@@ -25,10 +88,6 @@ def softmax(x):
     return e / e.sum(axis=-1, keepdims=True)
 
 
-REF_TRUE = (1.0, 0.8, -1.0, -1.0, -1.0)
-REF_PROXY = (1.0, -1.0, -1.0, -1.0, -1.0)
-
-
 def reference_probs(p_star: float = 0.10):
     """The reference ("stalling") problem of DESIGN.md: y* gets `p_star`, the mediocre
     output 0.5, the three bad outputs share the rest equally."""
@@ -36,10 +95,9 @@ def reference_probs(p_star: float = 0.10):
     return (p_star, 0.5, rest, rest, rest)
 
 
-FLOW_F32 = gf.GradientFlow()
-FLOW_F64 = gf.GradientFlow(rtol=1e-10, atol=1e-12)
-
-
-def flow_method(dtype) -> gf.GradientFlow:
-    """The exact flow with tolerances fit for the dtype (tight ones in float64)."""
-    return FLOW_F64 if dtype == jnp.float64 else FLOW_F32
+def random_problem(seed, k, dtype):
+    """A tabular policy with random logits and a random reward."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=k) * 1.5
+    reward = rng.normal(size=k)
+    return gf.TabularSoftmax(jnp.asarray(logits, dtype)), jnp.asarray(reward, dtype)

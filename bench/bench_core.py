@@ -1,0 +1,172 @@
+"""Core benchmarks, measured side by side in one run (issue 2).
+
+1. Exact-gradient SGD (lr 0.1, 50,000 steps) with time-to-reward, vmapped over 10,000
+   random proxy rewards of the stalling problem, vs a plain per-run NumPy loop of the
+   same algorithm (timed on a few runs and scaled). Target: >= 330x.
+2. Time-to-reward by the adaptive flow for 1,000 proxies at once vs scipy's solve_ivp
+   (LSODA, rtol 1e-8, terminal event) one run at a time; they must agree to 1e-5.
+   Target: >= 50x.
+3. Solver steps the adaptive flow takes vs 50,000 fixed steps to the same true reward
+   at t = 5000 (within 1e-6).
+
+Run: `python bench/bench_core.py` (add `--quick` for a smaller, faster version).
+Flow parts run in float64 (research precision); the SGD part in float32, as a sweep would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from scipy.integrate import solve_ivp
+
+import gradflow as gf
+
+P0 = np.array([0.05, 0.5, 0.15, 0.15, 0.15])
+R_TRUE = np.array([1.0, 0.8, -1.0, -1.0, -1.0])
+TARGET = 0.9
+
+
+def proxies(n: int, seed: int = 0) -> np.ndarray:
+    """Random proxy rewards: the true reward plus Gaussian noise (scale 0.5)."""
+    return R_TRUE + 0.5 * np.random.default_rng(seed).standard_normal((n, R_TRUE.size))
+
+
+def numpy_sgd(r_proxy: np.ndarray, steps: int, lr: float = 0.1) -> float:
+    """The same algorithm as gf.GradientAscent(optax.sgd(lr), steps) with time-to-reward,
+    as a plain per-run NumPy loop."""
+    theta = np.log(P0)
+    hit = np.inf
+    for n in range(steps + 1):
+        z = np.exp(theta - theta.max())
+        p = z / z.sum()
+        if hit == np.inf and p @ R_TRUE >= TARGET:
+            hit = n
+        theta = theta + lr * p * (r_proxy - p @ r_proxy)
+    return hit
+
+
+def bench_sgd(n_runs: int, steps: int, n_numpy: int) -> None:
+    policy = gf.TabularSoftmax.from_probs(jnp.asarray(P0, jnp.float32))
+    method = gf.GradientAscent(optax.sgd(0.1), steps)
+    r_true = jnp.asarray(R_TRUE, jnp.float32)
+
+    @jax.jit
+    def batch(rewards):
+        def one(r):
+            sol = gf.solve(policy, reward=r, true_reward=r_true, method=method,
+                           saveat=gf.SaveAt(every=steps), targets=(TARGET,))
+            return gf.time_to_reward(sol, TARGET)
+        return jax.vmap(one)(rewards)
+
+    rewards = proxies(n_runs)
+    rj = jnp.asarray(rewards, jnp.float32)
+    batch(rj).block_until_ready()  # compile
+    t0 = time.perf_counter()
+    hits = np.asarray(batch(rj).block_until_ready())
+    t_jax = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    ref = [numpy_sgd(rewards[i], steps) for i in range(n_numpy)]
+    t_np = (time.perf_counter() - t0) / n_numpy
+    same = np.mean([(a == b) or abs(a - b) <= 1 for a, b in zip(hits[:n_numpy], ref)])
+    jax_rate, np_rate = n_runs / t_jax, 1 / t_np
+    print(f"[1] SGD lr 0.1, {steps} steps, time to true reward {TARGET}:")
+    print(f"    gradflow vmap over {n_runs} proxies: {t_jax:.2f} s -> {jax_rate:.1f} runs/s")
+    print(f"    NumPy per-run loop ({n_numpy} runs timed): {t_np:.3f} s/run -> {np_rate:.3f} runs/s")
+    print(f"    ratio: {jax_rate / np_rate:.0f}x   (target >= 330x); "
+          f"step agreement with NumPy (float32 vs float64, +-1 step): {100 * same:.0f}%")
+
+
+def scipy_time(r_proxy: np.ndarray, t1: float, rtol: float) -> float:
+    def f(t, theta):
+        z = np.exp(theta - theta.max())
+        p = z / z.sum()
+        return p * (r_proxy - p @ r_proxy)
+
+    def event(t, theta):
+        z = np.exp(theta - theta.max())
+        return (z / z.sum()) @ R_TRUE - TARGET
+
+    event.terminal, event.direction = True, 1
+    sol = solve_ivp(f, (0.0, t1), np.log(P0), method="LSODA", rtol=rtol, atol=1e-12, events=event)
+    return float(sol.t_events[0][0]) if sol.t_events[0].size else np.inf
+
+
+def bench_flow(n_runs: int, n_scipy: int, t1: float = 5000.0) -> None:
+    with jax.enable_x64(True):
+        policy = gf.TabularSoftmax.from_probs(jnp.asarray(P0))
+        method = gf.GradientFlow(rtol=1e-10, atol=1e-12)
+        r_true = jnp.asarray(R_TRUE)
+
+        @jax.jit
+        def batch(rewards):
+            def one(r):
+                sol = gf.solve(policy, reward=r, true_reward=r_true, method=method, t1=t1,
+                               saveat=gf.SaveAt(n=2), targets=(TARGET,))
+                return gf.time_to_reward(sol, TARGET), sol.num_steps
+            return jax.vmap(one)(rewards)
+
+        rewards = proxies(n_runs, seed=1)
+        rj = jnp.asarray(rewards)
+        jax.block_until_ready(batch(rj))
+        t0 = time.perf_counter()
+        hits, nsteps = jax.block_until_ready(batch(rj))
+        t_jax = time.perf_counter() - t0
+        hits = np.asarray(hits)
+
+    t0 = time.perf_counter()
+    ref = np.array([scipy_time(rewards[i], t1, 1e-8) for i in range(n_scipy)])
+    t_sp = (time.perf_counter() - t0) / n_scipy
+    both = np.isfinite(ref) & np.isfinite(hits[:n_scipy])
+    agree_inf = np.array_equal(np.isinf(ref), np.isinf(hits[:n_scipy]))
+    err = np.abs(hits[:n_scipy][both] - ref[both])
+    rel = err / ref[both]
+    jax_rate, sp_rate = n_runs / t_jax, 1 / t_sp
+    print(f"[2] Adaptive flow (Tsit5, rtol 1e-10, float64) to t1 = {t1:g}, time to {TARGET}:")
+    print(f"    gradflow vmap over {n_runs} proxies: {t_jax:.2f} s -> {jax_rate:.1f} runs/s "
+          f"(median {np.median(np.asarray(nsteps)):.0f} solver steps per run)")
+    print(f"    scipy solve_ivp LSODA rtol 1e-8, one at a time ({n_scipy} timed): "
+          f"{t_sp * 1e3:.1f} ms/run -> {sp_rate:.1f} runs/s")
+    print(f"    ratio: {jax_rate / sp_rate:.0f}x   (target >= 50x)")
+    print(f"    agreement on {both.sum()} reached runs: max abs diff {err.max():.2e}, "
+          f"max rel diff {rel.max():.2e} (target 1e-5); never-reached runs agree: {agree_inf}")
+
+
+def bench_steps(t1: float = 5000.0, fixed_steps: int = 50_000) -> None:
+    with jax.enable_x64(True):
+        policy = gf.TabularSoftmax.from_probs(jnp.asarray(P0))
+        r = jnp.asarray(R_TRUE)
+        fixed = gf.solve(policy, reward=r, method=gf.GradientFlow(adaptive=False, dt0=t1 / fixed_steps,
+                         max_steps=fixed_steps), t1=t1, saveat=gf.SaveAt(n=2))
+        print(f"[3] True-reward flow on the stalling problem to t = {t1:g}; reference: "
+              f"{int(fixed.num_steps)} fixed Tsit5 steps -> V_G(t1) = {float(fixed.true_reward[-1]):.10f}")
+        for rtol in (1e-6, 1e-8, 1e-10):
+            sol = gf.solve(policy, reward=r, method=gf.GradientFlow(rtol=rtol, atol=rtol * 1e-2),
+                           t1=t1, saveat=gf.SaveAt(n=2))
+            diff = abs(float(sol.true_reward[-1]) - float(fixed.true_reward[-1]))
+            print(f"    adaptive rtol {rtol:g}: {int(sol.num_steps)} steps "
+                  f"({fixed_steps / int(sol.num_steps):.0f}x fewer), |diff| = {diff:.1e} "
+                  f"({'within' if diff <= 1e-6 else 'NOT within'} 1e-6)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (for a smoke test)")
+    args = parser.parse_args()
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {jax.device_count()} device(s)")
+    if args.quick:
+        bench_sgd(n_runs=1000, steps=5000, n_numpy=3)
+        bench_flow(n_runs=100, n_scipy=10)
+    else:
+        bench_sgd(n_runs=10_000, steps=50_000, n_numpy=3)
+        bench_flow(n_runs=1000, n_scipy=50)
+    bench_steps()
+
+
+if __name__ == "__main__":
+    main()

@@ -211,13 +211,23 @@ def _stalling_figures(plotting, runs, p_best, targets, lr, out: Path) -> list[Pa
     n = len(p_best)
     scales = {"SGD": lr}
     fig, axes = plt.subplots(1, n, figsize=(5 * n, 4), layout="constrained", sharey=True, squeeze=False)
-    for ax, p in zip(axes[0], p_best):
-        sols = {f"{m}, trained on {name} reward": runs[(p, name, m)]
-                for name in ("true", "proxy") for m in ("flow", "SGD")}
+    styles = {
+        f"{m}, trained on {name} reward": {"color": color, "ls": ls, "lw": 1.6}
+        for name, color in (("true", "C0"), ("proxy", "C3"))
+        for m, ls in (("flow", "-"), ("SGD", "--"))
+    }
+    for j, (ax, p) in enumerate(zip(axes[0], p_best, strict=True)):
+        sols = {label: runs[(p, label.split(" ")[3], label.split(",")[0])] for label in styles}
         plotting.plot_true_reward(
             sols, time_scales={k: scales.get(k.split(",")[0], 1.0) for k in sols},
-            targets=targets, ax=ax, title=f"initial p(y*) = {p:g}",
+            targets=targets, styles=styles, ax=ax, title=f"initial p(y*) = {p:g}", legend=False,
         )
+        stall = runs[(p, "true", "flow")].stall
+        if np.isfinite(float(stall.duration)):
+            ax.axvspan(float(stall.start), float(stall.start + stall.duration), color="C0",
+                       alpha=0.1, label="stall (flow, true reward)")
+        if j == 0:
+            ax.legend(fontsize="small", loc="upper left")
     fig.suptitle("True reward vs time: training on the true reward stalls near y_med's 0.8")
     paths = [out / "true_reward.png"]
     fig.savefig(paths[0], dpi=120)

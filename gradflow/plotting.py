@@ -31,9 +31,12 @@ def plot_true_reward(
     *,
     time_scales: Mapping[str, float] | None = None,
     targets: Sequence[float] = (),
+    styles: Mapping[str, dict] | None = None,
+    shade_stalls: bool = False,
     ax=None,
     logx: bool = True,
     title: str | None = None,
+    legend: bool = True,
 ) -> Figure:
     """Expected true reward against time, one line per labelled run.
 
@@ -43,9 +46,12 @@ def plot_true_reward(
     - `time_scales`: per label, a factor converting the run's time unit to flow time
       (e.g. the learning rate for SGD, so `steps * lr` is comparable with the flow).
     - `targets`: horizontal reference lines.
+    - `styles`: per label, matplotlib line keyword arguments (colour, line style, ...).
+    - `shade_stalls`: shade each run's longest stall (`sol.stall`, tracked online).
     - `ax`: draw into this axes instead of a new figure.
     - `logx`: logarithmic time axis.
     - `title`: axes title.
+    - `legend`: draw a legend.
 
     **Returns:** the figure.
     """
@@ -53,9 +59,15 @@ def plot_true_reward(
         fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
     fig = ax.figure
     time_scales = dict(time_scales or {})
+    styles = dict(styles or {})
     for label, sol in solutions.items():
-        t, v = _positive(_time(sol, time_scales.get(label, 1.0)), np.asarray(sol.true_reward))
-        ax.plot(t, v, label=label)
+        scale = time_scales.get(label, 1.0)
+        t, v = _positive(_time(sol, scale), np.asarray(sol.true_reward))
+        (line,) = ax.plot(t, v, label=label, **styles.get(label, {}))
+        start, length = float(sol.stall.start) * scale, float(sol.stall.duration) * scale
+        if shade_stalls and np.isfinite(length):
+            ax.axvspan(max(start, t[0]), start + length, color=line.get_color(), alpha=0.08,
+                       label=f"stall of {label}")
     for level in targets:
         ax.axhline(level, color="grey", lw=0.8, ls=":", label=f"target {level:g}")
     if logx:
@@ -64,7 +76,8 @@ def plot_true_reward(
     ax.set_ylabel("expected true reward")
     if title:
         ax.set_title(title)
-    ax.legend(fontsize="small")
+    if legend:
+        ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
     return fig
 

@@ -34,7 +34,10 @@ from ._problem import AbstractPolicy, as_reward, expected, reward_range
 
 
 class Status:
-    """Codes of `Solution.status`."""
+    """Codes of `Solution.status`: `OK` (0) the run reached its horizon; `DIVERGED` (1)
+    its parameters or rewards became non-finite (the state is frozen at the last finite
+    point); `MAX_STEPS` (2) the flow needed more than `max_steps` solver steps.
+    `Status.name(code)` gives the text."""
 
     OK = 0
     DIVERGED = 1
@@ -78,7 +81,14 @@ class Solution(eqx.Module):
 
     Summaries: `status` (see [`gradflow.Status`][]), `params` (final parameters),
     `num_steps` (solver steps or updates taken), `targets` / `target_times` (crossings
-    tracked online), `stall` (longest stall, tracked online) and `num_stalls`.
+    tracked online; `inf` if not reached, `nan` if the run failed first), `stall` (longest
+    stall, tracked online) and `num_stalls`.
+
+    Context for the analysis functions: `initial_true_reward`, `min_true_reward` /
+    `max_true_reward` (achievable range), `horizon` (`t1` or `steps`), `record_every`
+    (discrete recording stride); for the flow, `step_ts`, `step_true_reward` and
+    `step_true_rate` hold `(t, V_G, dV_G/dt)` at every accepted solver step (padded with
+    `inf` up to `max_steps`), from which crossings are located between steps.
     """
 
     ts: Float[Array, " saves"] | None
@@ -322,6 +332,7 @@ def solve(
             raise ValueError(f"`saveat.every` ({saveat.every}) exceeds `steps` ({method.steps}).")
         out = _solve_discrete(method, policy, reward, true_reward, saveat, setup)
     recs, steps, ts, status, params, nsteps, hit, best, count, step_rec = out
+    hit = jnp.where(jnp.isinf(hit) & (status != Status.OK), jnp.nan, hit)  # unknown, not "never"
     step_rec = (None, None, None) if step_rec is None else step_rec
     return Solution(
         ts=ts,

@@ -73,7 +73,7 @@ def bench_sgd(n_runs: int, steps: int, n_numpy: int) -> None:
     t0 = time.perf_counter()
     ref = [numpy_sgd(rewards[i], steps) for i in range(n_numpy)]
     t_np = (time.perf_counter() - t0) / n_numpy
-    same = np.mean([(a == b) or abs(a - b) <= 1 for a, b in zip(hits[:n_numpy], ref)])
+    same = np.mean([(a == b) or abs(a - b) <= 1 for a, b in zip(hits[:n_numpy], ref, strict=True)])
     jax_rate, np_rate = n_runs / t_jax, 1 / t_np
     print(f"[1] SGD lr 0.1, {steps} steps, time to true reward {TARGET}:")
     print(f"    gradflow vmap over {n_runs} proxies: {t_jax:.2f} s -> {jax_rate:.1f} runs/s")

@@ -52,8 +52,8 @@ class StallCriteria(eqx.Module):
 
     **Arguments** (each `None` means the scale-aware default):
 
-    - `target`: the level a stall must be below; default: the run's largest tracked
-      target, else the maximal achievable true reward minus 2% of its range.
+    - `target`: the level a stall must be below; default: the maximal achievable true
+      reward minus 2% of its range.
     - `min_duration`: default `0.01 * horizon` (`t1` for the flow, `steps` for discrete
       methods).
     - `max_rate`: default `0.02 * range / min_duration`, where `range` is the spread
@@ -65,13 +65,11 @@ class StallCriteria(eqx.Module):
     max_rate: float | None = None
     min_duration: float | None = None
 
-    def resolve(self, vmin, vmax, horizon, targets=None):
+    def resolve(self, vmin, vmax, horizon):
         """`(target, max_rate, min_duration)` as arrays, defaults filled in."""
         min_dur = 0.01 * horizon if self.min_duration is None else jnp.asarray(self.min_duration, float)
         if self.target is not None:
             target = jnp.asarray(self.target, float)
-        elif targets is not None and jnp.size(targets):
-            target = jnp.max(jnp.asarray(targets))
         else:
             target = vmax - 0.02 * (vmax - vmin)
         max_rate = 0.02 * (vmax - vmin) / min_dur if self.max_rate is None else jnp.asarray(self.max_rate, float)
@@ -293,12 +291,7 @@ def find_stalls(
     **Returns:** a [`gradflow.Stalls`][].
     """
     crit = StallCriteria(target, max_rate, min_duration)
-    tracked = jnp.asarray(sol.targets) if sol.targets else None
-    if tracked is not None and sol.normalized_targets:
-        tracked = _absolute_target(sol, tracked, True)
-    stall_target, max_rate, min_dur = crit.resolve(
-        sol.min_true_reward, sol.max_true_reward, sol.horizon, tracked
-    )
+    stall_target, max_rate, min_dur = crit.resolve(sol.min_true_reward, sol.max_true_reward, sol.horizon)
     if sol.step_ts is not None:
         ts, vals, rates = sol.step_ts, sol.step_true_reward, sol.step_true_rate
     else:
@@ -329,4 +322,4 @@ def true_reward_rate(policy: AbstractPolicy, reward, true_reward) -> Float[Array
 
     grad_p = jax.grad(value)(policy.params, r)
     grad_g = jax.grad(value)(policy.params, g)
-    return sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(grad_g), jax.tree.leaves(grad_p)))
+    return sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(grad_g), jax.tree.leaves(grad_p), strict=True))

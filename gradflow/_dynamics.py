@@ -106,7 +106,7 @@ def gradient(params, policy, reward, true_reward, log_ref, reg) -> tuple[PyTree[
     grad, (p, proxy, true, var) = jax.grad(objective, has_aux=True)(
         params, policy, reward, true_reward, log_ref, reg
     )
-    gnorm = optax.global_norm(grad)
+    gnorm = optax.tree.norm(grad)
     return grad, Diagnostics(proxy, true, var, gnorm, p)
 
 

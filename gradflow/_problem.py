@@ -55,7 +55,7 @@ class AbstractPolicy(eqx.Module):
         """The trainable parameters (what policy-gradient methods update)."""
 
     @abc.abstractmethod
-    def with_params(self, params: PyTree[Array]) -> "AbstractPolicy":
+    def with_params(self, params: PyTree[Array]) -> AbstractPolicy:
         """The same policy with new trainable parameters."""
 
     @abc.abstractmethod
@@ -100,7 +100,7 @@ class TabularSoftmax(AbstractPolicy):
         self.temperature = v.positive_scalar("temperature", temperature)
 
     @classmethod
-    def from_probs(cls, probs, weights=None, temperature=1.0) -> "TabularSoftmax":
+    def from_probs(cls, probs, weights=None, temperature=1.0) -> TabularSoftmax:
         """The tabular policy with the given probabilities.
 
         **Arguments:**

@@ -170,7 +170,7 @@ def _solve_discrete(method: GradientAscent, policy, reward, true_reward, saveat,
         return jax.lax.fori_loop(start, stop, step, carry)
 
     params0 = policy.params
-    dtype = jnp.result_type(*jax.tree.leaves(params0))
+    dtype = jax.eval_shape(lambda p: gradient(p, policy, reward, true_reward, log_ref, reg)[1].true_reward, params0).dtype
     trk0 = tracker_init(len(targets), dtype)
     carry = (params0, opt.init(params0), trk0, jnp.asarray(jnp.inf, dtype), jnp.asarray(False))
 
@@ -215,12 +215,7 @@ def _solve_flow(method: GradientFlow, policy, reward, true_reward, t1, saveat, s
         value, rate = jax.jvp(value_true, (params,), (flow,))
         return value, rate
 
-    if saveat.ts is None:
-        ts = jnp.linspace(0.0, t1, saveat.n)
-    else:
-        ts = v.as_float_array("saveat.ts", saveat.ts, ndim=(1,))
-        ts = v.check(ts, lambda a: (a < 0) | (a > t1), "`saveat.ts` must lie within [0, t1].")
-        ts = v.check(ts, lambda a: jnp.diff(a) <= 0, "`saveat.ts` must be strictly increasing.")
+    ts = jnp.linspace(0.0, t1, saveat.n) if saveat.ts is None else saveat.ts
     subs = [
         diffrax.SubSaveAt(ts=ts, fn=save_diag),
         diffrax.SubSaveAt(t0=True, steps=True, fn=save_step),
@@ -250,6 +245,9 @@ def _solve_flow(method: GradientFlow, policy, reward, true_reward, t1, saveat, s
     stalls = stalls_along(step_ts, step_v, step_d, valid, stall_target, max_rate, min_dur, 1)
     best = stalls.longest()
     final = jax.tree.map(lambda a: a[-1], final)
+    # A failed solve leaves diffrax's +inf fill in the records after the failure: unknown
+    # values, so make them nan (never a reward above every target).
+    recs, final = jax.tree.map(lambda a: jnp.where(jnp.isfinite(a), a, jnp.nan), (recs, final))
     steps_taken = sol.stats["num_accepted_steps"]
     return recs, None, ts, status, final, steps_taken, hit, best, stalls.count, (step_ts, step_v, step_d)
 
@@ -280,7 +278,7 @@ def solve(
     - `saveat`: a [`gradflow.SaveAt`][]; default: 1001 evenly spaced times (flow) or every
       step (discrete).
     - `targets`: true-reward levels whose first crossing is tracked online
-      (`sol.target_times`); the largest also bounds online stall detection.
+      (`sol.target_times`).
     - `normalized_targets`: `targets` are fractions of the way from the initial to the
       maximal achievable true reward.
     - `stall`: [`gradflow.StallCriteria`][] for the online stall tracking.
@@ -305,31 +303,44 @@ def solve(
     if normalized_targets and any(not 0 <= x <= 1 for x in targets):
         raise ValueError(f"`targets` must lie in [0, 1] when `normalized_targets=True`; got {targets}.")
 
+    if isinstance(method, GradientFlow):
+        if t1 is None:
+            raise ValueError("`t1` (the final flow time) is required for gf.GradientFlow.")
+        t1 = v.positive_scalar("t1", t1)
+        if saveat.every != 1:
+            raise ValueError("`saveat.every` is for discrete methods; use `saveat.ts` or `saveat.n` for the flow.")
+        if saveat.ts is not None:
+            ts = v.as_float_array("saveat.ts", saveat.ts, ndim=(1,))
+            ts = v.check(ts, lambda a: (a < 0) | (a > t1), "`saveat.ts` must lie within [0, t1].")
+            ts = v.check(ts, lambda a: jnp.diff(a) <= 0, "`saveat.ts` must be strictly increasing.")
+            saveat = eqx.tree_at(lambda s: s.ts, saveat, ts)
+    else:
+        if t1 is not None:
+            raise ValueError("`t1` is only for gf.GradientFlow; discrete methods run `method.steps` updates.")
+        if saveat.ts is not None:
+            raise ValueError("`saveat.ts` is for the flow; use `saveat.every` for discrete methods.")
+        if saveat.every > method.steps:
+            raise ValueError(f"`saveat.every` ({saveat.every}) exceeds `steps` ({method.steps}).")
+    return _solve(method, policy, reward, true_reward, t1, saveat, targets, normalized_targets, stall)
+
+
+@eqx.filter_jit
+def _solve(method, policy, reward, true_reward, t1, saveat, targets, normalized_targets, stall):
+    """The validated run, compiled once per structure: rewards, initial parameters and
+    `t1` are arguments, so new values do not recompile."""
     vmin, vmax = reward_range(true_reward, policy.weights)
     v0 = expected(policy.probs(), true_reward, policy.weights)
     abs_targets = jnp.asarray(targets, v0.dtype)
     if normalized_targets:
         abs_targets = v0 + abs_targets * (vmax - v0)
     if isinstance(method, GradientFlow):
-        if t1 is None:
-            raise ValueError("`t1` (the final flow time) is required for gf.GradientFlow.")
-        t1 = v.positive_scalar("t1", t1)
         horizon = t1
     else:
-        if t1 is not None:
-            raise ValueError("`t1` is only for gf.GradientFlow; discrete methods run `method.steps` updates.")
         horizon = jnp.asarray(float(method.steps), v0.dtype)
-    setup = (abs_targets, *stall.resolve(vmin, vmax, horizon, abs_targets if targets else None))
-
+    setup = (abs_targets, *stall.resolve(vmin, vmax, horizon))
     if isinstance(method, GradientFlow):
-        if saveat.every != 1:
-            raise ValueError("`saveat.every` is for discrete methods; use `saveat.ts` or `saveat.n` for the flow.")
         out = _solve_flow(method, policy, reward, true_reward, t1, saveat, setup)
     else:
-        if saveat.ts is not None:
-            raise ValueError("`saveat.ts` is for the flow; use `saveat.every` for discrete methods.")
-        if saveat.every > method.steps:
-            raise ValueError(f"`saveat.every` ({saveat.every}) exceeds `steps` ({method.steps}).")
         out = _solve_discrete(method, policy, reward, true_reward, saveat, setup)
     recs, steps, ts, status, params, nsteps, hit, best, count, step_rec = out
     hit = jnp.where(jnp.isinf(hit) & (status != Status.OK), jnp.nan, hit)  # unknown, not "never"

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from . import _config as C
-from ._analysis import time_to_reward
+from ._analysis import StallCriteria, time_to_reward
 from ._dynamics import GradientAscent, GradientFlow
 from ._problem import TabularSoftmax
 from ._solve import SaveAt, Solution, Status, solve
@@ -46,7 +46,7 @@ def _table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     """Fixed-width text table; `columns` are `(key, header)`."""
     cells = [[header for _, header in columns]] + [[str(r[k]) for k, _ in columns] for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -124,7 +124,8 @@ def run_stalling(cfg: dict, out: Path, quick: bool) -> dict:
         def one(logit, reward):
             policy = TabularSoftmax(logit)
             return solve(policy, reward=reward, true_reward=r_true, method=method, t1=t1,
-                         saveat=saveat, targets=targets)
+                         saveat=saveat, targets=targets,
+                         stall=StallCriteria(target=min(targets)))
         return jax.jit(jax.vmap(one))(logits, rewards)
 
     start = time.perf_counter()

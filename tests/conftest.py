@@ -5,10 +5,10 @@
 * The `dtype` fixture runs a test twice: in float32 (JAX's default) and in float64 (inside
   `jax.enable_x64(True)`), so every mathematical check is also made at double precision,
   with the tighter tolerances of `tol`.
-* `jsolve` is ONE `equinox.filter_jit`-wrapped `gf.solve` shared by the whole suite: a
-  configuration (shapes, dtype, method, static options) compiles once and every later test
-  that uses the same configuration reuses it. Methods whose optimiser is built from Python
-  closures (`optax.sgd(lr)`) must therefore be built once at module level to share the cache.
+* Compilation dominates the suite's run time: tests go through the canonical, jitted
+  `helpers.flow` / `helpers.sgd` so each (policy type, shape, dtype) compiles once. Build
+  methods whose optimiser is a Python closure (`optax.sgd(lr)`) once at module level, or
+  inside a jitted function with the learning rate as an argument.
 """
 
 from __future__ import annotations
@@ -17,26 +17,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from helpers import JSOLVE
-
 jax.config.update("jax_numpy_rank_promotion", "raise")
-
-
-def pytest_configure(config):
-    # KNOWN LIBRARY BUG (see test_dynamics.py::test_gradient_emits_no_deprecation_warning,
-    # a strict xfail): gradflow._dynamics.gradient calls the deprecated `optax.global_norm`,
-    # whose DeprecationWarning -- an error under `filterwarnings = ["error"]` -- would fail
-    # every solve in the suite. Ignore exactly that message until the library is fixed;
-    # then this line is a no-op and the xfail turns into an XPASS (remove both).
-    config.addinivalue_line(
-        "filterwarnings", "ignore:optax.global_norm is deprecated:DeprecationWarning"
-    )
-
-
-@pytest.fixture(scope="session")
-def jsolve():
-    """`gf.solve` under `equinox.filter_jit`, shared by all tests (one compilation cache)."""
-    return JSOLVE
 
 
 @pytest.fixture(params=["float32", "float64"])

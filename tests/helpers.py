@@ -10,6 +10,7 @@ fixed: `flow(...)` and `sgd(...)`. Everything that varies between tests (policie
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import equinox as eqx
@@ -26,10 +27,6 @@ JSOLVE = eqx.filter_jit(gf.solve)
 FLOW_F32 = gf.GradientFlow()
 FLOW_F64 = gf.GradientFlow(rtol=1e-10, atol=1e-12)
 
-# Tracked by every canonical flow: normalised targets (fractions of the way from the
-# initial to the maximal true reward). 0.99 keeps the default stall target close to the
-# library's own default (max - 2% of the range).
-TARGETS = (0.5, 0.99)
 N_SAVE = 41
 
 REF_TRUE = (1.0, 0.8, -1.0, -1.0, -1.0)
@@ -50,35 +47,56 @@ def flow_method(dtype) -> gf.GradientFlow:
     return FLOW_F64 if dtype == jnp.float64 else FLOW_F32
 
 
-def flow(policy, reward, true_reward=None, *, t1, method=None, ts=None):
-    """The canonical flow: `N_SAVE` evenly spaced records (or the `ts` given, length
-    `N_SAVE`) with probabilities, tracked normalised `TARGETS`."""
+def flow(policy, reward, true_reward=None, *, t1, method=None, ts=None, targets=(),
+         normalized_targets=False):
+    """The canonical flow: records (with probabilities) at `N_SAVE` evenly spaced times,
+    or at the `ts` given (length `N_SAVE`). `targets` are static (a new tuple compiles)."""
     dt = dtype_of(policy)
     reward = jnp.asarray(reward, dt)
     true_reward = reward if true_reward is None else jnp.asarray(true_reward, dt)
-    saveat = gf.SaveAt(n=N_SAVE, probs=True) if ts is None else gf.SaveAt(ts=ts, probs=True)
+    ts = jnp.linspace(0.0, t1, N_SAVE, dtype=dt) if ts is None else jnp.asarray(ts, dt)
+    saveat = gf.SaveAt(ts=ts, probs=True)
     return JSOLVE(
         policy, reward=reward, true_reward=true_reward,
         method=flow_method(dt) if method is None else method, t1=jnp.asarray(t1, dt),
-        saveat=saveat, targets=TARGETS, normalized_targets=True,
+        saveat=saveat, targets=tuple(targets), normalized_targets=normalized_targets,
     )
 
 
 @functools.partial(jax.jit, static_argnames=("steps", "every", "targets"))
-def _sgd(policy, reward, true_reward, lr, steps, every, targets):
-    method = gf.GradientAscent(optax.sgd(lr), steps)
+def _sgd(policy, reward, true_reward, lr, reg, steps, every, targets):
+    reg = gf.Regularization() if reg is None else reg
+    method = gf.GradientAscent(optax.sgd(lr), steps, regularization=reg)
     return gf.solve(
         policy, reward=reward, true_reward=true_reward, method=method,
         saveat=gf.SaveAt(every=every, probs=True), targets=targets,
     )
 
 
-def sgd(policy, reward, true_reward=None, *, lr, steps, every=1, targets=()):
-    """The canonical discrete run: `optax.sgd(lr)` (traced `lr`) for `steps` updates."""
+def sgd(policy, reward, true_reward=None, *, lr, steps, every=1, targets=(), reg=None):
+    """The canonical discrete run: `optax.sgd(lr)` (traced `lr`) for `steps` updates,
+    recording probabilities every `every` updates; `reg` a `gf.Regularization` or `None`."""
     dt = dtype_of(policy)
     reward = jnp.asarray(reward, dt)
     true_reward = reward if true_reward is None else jnp.asarray(true_reward, dt)
-    return _sgd(policy, reward, true_reward, jnp.asarray(lr, dt), steps, every, tuple(targets))
+    lr = jnp.asarray(lr, dt)
+    return _sgd(policy, reward, true_reward, lr, reg, steps, every, tuple(targets))
+
+
+@contextlib.contextmanager
+def count_compiles():
+    """Count XLA compilations inside the block: `with count_compiles() as n: ...; n[0]`."""
+    count = [0]
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            count[0] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield count
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def softmax(x):

@@ -10,13 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import flow_method, tol
+from helpers import FLOW_F32, N_SAVE, count_compiles, flow, random_problem, sgd, tol
 from scipy.optimize import brentq
 
 import gradflow as gf
-
-SGD_05 = gf.GradientAscent(optax.sgd(0.5), 200)  # module level: one compile per shape/dtype
-
 
 # ---------------------------------------------------------------------------------------
 # 1. Two-armed tabular flow vs its closed form.
@@ -41,23 +38,19 @@ def _dF(p):
 
 
 @pytest.mark.parametrize(
-    "p0, r1, r2",
-    [(0.3, 1.0, 0.2), (0.8, -0.5, 0.5), (0.05, 2.0, 1.0), (0.5, 0.0, 0.25)],
+    "p0, r1, r2, t1",
+    [(0.3, 1.0, 0.2, 4.0), (0.8, -0.5, 0.5, 3.0), (0.05, 2.0, 1.0, 40.0), (0.5, 0.0, 0.25, 10.0)],
 )
-def test_two_armed_flow_closed_form(dtype, jsolve, p0, r1, r2):
-    t1 = 4.0
+def test_two_armed_flow_closed_form(dtype, p0, r1, r2, t1):
     policy = gf.TabularSoftmax.from_probs(jnp.asarray([p0, 1 - p0]))
-    sol = jsolve(
-        policy, reward=jnp.asarray([r1, r2]), method=flow_method(dtype), t1=t1,
-        saveat=gf.SaveAt(n=17, probs=True),
-    )
+    sol = flow(policy, [r1, r2], t1=t1)
     assert sol.status == gf.Status.OK
     assert sol.probs.dtype == dtype and sol.ts.dtype == dtype
     ts = np.asarray(sol.ts, np.float64)
     p = np.asarray(sol.probs[:, 0, 0], np.float64)
     delta = r1 - r2
     # The first integral, with the tolerance on p propagated through F'(p).
-    ptol = tol(dtype, 3e-6, 1e-10)
+    ptol = tol(dtype, 3e-6, 1e-9)
     resid = _F(p) - _F(p0) - 2 * delta * ts
     np.testing.assert_array_less(np.abs(resid), ptol * _dF(p) + 10 * ptol)
     # And p(t) itself, by inverting F with a root finder.
@@ -66,11 +59,12 @@ def test_two_armed_flow_closed_form(dtype, jsolve, p0, r1, r2):
          for t in ts]
     )
     np.testing.assert_allclose(p, expect, rtol=0, atol=ptol)
+    assert abs(expect[-1] - p0) > 0.1  # the runs do go somewhere
     # The expected reward recorded along the run is p r1 + (1 - p) r2.
     np.testing.assert_allclose(
         sol.true_reward, expect * r1 + (1 - expect) * r2, rtol=0, atol=ptol * (abs(delta) + 1)
     )
-    np.testing.assert_allclose(sol.proxy_reward, sol.true_reward, rtol=0, atol=0)
+    np.testing.assert_array_equal(sol.proxy_reward, sol.true_reward)
 
 
 # ---------------------------------------------------------------------------------------
@@ -78,43 +72,36 @@ def test_two_armed_flow_closed_form(dtype, jsolve, p0, r1, r2):
 # ---------------------------------------------------------------------------------------
 
 
-def _random_problem(seed, k=4, dtype=jnp.float32):
-    rng = np.random.default_rng(seed)
-    logits = rng.normal(size=k) * 1.5
-    reward = rng.normal(size=k)
-    return gf.TabularSoftmax(jnp.asarray(logits, dtype)), jnp.asarray(reward, dtype)
-
-
 @pytest.mark.parametrize("seed", range(4))
-def test_flow_stays_on_simplex_and_true_reward_is_monotone(dtype, jsolve, seed):
-    policy, reward = _random_problem(seed, dtype=dtype)
-    sol = jsolve(policy, reward=reward, method=flow_method(dtype), t1=30.0,
-                 saveat=gf.SaveAt(n=61, probs=True))
+def test_flow_stays_on_simplex_and_true_reward_is_monotone(dtype, seed):
+    policy, reward = random_problem(seed, 5, dtype)
+    sol = flow(policy, reward, t1=30.0)
     assert sol.status == gf.Status.OK
     p = sol.probs
+    assert p.shape == (N_SAVE, 1, 5)
     assert bool(jnp.all((p > 0) & (p < 1)))
     np.testing.assert_allclose(p.sum(-1), 1.0, atol=tol(dtype, 1e-6, 1e-13))
     # Training on the true reward is gradient ascent on it: V_G never decreases.
     dv = np.diff(np.asarray(sol.true_reward))
     assert np.all(dv >= -tol(dtype, 2e-6, 1e-12)), dv.min()
-    # ... and it ends close to the best achievable value with the right output on top.
-    best = int(jnp.argmax(reward))
-    assert int(jnp.argmax(p[-1, 0])) == best
-    assert float(sol.true_reward[-1]) > float(sol.true_reward[0])
+    assert float(sol.true_reward[-1]) > float(sol.true_reward[0]) + 0.05
     # Recorded rewards are the expectations under the recorded probabilities.
     np.testing.assert_allclose(
         sol.true_reward, jnp.sum(p[:, 0] * reward[None], -1), atol=tol(dtype, 1e-5, 1e-12)
     )
+    # The final parameters are those of the last record.
+    np.testing.assert_allclose(
+        jax.nn.softmax(sol.params[0]), p[-1, 0], atol=tol(dtype, 1e-6, 1e-12)
+    )
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_sgd_stays_on_simplex(dtype, jsolve, seed):
-    policy, reward = _random_problem(seed, dtype=dtype)
+def test_sgd_stays_on_simplex(dtype, seed):
+    policy, reward = random_problem(seed, 5, dtype)
     proxy = jnp.roll(reward, 1)  # train on a wrong reward, track the true one
-    sol = jsolve(policy, reward=proxy, true_reward=reward, method=SGD_05,
-                 saveat=gf.SaveAt(probs=True))
+    sol = sgd(policy, proxy, reward, lr=0.5, steps=200)
     assert sol.status == gf.Status.OK
-    assert sol.probs.shape == (201, 1, 4)
+    assert sol.probs.shape == (201, 1, 5)
     np.testing.assert_array_equal(sol.steps, np.arange(201))
     p = sol.probs
     assert bool(jnp.all((p > 0) & (p < 1)))
@@ -125,36 +112,38 @@ def test_sgd_stays_on_simplex(dtype, jsolve, seed):
     np.testing.assert_allclose(
         sol.proxy_reward, jnp.sum(p[:, 0] * proxy[None], -1), atol=tol(dtype, 1e-5, 1e-12)
     )
-    # The proxy (what SGD climbs) increases overall, and the final parameters are returned.
+    # The proxy (what SGD climbs) increases, and the final parameters are returned.
     assert float(sol.proxy_reward[-1]) > float(sol.proxy_reward[0])
     np.testing.assert_allclose(
         jax.nn.softmax(sol.params[0]), p[-1, 0], atol=tol(dtype, 1e-6, 1e-13)
     )
 
 
+def test_sgd_records_every_and_last_step():
+    policy, reward = random_problem(0, 5, jnp.float32)
+    full = sgd(policy, reward, lr=0.5, steps=23)
+    sparse = sgd(policy, reward, lr=0.5, steps=23, every=5)
+    np.testing.assert_array_equal(sparse.steps, [0, 5, 10, 15, 20, 23])
+    np.testing.assert_allclose(sparse.true_reward, full.true_reward[sparse.steps], rtol=1e-6)
+    np.testing.assert_allclose(sparse.probs, full.probs[sparse.steps], rtol=1e-6)
+    np.testing.assert_allclose(sparse.params, full.params, rtol=1e-6)
+    assert int(sparse.num_steps) == 23
+
+
 # ---------------------------------------------------------------------------------------
 # 3. SGD(eta) for n steps -> flow at time eta * n, with first-order (Euler) error.
 # ---------------------------------------------------------------------------------------
 
-_T, _N_MAX = 4.0, 160
 
-
-@jax.jit
-def _sgd_probs(policy, reward, lr):
-    method = gf.GradientAscent(optax.sgd(lr), _N_MAX)
-    return gf.solve(policy, reward=reward, method=method, saveat=gf.SaveAt(probs=True)).probs
-
-
-def test_sgd_converges_to_flow_at_first_order(dtype, jsolve):
+def test_sgd_converges_to_flow_at_first_order(dtype):
     policy = gf.TabularSoftmax.from_probs(jnp.asarray([0.2, 0.5, 0.3]))
     reward = jnp.asarray([1.0, 0.3, -0.5])
-    flow = jsolve(policy, reward=reward, method=flow_method(dtype), t1=_T,
-                  saveat=gf.SaveAt(ts=jnp.asarray([_T]), probs=True))
-    target = flow.probs[-1]
+    T = 4.0
+    target = flow(policy, reward, t1=T).probs[-1]
     errors = []
     for eta in (0.1, 0.05, 0.025):
-        n = round(_T / eta)
-        probs = _sgd_probs(policy, reward, jnp.asarray(eta))
+        n = round(T / eta)
+        probs = sgd(policy, reward, lr=eta, steps=160).probs
         errors.append(float(jnp.max(jnp.abs(probs[n] - target))))
     assert errors[0] < 0.05
     ratios = [errors[0] / errors[1], errors[1] / errors[2]]
@@ -168,24 +157,20 @@ def test_sgd_converges_to_flow_at_first_order(dtype, jsolve):
 
 
 @pytest.mark.parametrize("kind", ["flow", "sgd"])
-def test_loglinear_one_hot_matches_tabular(dtype, jsolve, kind):
-    logits = jnp.asarray([0.3, -1.0, 0.8, 0.0])
-    reward = jnp.asarray([0.2, 1.0, -0.3, 0.5])
+def test_loglinear_one_hot_matches_tabular(kind):
+    logits = jnp.asarray([0.3, -1.0, 0.8])
+    reward = jnp.asarray([0.2, 1.0, -0.3])
     tab = gf.TabularSoftmax(logits, temperature=0.7)
-    loglin = gf.LogLinear(jnp.eye(4), logits, temperature=0.7)
+    loglin = gf.LogLinear(jnp.eye(3), logits, temperature=0.7)
     if kind == "flow":
-        kw = dict(method=flow_method(dtype), t1=10.0, saveat=gf.SaveAt(n=21, probs=True))
+        a, b = flow(tab, reward, t1=10.0), flow(loglin, reward, t1=10.0)
     else:
-        kw = dict(method=SGD_05, saveat=gf.SaveAt(probs=True))
-    a = jsolve(tab, reward=reward, **kw)
-    b = jsolve(loglin, reward=reward, **kw)
+        a, b = sgd(tab, reward, lr=0.5, steps=200), sgd(loglin, reward, lr=0.5, steps=200)
     assert a.status == b.status == gf.Status.OK
-    t = tol(dtype, 2e-5, 1e-10)
-    np.testing.assert_allclose(a.probs, b.probs, rtol=0, atol=t)
-    np.testing.assert_allclose(a.true_reward, b.true_reward, rtol=0, atol=t)
-    np.testing.assert_allclose(a.params, b.params[None], rtol=0, atol=100 * t)
-    # and the policy did move
-    assert float(jnp.max(jnp.abs(a.probs[-1] - a.probs[0]))) > 0.1
+    np.testing.assert_allclose(a.probs, b.probs, rtol=0, atol=2e-5)
+    np.testing.assert_allclose(a.true_reward, b.true_reward, rtol=0, atol=2e-5)
+    np.testing.assert_allclose(a.params[0], b.params, rtol=0, atol=1e-3)
+    assert float(jnp.max(jnp.abs(a.probs[-1] - a.probs[0]))) > 0.1  # the policy did move
 
 
 # ---------------------------------------------------------------------------------------
@@ -194,96 +179,84 @@ def test_loglinear_one_hot_matches_tabular(dtype, jsolve, kind):
 # ---------------------------------------------------------------------------------------
 
 
-def test_multi_prompt_flow_is_time_scaled_single_prompt_flow(dtype, jsolve):
+def test_multi_prompt_flow_is_time_scaled_single_prompt_flow(dtype):
     w = 0.3
     probs = jnp.asarray([[0.2, 0.5, 0.3], [0.6, 0.3, 0.1]])
     reward = jnp.asarray([[1.0, 0.0, 0.5], [-1.0, 0.2, 1.0]])
     true = jnp.asarray([[0.0, 1.0, 0.5], [0.3, -0.2, 1.0]])
     t1 = 8.0
-    ts = jnp.linspace(0.0, t1, 9)
-    method = flow_method(dtype)
+    ts = np.linspace(0.0, t1, N_SAVE)
     policy = gf.TabularSoftmax.from_probs(probs, weights=jnp.asarray([w, 1 - w]))
-    sol = jsolve(policy, reward=reward, true_reward=true, method=method, t1=jnp.asarray(t1),
-                 saveat=gf.SaveAt(ts=ts, probs=True))
+    sol = flow(policy, reward, true, t1=t1, ts=ts)
     assert sol.status == gf.Status.OK
     t = tol(dtype, 2e-5, 1e-9)
     singles = []
     for x, wx in enumerate((w, 1 - w)):
-        single = jsolve(
-            gf.TabularSoftmax.from_probs(probs[x]), reward=reward[x], true_reward=true[x],
-            method=method, t1=jnp.asarray(wx * t1), saveat=gf.SaveAt(ts=wx * ts, probs=True),
-        )
+        single = flow(gf.TabularSoftmax.from_probs(probs[x]), reward[x], true[x],
+                      t1=wx * t1, ts=ts * wx)
         np.testing.assert_allclose(sol.probs[:, x], single.probs[:, 0], rtol=0, atol=t)
         singles.append(single)
-    np.testing.assert_allclose(
-        sol.true_reward, w * singles[0].true_reward + (1 - w) * singles[1].true_reward,
-        rtol=0, atol=t,
-    )
-    np.testing.assert_allclose(
-        sol.proxy_reward, w * singles[0].proxy_reward + (1 - w) * singles[1].proxy_reward,
-        rtol=0, atol=t,
-    )
-    # A reward of shape (outputs,) means the same reward for every prompt.
-    shared = jsolve(policy, reward=reward[0], true_reward=true, method=method,
-                    t1=jnp.asarray(t1), saveat=gf.SaveAt(ts=ts, probs=True))
-    tiled = jsolve(policy, reward=jnp.stack([reward[0], reward[0]]), true_reward=true,
-                   method=method, t1=jnp.asarray(t1), saveat=gf.SaveAt(ts=ts, probs=True))
-    np.testing.assert_array_equal(shared.probs, tiled.probs)
+    assert float(jnp.max(jnp.abs(sol.probs[-1] - sol.probs[0]))) > 0.1
+    for field in ("true_reward", "proxy_reward"):
+        a, b = getattr(singles[0], field), getattr(singles[1], field)
+        np.testing.assert_allclose(getattr(sol, field), w * a + (1 - w) * b, rtol=0, atol=t)
 
 
 # ---------------------------------------------------------------------------------------
 # 6. Batching: vmap == separate solves; no retracing for new values.
 # ---------------------------------------------------------------------------------------
 
-_B_POLICY_PROBS = (0.2, 0.3, 0.5)
 _B_FLOW = gf.GradientFlow()
 _B_SGD = gf.GradientAscent(optax.sgd(0.5), 100)
 
 
+def _b_policy():
+    return gf.TabularSoftmax.from_probs(jnp.asarray([0.2, 0.3, 0.5]))
+
+
 def _b_flow_run(reward):
-    policy = gf.TabularSoftmax.from_probs(jnp.asarray(_B_POLICY_PROBS))
-    sol = gf.solve(policy, reward=reward, method=_B_FLOW, t1=10.0, saveat=gf.SaveAt(n=11),
-                   targets=(0.5,))
-    return sol.true_reward, gf.time_to_reward(sol, 0.9), gf.time_to_reward(sol, 0.5)
+    # The public recipe: jax.jit(jax.vmap(lambda r: gf.time_to_reward(gf.solve(...), 0.9))).
+    sol = gf.solve(_b_policy(), reward=reward, method=_B_FLOW, t1=10.0, targets=(0.5,))
+    # 0.5 is tracked online during the solve; jnp.asarray(0.5) takes the offline search.
+    return (sol.true_reward, gf.time_to_reward(sol, 0.9), gf.time_to_reward(sol, 0.5),
+            gf.time_to_reward(sol, jnp.asarray(0.5)))
 
 
 def _b_sgd_run(reward):
-    policy = gf.TabularSoftmax.from_probs(jnp.asarray(_B_POLICY_PROBS))
-    sol = gf.solve(policy, reward=reward, method=_B_SGD, targets=(0.5,))
-    return sol.true_reward, gf.time_to_reward(sol, 0.9), gf.time_to_reward(sol, 0.5)
+    sol = gf.solve(_b_policy(), reward=reward, method=_B_SGD, targets=(0.5,))
+    return (sol.true_reward, gf.time_to_reward(sol, 0.9), gf.time_to_reward(sol, 0.5),
+            gf.time_to_reward(sol, jnp.asarray(0.5)))
 
 
 @pytest.mark.parametrize("run", [_b_flow_run, _b_sgd_run], ids=["flow", "sgd"])
-def test_vmap_matches_separate_solves(dtype, run):
-    rewards = jax.random.normal(jax.random.key(0), (64, 3), dtype)
-    batched = jax.jit(jax.vmap(run))(rewards)
-    single = jax.jit(run)
+def test_vmap_matches_separate_solves_without_retracing(run):
+    rewards = 2 * jax.random.normal(jax.random.key(0), (64, 3))
+    # Known cases: reached; the best reward 0.5 < 0.9 (never); above 0.9 from the start.
+    known = jnp.asarray([[3.0, 0.0, 0.0], [0.0, 0.0, 0.5], [0.95, 0.95, 1.0]])
+    rewards = rewards.at[:3].set(known)
+    # One trace each: calling the jitted single run with 64 different rewards, or the
+    # vmapped one with a second batch of the same shape, must not retrace.
+    batched = jax.jit(jax.vmap(eqx.debug.assert_max_traces(run, max_traces=1)))
+    single = jax.jit(eqx.debug.assert_max_traces(run, max_traces=1))
+    out = batched(rewards)
+    batched(rewards[::-1])
     separate = [single(r) for r in rewards]
     separate = jax.tree.map(lambda *xs: jnp.stack(xs), *separate)
-    rtol = tol(dtype, 1e-4, 1e-9)
-    for b, s in zip(batched, separate, strict=True):
+    for b, s in zip(out, separate, strict=True):
         assert b.shape[0] == 64
         np.testing.assert_array_equal(np.isinf(b), np.isinf(s))
-        np.testing.assert_allclose(b, s, rtol=rtol, atol=rtol)
-    # Some runs reach 0.9, some never do (+inf): the test covers both branches.
-    ttr = np.asarray(batched[1])
-    assert np.any(np.isinf(ttr)) and np.any(np.isfinite(ttr))
-
-
-def test_jitted_vmapped_time_to_reward_public_recipe(jsolve):
-    policy = gf.TabularSoftmax.from_probs(jnp.asarray([0.2, 0.3, 0.5]))
-    method = gf.GradientFlow()
-    f = jax.jit(jax.vmap(
-        lambda r: gf.time_to_reward(gf.solve(policy, reward=r, method=method, t1=10.0), 0.9)
-    ))
-    rewards = jnp.asarray([[1.0, 0.0, 0.0], [0.0, 0.0, 0.5], [0.0, 1.0, 0.95]])
-    out = np.asarray(f(rewards))
-    assert out.shape == (3,)
-    assert np.isfinite(out[0]) and out[0] > 0
-    assert np.isposinf(out[1])  # max reward 0.5 < 0.9: never reached
-    assert np.isfinite(out[2])
-    one = gf.time_to_reward(jsolve(policy, reward=rewards[0], method=method, t1=10.0), 0.9)
-    np.testing.assert_allclose(out[0], one, rtol=1e-4)
+        np.testing.assert_allclose(b, s, rtol=1e-4, atol=1e-5)
+    # Some runs reach 0.9, some never do (+inf): both branches are covered.
+    ttr = np.asarray(out[1])
+    assert 0 < ttr[0] < np.inf and np.isposinf(ttr[1]) and ttr[2] == 0
+    assert np.any(np.isposinf(ttr[3:])) and np.any(np.isfinite(ttr[3:]) & (ttr[3:] > 0))
+    # Time-to-reward of a run is where its recorded reward curve crosses.
+    # Tracked online and searched offline: the same crossing.
+    np.testing.assert_allclose(out[2], out[3], rtol=1e-5)
+    assert np.any(np.isfinite(out[2]) & (out[2] > 0))
+    tr = np.asarray(out[0])
+    never = np.max(tr, axis=1) < 0.9 - 1e-3
+    np.testing.assert_array_equal(np.isposinf(ttr[never]), True)
 
 
 def test_vmap_over_initial_policy_and_learning_rate():
@@ -292,39 +265,12 @@ def test_vmap_over_initial_policy_and_learning_rate():
     reward = jnp.asarray([1.0, 0.0, 0.3])
 
     def run(p, lr):
-        policy = gf.TabularSoftmax.from_probs(p)
-        method = gf.GradientAscent(optax.sgd(lr), 50)
-        return gf.solve(policy, reward=reward, method=method).true_reward
+        return sgd(gf.TabularSoftmax.from_probs(p), reward, lr=lr, steps=50).true_reward
 
     batched = jax.jit(jax.vmap(run))(probs, lrs)
-    single = jax.jit(run)
     for i in range(8):
-        np.testing.assert_allclose(batched[i], single(probs[i], lrs[i]), rtol=1e-5, atol=1e-6)
-
-
-def test_second_call_does_not_retrace():
-    policy = gf.TabularSoftmax.from_probs(jnp.asarray([0.2, 0.3, 0.5]))
-
-    @jax.jit
-    @eqx.debug.assert_max_traces(max_traces=1)
-    def run(reward, true_reward, lr):
-        flow = gf.solve(policy, reward=reward, true_reward=true_reward, method=_B_FLOW, t1=5.0,
-                        saveat=gf.SaveAt(n=5), targets=(0.5,))
-        sgd = gf.solve(policy, reward=reward, true_reward=true_reward,
-                       method=gf.GradientAscent(optax.sgd(lr), 20))
-        return gf.time_to_reward(flow, 0.5), sgd.true_reward[-1]
-
-    a = run(jnp.asarray([1.0, 0.0, 0.0]), jnp.asarray([1.0, 0.0, 0.0]), 0.5)
-    b = run(jnp.asarray([0.0, 1.0, 0.0]), jnp.asarray([0.0, 0.5, 1.0]), 0.1)  # no retrace
-    assert not np.allclose(a[1], b[1])
-
-    @jax.jit
-    @eqx.debug.assert_max_traces(max_traces=1)
-    def batch(rewards):
-        return jax.vmap(lambda r: run(r, r, 0.5))(rewards)
-
-    batch(jnp.zeros((4, 3)).at[:, 0].set(1.0))
-    batch(jax.random.normal(jax.random.key(3), (4, 3)))  # new batch, same shape: no retrace
+        np.testing.assert_allclose(batched[i], run(probs[i], lrs[i]), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(batched[0], batched[1])
 
 
 # ---------------------------------------------------------------------------------------
@@ -337,18 +283,31 @@ def _leaves(sol):
 
 
 @pytest.mark.parametrize("kind", ["flow", "sgd"])
-def test_same_inputs_bitwise_same_and_jit_matches_eager(jsolve, kind):
-    policy = gf.TabularSoftmax.from_probs(jnp.asarray([0.2, 0.5, 0.3]))
+def test_same_inputs_bitwise_same_and_jit_matches_eager(kind):
+    policy = _b_policy()
     reward = jnp.asarray([1.0, 0.4, -0.5])
     true = jnp.asarray([1.0, -0.4, 0.5])
     if kind == "flow":
-        kw = dict(method=_B_FLOW, t1=10.0, saveat=gf.SaveAt(n=11, probs=True), targets=(0.6,))
+        a, b = flow(policy, reward, true, t1=10.0), flow(policy, reward, true, t1=10.0)
+        kw = dict(method=FLOW_F32, t1=jnp.asarray(10.0),
+                  saveat=gf.SaveAt(ts=jnp.linspace(0.0, 10.0, N_SAVE), probs=True))
     else:
-        kw = dict(method=_B_SGD, saveat=gf.SaveAt(every=10, probs=True), targets=(0.6,))
-    a = jsolve(policy, reward=reward, true_reward=true, **kw)
-    b = jsolve(policy, reward=reward, true_reward=true, **kw)
+        a, b = (sgd(policy, reward, true, lr=0.5, steps=200) for _ in range(2))
+        kw = dict(method=gf.GradientAscent(optax.sgd(0.5), 200), saveat=gf.SaveAt(probs=True))
     for x, y in zip(_leaves(a), _leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
     eager = gf.solve(policy, reward=reward, true_reward=true, **kw)
+    assert jax.tree.structure(eager) == jax.tree.structure(a)
     for x, y in zip(_leaves(a), _leaves(eager), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6)
+
+
+def test_eager_solve_does_not_recompile_for_new_reward_values():
+    # The flow has the same problem (diffeqsolve recompiles, ~2 s a call); only the cheap
+    # discrete case is exercised here.
+    policy = _b_policy()
+    gf.solve(policy, reward=jnp.asarray([1.0, 0.0, 0.0]), method=_B_SGD)  # warm-up
+    with count_compiles() as n:
+        sol = gf.solve(policy, reward=jnp.asarray([0.0, 1.0, 0.0]), method=_B_SGD)
+    assert float(sol.true_reward[-1]) > float(sol.true_reward[0])
+    assert n[0] == 0, f"{n[0]} XLA compilations for a second eager call with new values"

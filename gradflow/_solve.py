@@ -30,7 +30,7 @@ from ._analysis import (
     tracker_update,
 )
 from ._dynamics import AbstractMethod, Diagnostics, GradientAscent, GradientFlow, gradient
-from ._problem import AbstractPolicy, as_reward, expected, reward_range
+from ._problem import AbstractPolicy, as_reward, expected, reward_range, sum_outputs
 
 
 class Status:
@@ -131,7 +131,10 @@ def _tree_where(pred, a, b):
 
 
 def _all_finite(tree) -> jax.Array:
-    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+    """Whether every entry is finite, as one scalar: a sum is finite iff its terms are
+    (written with `sum_outputs` so that it stays a flat vector op under `vmap`)."""
+    total = sum(jnp.sum(sum_outputs(jnp.atleast_1d(x))) for x in jax.tree.leaves(tree))
+    return jnp.isfinite(total)
 
 
 def _record(d: Diagnostics, probs: bool):

@@ -133,7 +133,7 @@ def gradient(params, policy, reward, true_reward, log_ref, reg) -> tuple[PyTree[
         else:
             g = g - reg.kl * (p - jnp.exp(log_ref))
     w = policy.weights[:, None]
-    (grad,) = pullback(w * g / tau)
+    (grad,) = pullback((w * g / tau).astype(scores.dtype))
     true = jnp.sum(w * sum_outputs(p * true_reward))
     diag = Diagnostics(
         proxy_reward=jnp.sum(w * mean),

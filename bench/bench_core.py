@@ -73,13 +73,15 @@ def bench_sgd(n_runs: int, steps: int, n_numpy: int) -> None:
     t0 = time.perf_counter()
     ref = [numpy_sgd(rewards[i], steps) for i in range(n_numpy)]
     t_np = (time.perf_counter() - t0) / n_numpy
-    same = np.mean([(a == b) or abs(a - b) <= 1 for a, b in zip(hits[:n_numpy], ref, strict=True)])
+    diff = np.abs(hits[:n_numpy] - np.asarray(ref, float))
+    diff = np.where(np.isinf(hits[:n_numpy]) & np.isinf(ref), 0.0, diff)
     jax_rate, np_rate = n_runs / t_jax, 1 / t_np
     print(f"[1] SGD lr 0.1, {steps} steps, time to true reward {TARGET}:")
     print(f"    gradflow vmap over {n_runs} proxies: {t_jax:.2f} s -> {jax_rate:.1f} runs/s")
     print(f"    NumPy per-run loop ({n_numpy} runs timed): {t_np:.3f} s/run -> {np_rate:.3f} runs/s")
-    print(f"    ratio: {jax_rate / np_rate:.0f}x   (target >= 330x); "
-          f"step agreement with NumPy (float32 vs float64, +-1 step): {100 * same:.0f}%")
+    print(f"    ratio: {jax_rate / np_rate:.0f}x   (target >= 330x)")
+    print(f"    crossing steps vs NumPy (float32 vs float64): max |diff| {diff.max():.0f} steps "
+          f"(runs: {', '.join(f'{h:g}' for h in hits[:n_numpy])} vs {', '.join(f'{h:g}' for h in ref)})")
 
 
 def scipy_time(r_proxy: np.ndarray, t1: float, rtol: float) -> float:
@@ -100,7 +102,7 @@ def scipy_time(r_proxy: np.ndarray, t1: float, rtol: float) -> float:
 def bench_flow(n_runs: int, n_scipy: int, t1: float = 5000.0) -> None:
     with jax.enable_x64(True):
         policy = gf.TabularSoftmax.from_probs(jnp.asarray(P0))
-        method = gf.GradientFlow(rtol=1e-10, atol=1e-12)
+        method = gf.GradientFlow(rtol=1e-9, atol=1e-11, max_steps=512)  # as small as allowed
         r_true = jnp.asarray(R_TRUE)
 
         @jax.jit
@@ -108,14 +110,14 @@ def bench_flow(n_runs: int, n_scipy: int, t1: float = 5000.0) -> None:
             def one(r):
                 sol = gf.solve(policy, reward=r, true_reward=r_true, method=method, t1=t1,
                                saveat=gf.SaveAt(n=2), targets=(TARGET,))
-                return gf.time_to_reward(sol, TARGET), sol.num_steps
+                return gf.time_to_reward(sol, TARGET), sol.num_steps, sol.status
             return jax.vmap(one)(rewards)
 
         rewards = proxies(n_runs, seed=1)
         rj = jnp.asarray(rewards)
         jax.block_until_ready(batch(rj))
         t0 = time.perf_counter()
-        hits, nsteps = jax.block_until_ready(batch(rj))
+        hits, nsteps, status = jax.block_until_ready(batch(rj))
         t_jax = time.perf_counter() - t0
         hits = np.asarray(hits)
 
@@ -127,9 +129,10 @@ def bench_flow(n_runs: int, n_scipy: int, t1: float = 5000.0) -> None:
     err = np.abs(hits[:n_scipy][both] - ref[both])
     rel = err / ref[both]
     jax_rate, sp_rate = n_runs / t_jax, 1 / t_sp
-    print(f"[2] Adaptive flow (Tsit5, rtol 1e-10, float64) to t1 = {t1:g}, time to {TARGET}:")
+    print(f"[2] Adaptive flow (Tsit5, rtol 1e-9, float64) to t1 = {t1:g}, time to {TARGET}:")
     print(f"    gradflow vmap over {n_runs} proxies: {t_jax:.2f} s -> {jax_rate:.1f} runs/s "
-          f"(median {np.median(np.asarray(nsteps)):.0f} solver steps per run)")
+          f"(median {np.median(np.asarray(nsteps)):.0f}, max {np.max(np.asarray(nsteps))} solver "
+          f"steps per run; {int(np.sum(np.asarray(status) != gf.Status.OK))} runs not ok)")
     print(f"    scipy solve_ivp LSODA rtol 1e-8, one at a time ({n_scipy} timed): "
           f"{t_sp * 1e3:.1f} ms/run -> {sp_rate:.1f} runs/s")
     print(f"    ratio: {jax_rate / sp_rate:.0f}x   (target >= 50x)")

@@ -210,13 +210,14 @@ def _solve_flow(method: GradientFlow, policy, reward, true_reward, t1, saveat, s
     def save_diag(t, params, args):
         return _record(gradient(params, policy, reward, true_reward, log_ref, reg)[1], saveat.probs)
 
-    def value_true(params):
-        return expected(policy.with_params(params).probs(), true_reward, policy.weights)
-
     def save_step(t, params, args):
-        flow = vector_field(t, params, args)
-        value, rate = jax.jvp(value_true, (params,), (flow,))
-        return value, rate
+        # (V_G, dV_G/dt) with dV_G/dt = sum_x w_x sum_y pi (r_G - V_G(x)) ds_y/dt / tau.
+        flow, d = gradient(params, policy, reward, true_reward, log_ref, reg)
+        _, score_rate = jax.jvp(lambda th: policy.with_params(th).scores(), (params,), (flow,))
+        p = d.probs
+        centred = true_reward - sum_outputs(p * true_reward)
+        rate = jnp.sum(policy.weights[:, None] * sum_outputs(p * centred * score_rate)) / policy.temperature
+        return d.true_reward, rate
 
     ts = jnp.linspace(0.0, t1, saveat.n) if saveat.ts is None else saveat.ts
     subs = [

@@ -179,7 +179,7 @@ class GradientFlow(AbstractMethod):
     atol: float = eqx.field(default=1e-9, static=True)
     dt0: float | None = eqx.field(default=None, static=True)
     adaptive: bool = eqx.field(default=True, static=True)
-    max_steps: int = eqx.field(default=1024, static=True)
+    max_steps: int = eqx.field(default=4096, static=True)
     regularization: Regularization = Regularization()
 
     def __check_init__(self):

@@ -73,8 +73,8 @@ def bench_sgd(n_runs: int, steps: int, n_numpy: int) -> None:
     t0 = time.perf_counter()
     ref = [numpy_sgd(rewards[i], steps) for i in range(n_numpy)]
     t_np = (time.perf_counter() - t0) / n_numpy
-    diff = np.abs(hits[:n_numpy] - np.asarray(ref, float))
-    diff = np.where(np.isinf(hits[:n_numpy]) & np.isinf(ref), 0.0, diff)
+    with np.errstate(invalid="ignore"):  # inf - inf where both never reach: no difference
+        diff = np.nan_to_num(np.abs(hits[:n_numpy] - np.asarray(ref)), nan=0.0)
     jax_rate, np_rate = n_runs / t_jax, 1 / t_np
     print(f"[1] SGD lr 0.1, {steps} steps, time to true reward {TARGET}:")
     print(f"    gradflow vmap over {n_runs} proxies: {t_jax:.2f} s -> {jax_rate:.1f} runs/s")
@@ -117,24 +117,28 @@ def bench_flow(n_runs: int, n_scipy: int, t1: float = 5000.0) -> None:
         rewards = proxies(n_runs, seed=1)
         rj = jnp.asarray(rewards)
         jax.block_until_ready(batch(rj))
-        t0 = time.perf_counter()
-        hits, nsteps, status = jax.block_until_ready(batch(rj))
-        t_jax = time.perf_counter() - t0
+        t_jax = np.inf
+        for _ in range(5):  # best of 5: the batch takes a fraction of a second
+            t0 = time.perf_counter()
+            hits, nsteps, status = jax.block_until_ready(batch(rj))
+            t_jax = min(t_jax, time.perf_counter() - t0)
         hits = np.asarray(hits)
 
-    t0 = time.perf_counter()
-    ref = np.array([scipy_time(rewards[i], t1, 1e-8) for i in range(n_scipy)])
-    t_sp = (time.perf_counter() - t0) / n_scipy
+    t_sp = np.inf
+    for _ in range(3):  # best of 3, like the JAX side
+        t0 = time.perf_counter()
+        ref = np.array([scipy_time(rewards[i], t1, 1e-8) for i in range(n_scipy)])
+        t_sp = min(t_sp, (time.perf_counter() - t0) / n_scipy)
     both = np.isfinite(ref) & np.isfinite(hits[:n_scipy])
     agree_inf = np.array_equal(np.isinf(ref), np.isinf(hits[:n_scipy]))
     err = np.abs(hits[:n_scipy][both] - ref[both])
     rel = err / ref[both]
     jax_rate, sp_rate = n_runs / t_jax, 1 / t_sp
     print(f"[2] Adaptive flow (Tsit5, rtol 1e-9, float64) to t1 = {t1:g}, time to {TARGET}:")
-    print(f"    gradflow vmap over {n_runs} proxies: {t_jax:.2f} s -> {jax_rate:.1f} runs/s "
+    print(f"    gradflow vmap over {n_runs} proxies (best of 5): {t_jax:.2f} s -> {jax_rate:.1f} runs/s "
           f"(median {np.median(np.asarray(nsteps)):.0f}, max {np.max(np.asarray(nsteps))} solver "
           f"steps per run; {int(np.sum(np.asarray(status) != gf.Status.OK))} runs not ok)")
-    print(f"    scipy solve_ivp LSODA rtol 1e-8, one at a time ({n_scipy} timed): "
+    print(f"    scipy solve_ivp LSODA rtol 1e-8, one at a time ({n_scipy} timed, best of 3): "
           f"{t_sp * 1e3:.1f} ms/run -> {sp_rate:.1f} runs/s")
     print(f"    ratio: {jax_rate / sp_rate:.0f}x   (target >= 50x)")
     print(f"    agreement on {both.sum()} reached runs: max abs diff {err.max():.2e}, "

@@ -147,13 +147,16 @@ def _solve_discrete(method: GradientAscent, policy, reward, true_reward, saveat,
     log_ref = reg.reference(policy)
     opt = method.optimizer
 
+    def grad_at(params):
+        return gradient(params, policy, reward, true_reward, log_ref, reg)
+
     def diagnostics(params):
-        return _record(gradient(params, policy, reward, true_reward, log_ref, reg)[1], saveat.probs)
+        return _record(grad_at(params)[1], saveat.probs)
 
     # The hot loop carries only what the next update and the online tracker need; the
     # full diagnostics are computed at the recorded steps only.
     def observe(i, params, trk, prev, alive):
-        grad, d = gradient(params, policy, reward, true_reward, log_ref, reg)
+        grad, d = grad_at(params)
         value = d.true_reward
         trk, _, _ = tracker_update(
             trk, i.astype(value.dtype), value, value - prev, alive, targets, stall_target, max_rate, min_dur
@@ -173,7 +176,7 @@ def _solve_discrete(method: GradientAscent, policy, reward, true_reward, saveat,
         return jax.lax.fori_loop(start, stop, step, carry)
 
     params0 = policy.params
-    dtype = jax.eval_shape(lambda p: gradient(p, policy, reward, true_reward, log_ref, reg)[1].true_reward, params0).dtype
+    dtype = jax.eval_shape(lambda p: grad_at(p)[1].true_reward, params0).dtype
     trk0 = tracker_init(len(targets), dtype)
     carry = (params0, opt.init(params0), trk0, jnp.asarray(jnp.inf, dtype), jnp.asarray(False))
 
@@ -204,15 +207,18 @@ def _solve_flow(method: GradientFlow, policy, reward, true_reward, t1, saveat, s
     reg = method.regularization
     log_ref = reg.reference(policy)
 
+    def grad_at(params):
+        return gradient(params, policy, reward, true_reward, log_ref, reg)
+
     def vector_field(t, params, args):
-        return gradient(params, policy, reward, true_reward, log_ref, reg)[0]
+        return grad_at(params)[0]
 
     def save_diag(t, params, args):
-        return _record(gradient(params, policy, reward, true_reward, log_ref, reg)[1], saveat.probs)
+        return _record(grad_at(params)[1], saveat.probs)
 
     def save_step(t, params, args):
         # (V_G, dV_G/dt) with dV_G/dt = sum_x w_x sum_y pi (r_G - V_G(x)) ds_y/dt / tau.
-        flow, d = gradient(params, policy, reward, true_reward, log_ref, reg)
+        flow, d = grad_at(params)
         _, score_rate = jax.jvp(lambda th: policy.with_params(th).scores(), (params,), (flow,))
         p = d.probs
         centred = true_reward - sum_outputs(p * true_reward)

@@ -19,12 +19,12 @@ from typing import Any
 @dataclass(frozen=True)
 class Field:
     """One config key: a kind (`"float"`, `"int"`, `"floats"`, `"bool"`, `"str"`), an
-    optional check returning an error text (or `None`) and an optional default."""
+    optional check returning an error text (or `None`) and a default (`None`: the key is
+    required)."""
 
     kind: str
     check: Callable[[Any], str | None] | None = None
     default: Any = None
-    required: bool = True
 
 
 def positive(x) -> str | None:
@@ -89,7 +89,7 @@ def validate(raw: dict, schema: dict[str, dict[str, Field]], source: str = "conf
         for key, field in fields.items():
             if key in given:
                 out[section][key] = _convert(f"{section}.{key}", field, given[key])
-            elif field.required and field.default is None:
+            elif field.default is None:
                 raise ValueError(f"{source}: missing key `{section}.{key}` ({field.kind}).")
             else:
                 out[section][key] = field.default

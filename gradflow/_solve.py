@@ -345,12 +345,11 @@ def _solve(method, policy, reward, true_reward, t1, saveat, targets, normalized_
         abs_targets = v0 + abs_targets * (vmax - v0)
     if isinstance(method, GradientFlow):
         horizon = t1
-    else:
-        horizon = jnp.asarray(float(method.steps), v0.dtype)
-    setup = (abs_targets, *stall.resolve(vmin, vmax, horizon))
-    if isinstance(method, GradientFlow):
+        setup = (abs_targets, *stall.resolve(vmin, vmax, horizon))
         out = _solve_flow(method, policy, reward, true_reward, t1, saveat, setup)
     else:
+        horizon = jnp.asarray(float(method.steps), v0.dtype)
+        setup = (abs_targets, *stall.resolve(vmin, vmax, horizon))
         out = _solve_discrete(method, policy, reward, true_reward, saveat, setup)
     recs, steps, ts, status, params, nsteps, hit, best, count, step_rec = out
     hit = jnp.where(jnp.isinf(hit) & (status != Status.OK), jnp.nan, hit)  # unknown, not "never"

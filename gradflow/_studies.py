@@ -184,18 +184,18 @@ def run_stalling(cfg: dict, out: Path, quick: bool) -> dict:
           f"p(y_med) = {prob['p_mediocre']}; flow to t = {t1:g}, SGD lr {lr:g} for {steps} steps"
           f"{' (quick)' if quick else ''}.")
     print(_table(shown, columns))
-    first = targets[0]
+    first = f"time_to_{targets[0]:g}"
+    by_case = {(r["p_best"], r["trained_on"], r["method"]): r for r in rows}
     for p in prob["p_best"]:
         for m, unit in (("flow", ""), ("SGD", " steps")):
-            t_true = rows[[i for i, r in enumerate(rows) if (r["p_best"], r["trained_on"], r["method"]) == (p, "true", m)][0]][f"time_to_{first:g}"]
-            t_proxy = rows[[i for i, r in enumerate(rows) if (r["p_best"], r["trained_on"], r["method"]) == (p, "proxy", m)][0]][f"time_to_{first:g}"]
+            t_true, t_proxy = by_case[(p, "true", m)][first], by_case[(p, "proxy", m)][first]
             ratio = t_true / t_proxy if t_proxy > 0 else math.nan
             verdict = (
                 f"the proxy is {ratio:.3g}x faster" if math.isfinite(ratio)
                 else "only the proxy gets there within the horizon" if math.isinf(t_true) and math.isfinite(t_proxy)
                 else "n/a"
             )
-            print(f"  p(y*) = {p:g}, {m}: time to {first:g}: true reward {_fmt(t_true, unit)}, "
+            print(f"  p(y*) = {p:g}, {m}: time to {targets[0]:g}: true reward {_fmt(t_true, unit)}, "
                   f"proxy {_fmt(t_proxy, unit)} -> {verdict}")
 
     figures = _stalling_figures(plotting, runs, prob["p_best"], targets, lr, out)

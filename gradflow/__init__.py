@@ -10,10 +10,18 @@ from ._analysis import (
     true_reward_rate as true_reward_rate,
 )
 from ._dynamics import (
+    AbstractDiscreteMethod as AbstractDiscreteMethod,
     AbstractMethod as AbstractMethod,
     GradientAscent as GradientAscent,
     GradientFlow as GradientFlow,
     Regularization as Regularization,
+)
+from ._estimators import (
+    GRPO as GRPO,
+    PPO as PPO,
+    RLOO as RLOO,
+    AbstractSampledMethod as AbstractSampledMethod,
+    Reinforce as Reinforce,
 )
 from ._problem import (
     AbstractPolicy as AbstractPolicy,

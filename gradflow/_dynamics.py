@@ -11,6 +11,7 @@ constant, as in GRPO), `KL_x = KL(pi || pi_ref)` (reverse) or `KL(pi_ref || pi)`
 
 from __future__ import annotations
 
+import abc
 from typing import Literal
 
 import diffrax
@@ -198,7 +199,52 @@ class GradientFlow(AbstractMethod):
         return diffrax.ConstantStepSize()
 
 
-class GradientAscent(AbstractMethod):
+class Problem(eqx.Module):
+    """What one update of a discrete method needs besides the parameters: the initial
+    policy (its structure), the training and true rewards, and `log pi_ref`."""
+
+    policy: AbstractPolicy
+    reward: Float[Array, "prompts outputs"]
+    true_reward: Float[Array, "prompts outputs"]
+    log_ref: Float[Array, "prompts outputs"]
+
+
+class AbstractDiscreteMethod(AbstractMethod):
+    """A method that makes `steps` updates with an optax optimiser.
+
+    Subclasses implement `update`, one step of the algorithm; [`gradflow.solve`][] runs
+    the loop, records and tracks. Step `n` is the policy after `n` updates.
+    """
+
+    optimizer: eqx.AbstractVar[optax.GradientTransformation]
+    steps: eqx.AbstractVar[int]
+    regularization: eqx.AbstractVar[Regularization]
+
+    def init(self, params: PyTree[Array], problem: Problem) -> PyTree:
+        """The algorithm's state at the start (by default the optimiser's)."""
+        return self.optimizer.init(params)
+
+    @abc.abstractmethod
+    def update(self, params: PyTree[Array], state: PyTree, key, problem: Problem) -> tuple[PyTree[Array], PyTree, Float[Array, ""]]:
+        """One step: `(params, state) -> (new_params, new_state)`, plus the exact expected
+        true reward at `params` (before the update), which the online tracker uses.
+        `key` is this step's PRNG key (`None` for exact methods)."""
+
+    def _apply(self, grad, params, opt_state):
+        """An optimiser step that ascends along `grad`."""
+        updates, opt_state = self.optimizer.update(jax.tree.map(jnp.negative, grad), opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+
+def check_optimizer(method) -> None:
+    v.positive_int("steps", method.steps)
+    if not (hasattr(method.optimizer, "init") and hasattr(method.optimizer, "update")):
+        raise ValueError(
+            f"`optimizer` must be an optax.GradientTransformation; got {method.optimizer!r}."
+        )
+
+
+class GradientAscent(AbstractDiscreteMethod):
     """Discrete exact-gradient ascent: `steps` updates of an optax optimiser on `-J`.
 
     With `optax.sgd(eta)` this is the Euler discretisation of the flow: `n` steps
@@ -218,9 +264,11 @@ class GradientAscent(AbstractMethod):
     regularization: Regularization = Regularization()
 
     def __check_init__(self):
-        v.positive_int("steps", self.steps)
-        if not (hasattr(self.optimizer, "init") and hasattr(self.optimizer, "update")):
-            raise ValueError(
-                f"`optimizer` must be an optax.GradientTransformation; got {self.optimizer!r}."
-            )
+        check_optimizer(self)
 
+    def update(self, params, state, key, problem):
+        grad, d = gradient(
+            params, problem.policy, problem.reward, problem.true_reward, problem.log_ref, self.regularization
+        )
+        params, state = self._apply(grad, params, state)
+        return params, state, d.true_reward

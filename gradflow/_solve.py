@@ -16,8 +16,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from jaxtyping import Array, Float, Int, PyTree
+from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from . import _validate as v
 from ._analysis import (
@@ -29,7 +28,15 @@ from ._analysis import (
     tracker_init,
     tracker_update,
 )
-from ._dynamics import AbstractMethod, Diagnostics, GradientAscent, GradientFlow, gradient
+from ._dynamics import (
+    AbstractDiscreteMethod,
+    AbstractMethod,
+    Diagnostics,
+    GradientFlow,
+    Problem,
+    gradient,
+)
+from ._estimators import AbstractSampledMethod
 from ._problem import AbstractPolicy, as_reward, expected, reward_range, sum_outputs
 
 
@@ -141,44 +148,38 @@ def _record(d: Diagnostics, probs: bool):
     return d if probs else eqx.tree_at(lambda x: x.probs, d, None)
 
 
-def _solve_discrete(method: GradientAscent, policy, reward, true_reward, saveat, setup):
+def _solve_discrete(method: AbstractDiscreteMethod, policy, reward, true_reward, key, saveat, setup):
     targets, stall_target, max_rate, min_dur = setup
     reg = method.regularization
-    log_ref = reg.reference(policy)
-    opt = method.optimizer
-
-    def grad_at(params):
-        return gradient(params, policy, reward, true_reward, log_ref, reg)
+    problem = Problem(policy, reward, true_reward, reg.reference(policy))
 
     def diagnostics(params):
-        return _record(grad_at(params)[1], saveat.probs)
+        d = gradient(params, policy, reward, true_reward, problem.log_ref, reg)[1]
+        return _record(d, saveat.probs)
+
+    def track(i, value, trk, prev, alive):
+        i = i.astype(value.dtype)
+        return tracker_update(trk, i, value, value - prev, alive, targets, stall_target, max_rate, min_dur)[0]
 
     # The hot loop carries only what the next update and the online tracker need; the
-    # full diagnostics are computed at the recorded steps only.
-    def observe(i, params, trk, prev, alive):
-        grad, d = grad_at(params)
-        value = d.true_reward
-        trk, _, _ = tracker_update(
-            trk, i.astype(value.dtype), value, value - prev, alive, targets, stall_target, max_rate, min_dur
-        )
-        return grad, trk, value
-
+    # full diagnostics are computed at the recorded steps only. Step `i` draws its
+    # randomness from `fold_in(key, i)`, so the bits do not depend on how the loop is cut.
     def step(i, carry):
-        params, opt_state, trk, prev, diverged = carry
-        grad, trk, value = observe(i, params, trk, prev, ~diverged)
-        updates, new_state = opt.update(jax.tree.map(jnp.negative, grad), opt_state, params)
-        new_params = optax.apply_updates(params, updates)
+        params, state, trk, prev, diverged = carry
+        step_key = None if key is None else jax.random.fold_in(key, i)
+        new_params, new_state, value = method.update(params, state, step_key, problem)
+        trk = track(i, value, trk, prev, ~diverged)
         diverged = diverged | ~_all_finite(new_params)
-        params, opt_state = _tree_where(diverged, (params, opt_state), (new_params, new_state))
-        return params, opt_state, trk, value, diverged
+        params, state = _tree_where(diverged, (params, state), (new_params, new_state))
+        return params, state, trk, value, diverged
 
     def run(carry, start, stop):
         return jax.lax.fori_loop(start, stop, step, carry)
 
     params0 = policy.params
-    dtype = jax.eval_shape(lambda p: grad_at(p)[1].true_reward, params0).dtype
+    dtype = jax.eval_shape(lambda p: diagnostics(p).true_reward, params0).dtype
     trk0 = tracker_init(len(targets), dtype)
-    carry = (params0, opt.init(params0), trk0, jnp.asarray(jnp.inf, dtype), jnp.asarray(False))
+    carry = (params0, method.init(params0, problem), trk0, jnp.asarray(jnp.inf, dtype), jnp.asarray(False))
 
     n, k = method.steps, saveat.every
     segments, rest = divmod(n, k)
@@ -196,7 +197,7 @@ def _solve_discrete(method: GradientAscent, policy, reward, true_reward, saveat,
     recs = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, recs)
     # The last policy (after n updates) has not been seen by the tracker yet.
     params, _, trk, prev, diverged = carry
-    _, trk, _ = observe(jnp.asarray(n), params, trk, prev, ~diverged)
+    trk = track(jnp.asarray(n), diagnostics(params).true_reward, trk, prev, ~diverged)
     trk, _, _ = tracker_finish(trk, min_dur)
     status = jnp.where(diverged, Status.DIVERGED, Status.OK)
     return recs, jnp.asarray([0] + stops), None, status, params, jnp.asarray(n), trk.hit, trk.best, trk.count, None
@@ -273,6 +274,7 @@ def solve(
     targets: Sequence[float] = (),
     normalized_targets: bool = False,
     stall: StallCriteria | None = None,
+    key: PRNGKeyArray | None = None,
 ) -> Solution:
     """Train `policy` on `reward` with `method`, tracking `true_reward`.
 
@@ -282,7 +284,8 @@ def solve(
     - `reward`: the training (proxy) reward, shape `(outputs,)` or `(prompts, outputs)`.
     - `true_reward`: the ground-truth reward tracked along the run (same shapes);
       defaults to `reward`.
-    - `method`: [`gradflow.GradientFlow`][] or [`gradflow.GradientAscent`][].
+    - `method`: [`gradflow.GradientFlow`][], [`gradflow.GradientAscent`][] or a
+      sample-based method.
     - `t1`: the flow's final time (required for the flow, not allowed otherwise; discrete
       methods run their `steps`).
     - `saveat`: a [`gradflow.SaveAt`][]; default: 1001 evenly spaced times (flow) or every
@@ -292,6 +295,10 @@ def solve(
     - `normalized_targets`: `targets` are fractions of the way from the initial to the
       maximal achievable true reward.
     - `stall`: [`gradflow.StallCriteria`][] for the online stall tracking.
+    - `key`: a JAX PRNG key (`jax.random.key(seed)`), required by the sample-based
+      methods ([`gradflow.Reinforce`][], [`gradflow.RLOO`][], [`gradflow.GRPO`][],
+      [`gradflow.PPO`][]) and rejected by the exact ones. The same key gives bitwise the
+      same run; `jax.vmap` over a batch of keys runs many seeds in one compiled call.
 
     **Returns:** a [`gradflow.Solution`][].
 
@@ -313,6 +320,13 @@ def solve(
     if normalized_targets and any(not 0 <= x <= 1 for x in targets):
         raise ValueError(f"`targets` must lie in [0, 1] when `normalized_targets=True`; got {targets}.")
 
+    if isinstance(method, AbstractSampledMethod):
+        key = _as_key(key, method)
+    elif key is not None:
+        raise ValueError(
+            f"`key` is only used by the sample-based methods; {type(method).__name__} is exact "
+            "and deterministic (drop `key`)."
+        )
     if isinstance(method, GradientFlow):
         if t1 is None:
             raise ValueError("`t1` (the final flow time) is required for gf.GradientFlow.")
@@ -331,11 +345,29 @@ def solve(
             raise ValueError("`saveat.ts` is for the flow; use `saveat.every` for discrete methods.")
         if saveat.every > method.steps:
             raise ValueError(f"`saveat.every` ({saveat.every}) exceeds `steps` ({method.steps}).")
-    return _solve(method, policy, reward, true_reward, t1, saveat, targets, normalized_targets, stall)
+    return _solve(method, policy, reward, true_reward, t1, key, saveat, targets, normalized_targets, stall)
+
+
+def _as_key(key, method) -> PRNGKeyArray:
+    name = type(method).__name__
+    if key is None:
+        raise ValueError(
+            f"`key` is required: {name} samples outputs; pass e.g. `key=jax.random.key(0)` "
+            "(vmap over `jax.random.split(key, n)` for n seeds)."
+        )
+    dtype = getattr(key, "dtype", None)
+    typed = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+    raw = dtype == jnp.uint32 and getattr(key, "shape", None) == (2,)
+    if not (typed and key.shape == ()) and not raw:
+        raise ValueError(
+            f"`key` must be one JAX PRNG key (`jax.random.key(seed)`, or a legacy uint32[2] "
+            f"`jax.random.PRNGKey`); got {key!r}. To run many seeds, vmap over a batch of keys."
+        )
+    return key
 
 
 @eqx.filter_jit
-def _solve(method, policy, reward, true_reward, t1, saveat, targets, normalized_targets, stall):
+def _solve(method, policy, reward, true_reward, t1, key, saveat, targets, normalized_targets, stall):
     """The validated run, compiled once per structure: rewards, initial parameters and
     `t1` are arguments, so new values do not recompile."""
     vmin, vmax = reward_range(true_reward, policy.weights)
@@ -350,7 +382,7 @@ def _solve(method, policy, reward, true_reward, t1, saveat, targets, normalized_
     else:
         horizon = jnp.asarray(float(method.steps), v0.dtype)
         setup = (abs_targets, *stall.resolve(vmin, vmax, horizon))
-        out = _solve_discrete(method, policy, reward, true_reward, saveat, setup)
+        out = _solve_discrete(method, policy, reward, true_reward, key, saveat, setup)
     recs, steps, ts, status, params, nsteps, hit, best, count, step_rec = out
     hit = jnp.where(jnp.isinf(hit) & (status != Status.OK), jnp.nan, hit)  # unknown, not "never"
     step_rec = (None, None, None) if step_rec is None else step_rec

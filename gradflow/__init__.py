@@ -29,6 +29,7 @@ from ._problem import (
     LogLinear as LogLinear,
     TabularSoftmax as TabularSoftmax,
 )
+from ._seeds import SeedSummary as SeedSummary, summarize_seeds as summarize_seeds
 from ._solve import SaveAt as SaveAt, Solution as Solution, Status as Status, solve as solve
 
 __version__ = "0.1.0"

@@ -18,7 +18,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Field:
-    """One config key: a kind (`"float"`, `"int"`, `"floats"`, `"bool"`, `"str"`), an
+    """One config key: a kind (`"float"`, `"int"`, `"floats"`, `"bool"`, `"str"`, `"strs"`), an
     optional check returning an error text (or `None`) and a default (`None`: the key is
     required)."""
 
@@ -41,6 +41,16 @@ def nonempty(x) -> str | None:
     return None if len(x) > 0 else "a non-empty list"
 
 
+def one_of(*choices: str) -> Callable[[Any], str | None]:
+    """A check that a string (or every string of a list) is one of `choices`."""
+
+    def check(x) -> str | None:
+        values = x if isinstance(x, list) else [x]
+        return None if all(v in choices for v in values) else f"one of {list(choices)}"
+
+    return check
+
+
 def _convert(path: str, field: Field, value):
     kind = field.kind
     ok = True
@@ -58,10 +68,12 @@ def _convert(path: str, field: Field, value):
         ok = isinstance(value, bool)
     elif kind == "str":
         ok = isinstance(value, str)
+    elif kind == "strs":
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
     else:  # pragma: no cover - schema error
         raise TypeError(f"unknown field kind {kind!r}")
     if not ok:
-        want = {"floats": "a list of finite numbers", "float": "a finite number"}.get(kind, f"a {kind}")
+        want = {"floats": "a list of finite numbers", "float": "a finite number", "strs": "a list of strings"}.get(kind, f"a {kind}")
         raise ValueError(f"config key `{path}`: expected {want}; got {value!r}.")
     if field.check is not None and (problem := field.check(value)) is not None:
         raise ValueError(f"config key `{path}`: expected {problem}; got {value!r}.")

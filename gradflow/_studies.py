@@ -7,11 +7,8 @@ config (shipped in `gradflow/experiments/<name>.toml`, mirrored in the repositor
 
 from __future__ import annotations
 
-import csv
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import jax
@@ -19,44 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import _config as C
+from . import _config as C, _studies_sampled as S
 from ._analysis import StallCriteria, time_to_reward
 from ._dynamics import GradientAscent, GradientFlow
 from ._problem import TabularSoftmax
 from ._solve import SaveAt, Solution, Status, solve
-
-
-@dataclass(frozen=True)
-class Study:
-    name: str
-    summary: str
-    schema: dict[str, dict[str, C.Field]]
-    run: Callable[[dict, Path, bool], dict]
-
-
-def _fmt(x: float, unit: str = "") -> str:
-    if math.isnan(x):
-        return "n/a"
-    if math.isinf(x):
-        return "never"
-    return f"{x:.0f}{unit}" if abs(x) >= 1000 else f"{x:.4g}{unit}"
-
-
-def _table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
-    """Fixed-width text table; `columns` are `(key, header)`."""
-    cells = [[header for _, header in columns]] + [[str(r[k]) for k, _ in columns] for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
+from ._study_utils import Study, fmt, stalling_probs, table, write_csv
 
 # --------------------------------------------------------------------------- stalling
 
@@ -83,18 +48,6 @@ STALLING_SCHEMA = {
         "steps": C.Field("int", C.positive),
     },
 }
-
-
-def stalling_probs(p_best: float, p_mediocre: float, n_outputs: int) -> np.ndarray:
-    """Initial policy of the stalling problem: y* (index 0) gets `p_best`, y_med
-    (index 1) `p_mediocre`, the other outputs share the rest equally."""
-    rest = 1.0 - p_best - p_mediocre
-    if not rest > 0:
-        raise ValueError(
-            f"config: `problem.p_best` ({p_best}) + `problem.p_mediocre` ({p_mediocre}) must be "
-            "below 1, leaving mass for the other outputs."
-        )
-    return np.array([p_best, p_mediocre] + [rest / (n_outputs - 2)] * (n_outputs - 2))
 
 
 def run_stalling(cfg: dict, out: Path, quick: bool) -> dict:
@@ -162,14 +115,14 @@ def run_stalling(cfg: dict, out: Path, quick: bool) -> dict:
             rows.append(row)
 
     out.mkdir(parents=True, exist_ok=True)
-    _write_csv(out / "summary.csv", rows)
+    write_csv(out / "summary.csv", rows)
     shown = [
         {
             **r,
-            **{f"time_to_{t:g}": _fmt(r[f"time_to_{t:g}"]) for t in targets},
-            "stall_level": _fmt(r["stall_level"]),
-            "stall_start": _fmt(r["stall_start"]),
-            "stall_duration": _fmt(r["stall_duration"]),
+            **{f"time_to_{t:g}": fmt(r[f"time_to_{t:g}"]) for t in targets},
+            "stall_level": fmt(r["stall_level"]),
+            "stall_start": fmt(r["stall_start"]),
+            "stall_duration": fmt(r["stall_duration"]),
             "final_true_reward": f"{r['final_true_reward']:.4f}",
         }
         for r in rows
@@ -183,7 +136,7 @@ def run_stalling(cfg: dict, out: Path, quick: bool) -> dict:
     print(f"Stalling study: true reward {r_true.tolist()}, proxy {r_proxy.tolist()}, "
           f"p(y_med) = {prob['p_mediocre']}; flow to t = {t1:g}, SGD lr {lr:g} for {steps} steps"
           f"{' (quick)' if quick else ''}.")
-    print(_table(shown, columns))
+    print(table(shown, columns))
     first = f"time_to_{targets[0]:g}"
     by_case = {(r["p_best"], r["trained_on"], r["method"]): r for r in rows}
     for p in prob["p_best"]:
@@ -195,8 +148,8 @@ def run_stalling(cfg: dict, out: Path, quick: bool) -> dict:
                 else "only the proxy gets there within the horizon" if math.isinf(t_true) and math.isfinite(t_proxy)
                 else "n/a"
             )
-            print(f"  p(y*) = {p:g}, {m}: time to {targets[0]:g}: true reward {_fmt(t_true, unit)}, "
-                  f"proxy {_fmt(t_proxy, unit)} -> {verdict}")
+            print(f"  p(y*) = {p:g}, {m}: time to {targets[0]:g}: true reward {fmt(t_true, unit)}, "
+                  f"proxy {fmt(t_proxy, unit)} -> {verdict}")
 
     figures = _stalling_figures(plotting, runs, prob["p_best"], targets, lr, out)
     print(f"Solved {len(rows)} runs in {elapsed:.1f} s (compilation included).")
@@ -255,6 +208,24 @@ STUDIES: dict[str, Study] = {
         "training on the true reward stalls on a mediocre output; a wrong proxy escapes (what `gradflow demo` runs)",
         STALLING_SCHEMA,
         run_stalling,
+    ),
+    "reinforce-seeds": Study(
+        "reinforce-seeds",
+        "the stalling study with REINFORCE over many seeds: seed bands against the exact gradient",
+        S.REINFORCE_SEEDS_SCHEMA,
+        S.run_reinforce_seeds,
+    ),
+    "estimators": Study(
+        "estimators",
+        "REINFORCE, RLOO, GRPO and PPO on the stalling problem at equal sample budget",
+        S.ESTIMATORS_SCHEMA,
+        S.run_estimators,
+    ),
+    "feature-similarity": Study(
+        "feature-similarity",
+        "log-linear policy: how the feature similarity of y* and y_med decides the stall",
+        S.FEATURE_SIMILARITY_SCHEMA,
+        S.run_feature_similarity,
     ),
 }
 

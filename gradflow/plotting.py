@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
+from ._seeds import SeedSummary
 from ._solve import Solution
 
 
@@ -126,5 +127,125 @@ def plot_probs(
     if title:
         ax.set_title(title)
     ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_seed_band(
+    summaries: Mapping[str, SeedSummary],
+    *,
+    exact: Mapping[str, Solution] | None = None,
+    time_scales: Mapping[str, float] | None = None,
+    targets: Sequence[float] = (),
+    colors: Mapping[str, str] | None = None,
+    show_spread: bool = True,
+    ax=None,
+    logx: bool = True,
+    title: str | None = None,
+    legend: bool = True,
+) -> Figure:
+    """Seed-mean expected true reward with its confidence band (and, lighter, the
+    spread of single seeds), against exact runs drawn as dashed lines.
+
+    **Arguments:**
+
+    - `summaries`: `{label: summary}` from [`gradflow.summarize_seeds`][].
+    - `exact`: `{label: solution}` of exact runs to compare with (e.g. the exact-gradient
+      run with the same learning rate); a label shared with `summaries` shares its colour.
+    - `time_scales`: per label, a factor applied to the time axis (as in
+      [`gradflow.plotting.plot_true_reward`][]).
+    - `targets`: horizontal reference lines.
+    - `colors`: per label, a matplotlib colour.
+    - `show_spread`: also shade the per-seed spread (`spread_lower`..`spread_upper`).
+    - `ax`, `logx`, `title`, `legend`: as in [`gradflow.plotting.plot_true_reward`][].
+
+    **Returns:** the figure.
+    """
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    fig = ax.figure
+    scales = dict(time_scales or {})
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    labels = list(summaries) + [k for k in (exact or {}) if k not in summaries]
+    colors = {k: cycle[i % len(cycle)] for i, k in enumerate(labels)} | dict(colors or {})
+    for label, s in summaries.items():
+        t = np.asarray(s.time, dtype=float) * scales.get(label, 1.0)
+        t, mean, lo, hi, slo, shi = _positive(t, s.mean, s.lower, s.upper, s.spread_lower, s.spread_upper)
+        c = colors[label]
+        ax.plot(t, mean, color=c, lw=1.6, label=f"{label}: mean of {s.seeds} seeds")
+        ax.fill_between(t, lo, hi, color=c, alpha=0.35, lw=0, label=f"{s.level:.0%} band of the mean")
+        if show_spread:
+            ax.fill_between(t, slo, shi, color=c, alpha=0.12, lw=0, label="10-90% of seeds")
+    for label, sol in (exact or {}).items():
+        t, v = _positive(_time(sol, scales.get(label, 1.0)), np.asarray(sol.true_reward))
+        ax.plot(t, v, color=colors[label], ls="--", lw=1.4, label=f"{label}: exact gradient")
+    for level in targets:
+        ax.axhline(level, color="grey", lw=0.8, ls=":", label=f"target {level:g}")
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel("step" if not scales else "time (flow time; SGD: learning rate x steps)")
+    ax.set_ylabel("expected true reward")
+    if title:
+        ax.set_title(title)
+    if legend:
+        ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_time_to_reward_cdf(
+    summaries: Mapping[str, SeedSummary],
+    target: float,
+    *,
+    colors: Mapping[str, str] | None = None,
+    exact_times: Mapping[str, float] | None = None,
+    ax=None,
+    logx: bool = True,
+    title: str | None = None,
+    legend: bool = True,
+) -> Figure:
+    """The distribution of time-to-reward across seeds: the fraction of seeds that have
+    reached `target` by each step (an empirical CDF; it levels off below 1 when some
+    seeds never get there).
+
+    **Arguments:**
+
+    - `summaries`: `{label: summary}` from [`gradflow.summarize_seeds`][]; `target` must
+      be one of their targets.
+    - `target`: the true-reward level.
+    - `colors`: per label, a matplotlib colour.
+    - `exact_times`: per label, the exact run's time-to-reward, drawn as a dashed vertical
+      line (skipped when infinite).
+    - `ax`, `logx`, `title`, `legend`: as in [`gradflow.plotting.plot_true_reward`][].
+
+    **Returns:** the figure.
+    """
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    fig = ax.figure
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = {k: cycle[i % len(cycle)] for i, k in enumerate(summaries)} | dict(colors or {})
+    horizon = max(float(np.max(s.time)) for s in summaries.values())
+    for label, s in summaries.items():
+        if float(target) not in s.targets:
+            raise ValueError(f"target {target} is not among the targets of summary {label!r}: {s.targets}.")
+        t = np.sort(s.times[s.targets.index(float(target))])
+        t = t[np.isfinite(t)]
+        frac = np.arange(1, t.size + 1) / s.times.shape[1]
+        t, frac = np.append(t, horizon), np.append(frac, frac[-1] if frac.size else 0.0)
+        ax.step(t, frac, where="post", color=colors[label], lw=1.6,
+                label=f"{label} ({s.reached[s.targets.index(float(target))]:.0%} reached)")
+        x = (exact_times or {}).get(label)
+        if x is not None and np.isfinite(x):
+            ax.axvline(x, color=colors[label], ls="--", lw=1.0, label=f"{label}: exact gradient")
+    if logx:
+        ax.set_xscale("log")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"fraction of seeds with true reward >= {target:g}")
+    if title:
+        ax.set_title(title)
+    if legend:
+        ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
     return fig

@@ -1,0 +1,402 @@
+"""Studies of sampled and feature-based training: `reinforce-seeds`, `estimators`,
+`feature-similarity` (registered in `gradflow._studies.STUDIES`)."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from . import _config as C
+from ._analysis import StallCriteria, time_to_reward
+from ._dynamics import GradientAscent
+from ._estimators import GRPO, PPO, RLOO, Reinforce
+from ._problem import LogLinear, TabularSoftmax
+from ._seeds import SeedSummary, summarize_seeds
+from ._solve import SaveAt, Solution, solve
+from ._study_utils import fmt, stalling_probs, table, write_csv
+
+_PROBLEM = {
+    "true_reward": C.Field("floats", C.nonempty),
+    "proxy_reward": C.Field("floats", C.nonempty),
+    "p_mediocre": C.Field("float", C.probability),
+}
+
+
+def _rewards(prob: dict) -> tuple[np.ndarray, np.ndarray]:
+    r_true, r_proxy = np.array(prob["true_reward"]), np.array(prob["proxy_reward"])
+    if len(r_proxy) != len(r_true) or len(r_true) < 3:
+        raise ValueError(
+            "config: `problem.true_reward` and `problem.proxy_reward` must have the same length "
+            f"(at least 3 outputs); got {len(r_true)} and {len(r_proxy)}."
+        )
+    return r_true, r_proxy
+
+
+def _seed_solver(method, r_true, targets, every):
+    """A jitted `(logits, reward, keys) -> batched Solution`: one compile per study."""
+
+    @jax.jit
+    def run(logits, reward, keys):
+        def one(key):
+            return solve(TabularSoftmax(logits), reward=reward, true_reward=r_true, method=method, key=key,
+                         saveat=SaveAt(every=every), targets=targets, stall=StallCriteria(target=min(targets)))
+
+        return jax.vmap(one)(keys)
+
+    return run
+
+
+def _exact_solver(lr, steps, r_true, targets, every):
+    method = GradientAscent(optax.sgd(lr), steps)
+
+    @jax.jit
+    def run(logits, reward):
+        return solve(TabularSoftmax(logits), reward=reward, true_reward=r_true, method=method,
+                     saveat=SaveAt(every=every), targets=targets, stall=StallCriteria(target=min(targets)))
+
+    return run
+
+
+def _seed_row(summary: SeedSummary, exact: Solution, targets) -> dict:
+    row: dict = {}
+    for t in targets:
+        row[f"exact_time_to_{t:g}"] = float(time_to_reward(exact, t))
+    row.update(summary.row())
+    half = float(summary.upper[-1] - summary.mean[-1])
+    row.update(final_ci_halfwidth=half, exact_final=float(exact.final_true_reward))
+    return row
+
+
+def _shown(rows: list[dict], targets) -> list[dict]:
+    out = []
+    for r in rows:
+        s = dict(r)
+        for t in targets:
+            s[f"exact_{t:g}"] = fmt(r[f"exact_time_to_{t:g}"])
+            s[f"median_{t:g}"] = fmt(r[f"time_to_{t:g}_q0.5"])
+            s[f"range_{t:g}"] = f"{fmt(r[f'time_to_{t:g}_q0.1'])}-{fmt(r[f'time_to_{t:g}_q0.9'])}"
+            s[f"reached_{t:g}"] = f"{r[f'reached_{t:g}']:.1%}"
+        s["stalled"] = f"{r['stalled']:.1%}"
+        s["stall_duration_median"] = fmt(r["stall_duration_median"])
+        s["final"] = f"{r['final_mean']:.3f} +- {r['final_ci_halfwidth']:.3f} (exact {r['exact_final']:.3f})"
+        out.append(s)
+    return out
+
+
+def _columns(first: list[tuple[str, str]], targets) -> list[tuple[str, str]]:
+    cols = list(first)
+    for t in targets:
+        cols += [(f"exact_{t:g}", f"exact: steps to {t:g}"), (f"median_{t:g}", "seeds: median"),
+                 (f"range_{t:g}", "10-90%"), (f"reached_{t:g}", "reached")]
+    return cols + [("stalled", "stalled"), ("stall_duration_median", "stall length (median)"),
+                   ("final", "final true reward (mean, 95% CI)")]
+
+
+def _report(out: Path, rows, shown, columns, figures, elapsed, runs) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "summary.csv", rows)
+    print(table(shown, columns))
+    print(f"Solved {runs} runs in {elapsed:.1f} s (compilation included).")
+    print(f"Results in {out.resolve()}/:")
+    for path in [out / "summary.csv", *figures]:
+        print(f"  {path.name}")
+
+
+# --------------------------------------------------------------------- reinforce-seeds
+
+REINFORCE_SEEDS_SCHEMA = {
+    "problem": {**_PROBLEM, "p_best": C.Field("floats", lambda x: C.nonempty(x) or C.probability(x))},
+    "reinforce": {
+        "learning_rate": C.Field("float", C.positive),
+        "steps": C.Field("int", C.positive),
+        "samples": C.Field("int", C.positive),
+        "baseline": C.Field("str", C.one_of("none", "mean", "running")),
+        "seeds": C.Field("int", C.positive),
+        "seed": C.Field("int", default=0),
+        "record_every": C.Field("int", C.positive),
+    },
+    "analysis": {"targets": C.Field("floats", C.nonempty)},
+    "quick": {"steps": C.Field("int", C.positive), "seeds": C.Field("int", C.positive)},
+}
+
+
+def run_reinforce_seeds(cfg: dict, out: Path, quick: bool) -> dict:
+    import matplotlib.pyplot as plt
+
+    from . import plotting
+
+    prob, rc = cfg["problem"], cfg["reinforce"]
+    r_true, r_proxy = _rewards(prob)
+    targets = tuple(cfg["analysis"]["targets"])
+    steps = cfg["quick"]["steps"] if quick else rc["steps"]
+    seeds = cfg["quick"]["seeds"] if quick else rc["seeds"]
+    lr, every = rc["learning_rate"], min(rc["record_every"], steps)
+    method = Reinforce(optax.sgd(lr), steps, samples=rc["samples"], baseline=rc["baseline"])
+    sampled = _seed_solver(method, jnp.asarray(r_true), targets, every)
+    exact = _exact_solver(lr, steps, jnp.asarray(r_true), targets, every)
+    keys = jax.random.split(jax.random.key(rc["seed"]), seeds)
+
+    start = time.perf_counter()
+    rows, summaries, exacts = [], {}, {}
+    for p in prob["p_best"]:
+        logits = jnp.log(jnp.asarray(stalling_probs(p, prob["p_mediocre"], len(r_true))))
+        for name, r in (("true", r_true), ("proxy", r_proxy)):
+            s = summarize_seeds(sampled(logits, jnp.asarray(r), keys), targets)
+            e = exact(logits, jnp.asarray(r))
+            summaries[(p, name)], exacts[(p, name)] = s, e
+            rows.append({"p_best": p, "trained_on": name, **_seed_row(s, e, targets)})
+    elapsed = time.perf_counter() - start
+
+    print(f"REINFORCE seeds: {seeds} seeds per case, {rc['samples']} sample(s) per step, baseline "
+          f"{rc['baseline']!r}, SGD lr {lr:g}, {steps} steps{' (quick)' if quick else ''}; the exact "
+          "columns are exact-gradient SGD with the same learning rate.")
+    out.mkdir(parents=True, exist_ok=True)
+    n = len(prob["p_best"])
+    colors = {"true": "C0", "proxy": "C3"}
+    fig, axes = plt.subplots(2, n, figsize=(5 * n, 8), layout="constrained", squeeze=False)
+    for j, p in enumerate(prob["p_best"]):
+        label = {name: f"trained on {name} reward" for name in colors}
+        plotting.plot_seed_band(
+            {label[k]: summaries[(p, k)] for k in colors}, exact={label[k]: exacts[(p, k)] for k in colors},
+            targets=targets, colors={label[k]: c for k, c in colors.items()}, ax=axes[0, j],
+            title=f"initial p(y*) = {p:g}", legend=j == 0,
+        )
+        plotting.plot_time_to_reward_cdf(
+            {label[k]: summaries[(p, k)] for k in colors}, targets[0],
+            colors={label[k]: c for k, c in colors.items()},
+            exact_times={label[k]: float(time_to_reward(exacts[(p, k)], targets[0])) for k in colors},
+            ax=axes[1, j], title=f"time to true reward {targets[0]:g}, initial p(y*) = {p:g}",
+        )
+    fig.suptitle(f"REINFORCE ({seeds} seeds, {rc['samples']} sample/step, lr {lr:g}) vs the exact gradient")
+    figures = [out / "reinforce_seeds.png"]
+    fig.savefig(figures[0], dpi=120)
+    plt.close(fig)
+
+    _report(out, rows, _shown(rows, targets),
+            _columns([("p_best", "p(y*)"), ("trained_on", "trained on")], targets), figures, elapsed,
+            len(rows) * (seeds + 1))
+    t0 = targets[0]
+    for p in prob["p_best"]:
+        tr, px = (next(r for r in rows if r["p_best"] == p and r["trained_on"] == k) for k in ("true", "proxy"))
+        print(f"  p(y*) = {p:g}: on the true reward {tr[f'reached_{t0:g}']:.0%} of seeds reach {t0:g} "
+              f"(exact run: {fmt(tr[f'exact_time_to_{t0:g}'], ' steps')}); on the proxy "
+              f"{px[f'reached_{t0:g}']:.0%} do, median {fmt(px[f'time_to_{t0:g}_q0.5'], ' steps')} "
+              f"(exact: {fmt(px[f'exact_time_to_{t0:g}'], ' steps')}).")
+    return {"rows": rows, "figures": figures, "summaries": summaries, "exact": exacts}
+
+
+# --------------------------------------------------------------------------- estimators
+
+ESTIMATOR_NAMES = ("reinforce", "rloo", "grpo", "ppo")
+
+ESTIMATORS_SCHEMA = {
+    "problem": {**_PROBLEM, "p_best": C.Field("float", C.probability)},
+    "estimators": {
+        "names": C.Field("strs", lambda x: C.nonempty(x) or C.one_of(*ESTIMATOR_NAMES)(x)),
+        "learning_rate": C.Field("float", C.positive),
+        "samples": C.Field("int", C.positive),
+        "steps": C.Field("int", C.positive),
+        "seeds": C.Field("int", C.positive),
+        "seed": C.Field("int", default=0),
+        "record_every": C.Field("int", C.positive),
+        "reinforce_baseline": C.Field("str", C.one_of("none", "mean", "running")),
+        "grpo_normalize_std": C.Field("bool"),
+        "ppo_epochs": C.Field("int", C.positive),
+        "ppo_clip": C.Field("float", C.positive),
+    },
+    "analysis": {"targets": C.Field("floats", C.nonempty)},
+    "quick": {"steps": C.Field("int", C.positive), "seeds": C.Field("int", C.positive)},
+}
+
+
+def make_estimator(name: str, ec: dict, steps: int):
+    """The method called `name` in an `[estimators]` config section."""
+    opt, k = optax.sgd(ec["learning_rate"]), ec["samples"]
+    if name == "reinforce":
+        return Reinforce(opt, steps, samples=k, baseline=ec["reinforce_baseline"])
+    if name == "rloo":
+        return RLOO(opt, steps, samples=k)
+    if name == "grpo":
+        return GRPO(opt, steps, samples=k, normalize_std=ec["grpo_normalize_std"])
+    if name == "ppo":
+        return PPO(opt, steps, samples=k, epochs=ec["ppo_epochs"], clip=ec["ppo_clip"])
+    raise ValueError(f"config key `estimators.names`: unknown estimator {name!r}; expected one of {ESTIMATOR_NAMES}.")
+
+
+def run_estimators(cfg: dict, out: Path, quick: bool) -> dict:
+    import matplotlib.pyplot as plt
+
+    from . import plotting
+
+    prob, ec = cfg["problem"], cfg["estimators"]
+    r_true, r_proxy = _rewards(prob)
+    targets = tuple(cfg["analysis"]["targets"])
+    steps = cfg["quick"]["steps"] if quick else ec["steps"]
+    seeds = cfg["quick"]["seeds"] if quick else ec["seeds"]
+    every = min(ec["record_every"], steps)
+    logits = jnp.log(jnp.asarray(stalling_probs(prob["p_best"], prob["p_mediocre"], len(r_true))))
+    keys = jax.random.split(jax.random.key(ec["seed"]), seeds)
+    exact = _exact_solver(ec["learning_rate"], steps, jnp.asarray(r_true), targets, every)
+
+    start = time.perf_counter()
+    rows, summaries, exacts = [], {}, {}
+    for name in ec["names"]:
+        run = _seed_solver(make_estimator(name, ec, steps), jnp.asarray(r_true), targets, every)
+        for trained, r in (("true", r_true), ("proxy", r_proxy)):
+            exacts[trained] = exacts.get(trained) or exact(logits, jnp.asarray(r))
+            s = summarize_seeds(run(logits, jnp.asarray(r), keys), targets)
+            summaries[(name, trained)] = s
+            rows.append({"estimator": name, "trained_on": trained, **_seed_row(s, exacts[trained], targets)})
+    elapsed = time.perf_counter() - start
+
+    k = ec["samples"]
+    print(f"Estimators at equal sample budget: {k} samples per step x {steps} steps = {k * steps} draws "
+          f"per seed, {seeds} seeds, SGD lr {ec['learning_rate']:g}, initial p(y*) = {prob['p_best']:g}"
+          f"{' (quick)' if quick else ''}. PPO makes {ec['ppo_epochs']} updates per batch; the exact "
+          "columns are exact-gradient SGD with the same learning rate and steps.")
+    out.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8), layout="constrained", squeeze=False)
+    for j, trained in enumerate(("true", "proxy")):
+        label = {name: name.upper() if name != "reinforce" else "REINFORCE" for name in ec["names"]}
+        plotting.plot_seed_band(
+            {label[n]: summaries[(n, trained)] for n in ec["names"]}, exact={"exact gradient": exacts[trained]},
+            targets=targets, colors={"exact gradient": "black"}, show_spread=False, ax=axes[0, j],
+            title=f"trained on the {trained} reward", legend=j == 0,
+        )
+        plotting.plot_time_to_reward_cdf(
+            {label[n]: summaries[(n, trained)] for n in ec["names"]}, targets[0], ax=axes[1, j],
+            title=f"time to true reward {targets[0]:g}, trained on the {trained} reward",
+        )
+    fig.suptitle(f"Four estimators, {k} samples per step, initial p(y*) = {prob['p_best']:g}")
+    figures = [out / "estimators.png"]
+    fig.savefig(figures[0], dpi=120)
+    plt.close(fig)
+    _report(out, rows, _shown(rows, targets),
+            _columns([("estimator", "estimator"), ("trained_on", "trained on")], targets), figures, elapsed,
+            len(rows) * seeds + 2)
+    return {"rows": rows, "figures": figures, "summaries": summaries, "exact": exacts}
+
+
+# ------------------------------------------------------------------- feature-similarity
+
+FEATURE_SIMILARITY_SCHEMA = {
+    "problem": {
+        "initial_probs": C.Field("floats", lambda x: C.nonempty(x) or C.probability(x)),
+        "true_reward": C.Field("floats", C.nonempty),
+        "best_norm": C.Field("float", C.positive),
+        "mediocre_cosines": C.Field(
+            "floats", lambda x: C.nonempty(x) or (None if all(-1 <= c <= 1 for c in x) else "values in [-1, 1]")
+        ),
+    },
+    "sgd": {
+        "learning_rate": C.Field("float", C.positive),
+        "steps": C.Field("int", C.positive),
+        "record_every": C.Field("int", C.positive),
+    },
+    "analysis": {"targets": C.Field("floats", C.nonempty)},
+    "quick": {"steps": C.Field("int", C.positive)},
+}
+
+
+def similarity_features(n_outputs: int, best_norm: float, cosine: float) -> np.ndarray:
+    """Features of the feature-similarity problem, shape `(outputs, outputs)`: y* (index
+    0) is `best_norm * e1`, y_med (index 1) the unit vector at `cosine` with `e1` in the
+    `(e1, e2)` plane, and output `j >= 2` is `e_{j+1}`."""
+    phi = np.zeros((n_outputs, n_outputs))
+    phi[0, 0] = best_norm
+    phi[1, :2] = (cosine, math.sqrt(max(0.0, 1.0 - cosine**2)))
+    for j in range(2, n_outputs):
+        phi[j, j] = 1.0
+    return phi
+
+
+def run_feature_similarity(cfg: dict, out: Path, quick: bool) -> dict:
+    import matplotlib.pyplot as plt
+
+    from . import plotting
+
+    prob, sc = cfg["problem"], cfg["sgd"]
+    probs = np.array(prob["initial_probs"])
+    r_true = jnp.asarray(prob["true_reward"])
+    n = len(probs)
+    if abs(probs.sum() - 1) > 1e-6 or len(r_true) != n or n < 3:
+        raise ValueError(
+            "config: `problem.initial_probs` must sum to 1 and match `problem.true_reward` in length "
+            f"(at least 3 outputs); got {probs.tolist()} and {len(r_true)} rewards."
+        )
+    targets = tuple(cfg["analysis"]["targets"])
+    steps = cfg["quick"]["steps"] if quick else sc["steps"]
+    every = min(sc["record_every"], steps)
+    method = GradientAscent(optax.sgd(sc["learning_rate"]), steps)
+    stall = StallCriteria(target=min(targets))
+
+    @jax.jit
+    def run(policy):
+        return solve(policy, reward=r_true, method=method, saveat=SaveAt(every=every, probs=True),
+                     targets=targets, stall=stall)
+
+    start = time.perf_counter()
+    runs: dict[str, Solution] = {}
+    rows = []
+    for c in prob["mediocre_cosines"]:
+        phi = similarity_features(n, prob["best_norm"], c)
+        policy = LogLinear.from_probs(jnp.asarray(phi), jnp.asarray(probs))
+        label = f"cos = {c:+.2f}"
+        runs[label] = sol = run(policy)
+        rows.append({"parameterisation": "log-linear", "cosine": c, "inner_product": float(phi[0] @ phi[1]),
+                     **_feature_row(sol, targets)})
+    runs["tabular"] = sol = run(TabularSoftmax.from_probs(jnp.asarray(probs)))
+    rows.append({"parameterisation": "tabular", "cosine": math.nan, "inner_product": math.nan,
+                 **_feature_row(sol, targets)})
+    elapsed = time.perf_counter() - start
+
+    print(f"Feature similarity: log-linear policy, y* feature {prob['best_norm']:g} e1, y_med a unit "
+          f"vector at the given cosine with e1; initial probs {probs.tolist()}, trained on the true reward "
+          f"{prob['true_reward']} with exact-gradient SGD (lr {sc['learning_rate']:g}, {steps} steps"
+          f"{', quick' if quick else ''}).")
+    shown = [{**r, "cosine": "n/a" if math.isnan(r["cosine"]) else f"{r['cosine']:+.3f}",
+              "inner_product": "n/a" if math.isnan(r["inner_product"]) else f"{r['inner_product']:+.3f}",
+              **{f"time_to_{t:g}": fmt(r[f"time_to_{t:g}"]) for t in targets},
+              **{k: fmt(r[k]) for k in ("stall_level", "stall_start", "stall_duration")},
+              "final_true_reward": f"{r['final_true_reward']:.4f}"} for r in rows]
+    columns = [("parameterisation", "policy"), ("cosine", "cos(y*, y_med)"), ("inner_product", "<phi*, phi_med>")]
+    columns += [(f"time_to_{t:g}", f"steps to {t:g}") for t in targets]
+    columns += [("stall_level", "stall level"), ("stall_start", "stall start"), ("stall_duration", "stall length"),
+                ("final_true_reward", "final true reward")]
+
+    out.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
+    cmap = plt.get_cmap("plasma")
+    cos = prob["mediocre_cosines"]
+    styles = {f"cos = {c:+.2f}": {"color": cmap(0.42 + 0.42 * c), "lw": 1.6} for c in cos}
+    styles["tabular"] = {"color": "black", "ls": "--", "lw": 1.2}
+    plotting.plot_true_reward(runs, targets=targets, styles=styles, ax=axes[0],
+                              title="true reward (trained on it)")
+    axes[0].set_xlabel("step")
+    for label, sol in runs.items():
+        steps_axis = np.asarray(sol.time, dtype=float)
+        keep = steps_axis > 0
+        axes[1].plot(steps_axis[keep], np.asarray(sol.probs[:, 0, 0])[keep], label=f"p(y*), {label}",
+                     **styles[label])
+    axes[1].set(xscale="log", ylim=(0, 1), xlabel="step", ylabel="probability", title="probability of y*")
+    axes[1].legend(fontsize="small")
+    axes[1].grid(alpha=0.3)
+    fig.suptitle("Similarity of y_med's feature to y*'s decides whether the true reward stalls on y_med")
+    figures = [out / "feature_similarity.png"]
+    fig.savefig(figures[0], dpi=120)
+    plt.close(fig)
+    _report(out, rows, shown, columns, figures, elapsed, len(rows))
+    return {"rows": rows, "figures": figures, "solutions": runs}
+
+
+def _feature_row(sol: Solution, targets) -> dict:
+    row = {f"time_to_{t:g}": float(time_to_reward(sol, t)) for t in targets}
+    row.update(stall_level=float(sol.stall.level), stall_start=float(sol.stall.start),
+               stall_duration=float(sol.stall.duration), final_true_reward=float(sol.final_true_reward))
+    return row

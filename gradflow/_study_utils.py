@@ -1,0 +1,58 @@
+"""Shared pieces of the studies: the `Study` record, text tables, CSV output, and the
+initial policies of the stalling problem."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import _config as C
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    summary: str
+    schema: dict[str, dict[str, C.Field]]
+    run: Callable[[dict, Path, bool], dict]
+
+
+def fmt(x: float, unit: str = "") -> str:
+    if math.isnan(x):
+        return "n/a"
+    if math.isinf(x):
+        return "never"
+    return f"{x:.0f}{unit}" if abs(x) >= 1000 else f"{x:.4g}{unit}"
+
+
+def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    """Fixed-width text table; `columns` are `(key, header)`."""
+    cells = [[header for _, header in columns]] + [[str(r[k]) for k, _ in columns] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def stalling_probs(p_best: float, p_mediocre: float, n_outputs: int) -> np.ndarray:
+    """Initial policy of the stalling problem: y* (index 0) gets `p_best`, y_med
+    (index 1) `p_mediocre`, the other outputs share the rest equally."""
+    rest = 1.0 - p_best - p_mediocre
+    if not rest > 0:
+        raise ValueError(
+            f"config: `problem.p_best` ({p_best}) + `problem.p_mediocre` ({p_mediocre}) must be "
+            "below 1, leaving mass for the other outputs."
+        )
+    return np.array([p_best, p_mediocre] + [rest / (n_outputs - 2)] * (n_outputs - 2))

@@ -265,8 +265,8 @@ def run_estimators(cfg: dict, out: Path, quick: bool) -> dict:
     for j, trained in enumerate(("true", "proxy")):
         label = {name: name.upper() if name != "reinforce" else "REINFORCE" for name in ec["names"]}
         plotting.plot_seed_band(
-            {label[n]: summaries[(n, trained)] for n in ec["names"]}, exact={"exact gradient": exacts[trained]},
-            targets=targets, colors={"exact gradient": "black"}, show_spread=False, ax=axes[0, j],
+            {label[n]: summaries[(n, trained)] for n in ec["names"]}, exact={"exact-gradient SGD": exacts[trained]},
+            targets=targets, colors={"exact-gradient SGD": "black"}, show_spread=False, ax=axes[0, j],
             title=f"trained on the {trained} reward", legend=j == 0,
         )
         plotting.plot_time_to_reward_cdf(

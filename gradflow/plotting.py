@@ -178,7 +178,8 @@ def plot_seed_band(
             ax.fill_between(t, slo, shi, color=c, alpha=0.12, lw=0, label="10-90% of seeds")
     for label, sol in (exact or {}).items():
         t, v = _positive(_time(sol, scales.get(label, 1.0)), np.asarray(sol.true_reward))
-        ax.plot(t, v, color=colors[label], ls="--", lw=1.4, label=f"{label}: exact gradient")
+        name = f"{label}: exact gradient" if label in summaries else label
+        ax.plot(t, v, color=colors[label], ls="--", lw=1.4, label=name)
     for level in targets:
         ax.axhline(level, color="grey", lw=0.8, ls=":", label=f"target {level:g}")
     if logx:

@@ -125,7 +125,7 @@ def summarize_seeds(
     mean = values.mean(axis=0)
     se = values.std(axis=0, ddof=1) / np.sqrt(n) if n > 1 else np.full_like(mean, np.nan)
     z = float(norm.ppf(0.5 + level / 2))
-    time = np.asarray(sols.time, dtype=float)[0]
+    time = np.asarray(sols.ts if sols.ts is not None else sols.steps, dtype=float)[0]  # batched: no .time
 
     times = np.stack(
         [np.asarray(jax.vmap(lambda s, t=t: time_to_reward(s, t))(sols), dtype=float)[ok] for t in targets]

@@ -87,3 +87,77 @@ def test_cli_list_and_errors(capsys, tmp_path):
     bad.write_text(C.packaged_config("stalling").read_text().replace("steps = 50000", "stepz = 50000"))
     assert cli.main(["study", "stalling", "--config", str(bad), "--out", str(tmp_path)]) == 2
     assert "sgd.stepz" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ sampled studies
+
+
+@pytest.fixture(scope="module")
+def quick_reinforce_seeds(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reinforce-seeds")
+    return out, run_study("reinforce-seeds", out=out, quick=True)
+
+
+def test_reinforce_seeds_quick_writes_table_and_figure(quick_reinforce_seeds):
+    out, result = quick_reinforce_seeds
+    for name in ("summary.csv", "reinforce_seeds.png"):
+        assert (out / name).stat().st_size > 0
+    assert len((out / "summary.csv").read_text().splitlines()) == 1 + len(result["rows"]) == 1 + 6
+    assert all(r["seeds"] == 64 and r["excluded"] == 0 for r in result["rows"])
+
+
+def test_reinforce_seeds_quick_shows_the_claim(quick_reinforce_seeds):
+    """On the proxy every seed reaches 0.9 near the exact run's step; on the true reward
+    (p(y*) = 0.05) the exact run never does and most seeds stall."""
+    _, result = quick_reinforce_seeds
+    rows = {(r["p_best"], r["trained_on"]): r for r in result["rows"]}
+    for p in (0.05, 0.10, 0.15):
+        proxy = rows[(p, "proxy")]
+        assert proxy["reached_0.9"] == 1.0
+        assert abs(proxy["time_to_0.9_q0.5"] - proxy["exact_time_to_0.9"]) <= 0.2 * proxy["exact_time_to_0.9"]
+    true = rows[(0.05, "true")]
+    assert math.isinf(true["exact_time_to_0.9"])
+    assert true["reached_0.9"] < 0.5 and true["stalled"] > 0.5
+
+
+@pytest.fixture(scope="module")
+def quick_estimators(tmp_path_factory):
+    out = tmp_path_factory.mktemp("estimators")
+    return out, run_study("estimators", out=out, quick=True)
+
+
+def test_estimators_quick(quick_estimators):
+    """Unbiased estimators track the exact run on the proxy; GRPO's std normalisation
+    escapes the stall on the true reward where RLOO does not."""
+    out, result = quick_estimators
+    assert (out / "estimators.png").stat().st_size > 0
+    rows = {(r["estimator"], r["trained_on"]): r for r in result["rows"]}
+    assert len(rows) == 8
+    for name in ("reinforce", "rloo"):
+        r = rows[(name, "proxy")]
+        assert abs(r["time_to_0.9_q0.5"] - r["exact_time_to_0.9"]) <= 0.2 * r["exact_time_to_0.9"]
+    assert rows[("grpo", "true")]["reached_0.9"] > rows[("rloo", "true")]["reached_0.9"] + 0.5
+
+
+def test_feature_similarity_quick(tmp_path):
+    """y_med's feature pointing towards y* ends the stall; pointing away keeps it."""
+    result = run_study("feature-similarity", out=tmp_path, quick=True)
+    assert (tmp_path / "feature_similarity.png").stat().st_size > 0
+    rows = {r["cosine"]: r for r in result["rows"] if r["parameterisation"] == "log-linear"}
+    towards, away = rows[0.7071], rows[-0.7071]
+    assert math.isfinite(towards["time_to_0.9"]) and math.isinf(away["time_to_0.9"])
+    assert abs(away["stall_level"] - 0.8) < 0.05
+    # On the short quick horizon the slow final approach of `towards` can count as a short
+    # stall; it is an order of magnitude shorter than the stall of `away`.
+    assert not towards["stall_duration"] > 0.1 * away["stall_duration"]
+    times = [rows[c]["time_to_0.9"] for c in sorted(rows)]
+    assert times == sorted(times, reverse=True)  # more similar => sooner (inf first)
+
+
+def test_unknown_estimator_name_is_rejected():
+    from gradflow._studies_sampled import ESTIMATORS_SCHEMA
+
+    raw = tomllib.loads(C.packaged_config("estimators").read_text())
+    raw["estimators"]["names"] = ["rloo", "reinforc"]
+    with pytest.raises(ValueError, match=r"estimators\.names"):
+        C.validate(raw, ESTIMATORS_SCHEMA)

@@ -63,6 +63,18 @@ def sample_onehot(
     return ((u >= lower[:, None, :]) & (u < upper[:, None, :])).astype(probs.dtype)
 
 
+def sum_draws(x: Float[Array, "prompts k ..."]) -> Float[Array, "prompts 1 ..."]:
+    """`x.sum(axis=1, keepdims=True)` over the draws, unrolled for small groups: XLA's CPU
+    reductions over a short middle axis are several times slower under `vmap` than a
+    chain of adds (as for `sum_outputs`)."""
+    if x.shape[1] > UNROLL_MAX_OUTPUTS:
+        return jnp.sum(x, axis=1, keepdims=True)
+    acc = x[:, :1]
+    for i in range(1, x.shape[1]):
+        acc = acc + x[:, i : i + 1]
+    return acc
+
+
 class Batch(eqx.Module):
     """One step's samples and what the estimators need about them (per prompt)."""
 
@@ -102,8 +114,8 @@ def score_estimate(
     """`sum_x w_x (1/k) sum_i coef_i (e_{y_i} - pi) / tau` in score space, plus the exact
     forward-KL term when that regulariser is on."""
     k = batch.onehot.shape[1]
-    counts = jnp.sum(coef * batch.onehot, axis=1)
-    total = jnp.sum(coef, axis=1)
+    counts = sum_draws(coef * batch.onehot)[:, 0]
+    total = sum_draws(coef)[:, 0]
     g = (counts - p * total) / k
     if not (isinstance(reg.kl, float) and reg.kl == 0.0) and reg.kl_direction == "forward":
         g = g - reg.kl * (p - jnp.exp(problem.log_ref))
@@ -181,7 +193,7 @@ def _check_sampled(method, min_samples: int) -> None:
 
 
 def _group_mean(x: Float[Array, "prompts k 1"]) -> Float[Array, "prompts 1 1"]:
-    return jnp.mean(x, axis=1, keepdims=True)
+    return sum_draws(x) / x.shape[1]
 
 
 class Reinforce(AbstractSampledMethod):
@@ -294,7 +306,7 @@ class GRPO(AbstractSampledMethod):
         if not self.normalize_std:
             return centred, baseline
         k = batch.rewards.shape[1]
-        std = jnp.sqrt(jnp.sum(centred * centred, axis=1, keepdims=True) / (k - 1))
+        std = jnp.sqrt(sum_draws(centred * centred) / (k - 1))
         return centred / (std + self.eps), baseline
 
 

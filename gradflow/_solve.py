@@ -82,8 +82,9 @@ class Solution(eqx.Module):
     """The result of [`gradflow.solve`][] for one run.
 
     Recorded series (length `saves`): `ts` (flow time) or `steps` (update count),
-    `proxy_reward` and `true_reward` (expected rewards, prompt-weighted),
-    `reward_variance` (of the training reward), `grad_norm` (of the full objective),
+    `proxy_reward` and `true_reward` (expected rewards, prompt-weighted, exact even for
+    the sampled methods), `reward_variance` (of the training reward), `grad_norm` (of the
+    exact gradient of the full objective),
     `probs` (when asked, `(saves, prompts, outputs)`).
 
     Summaries: `status` (see [`gradflow.Status`][]), `params` (final parameters),

@@ -1,5 +1,6 @@
 """gradflow: policy-gradient dynamics under imperfect rewards, in JAX."""
 
+from . import metrics as metrics, perturb as perturb
 from ._analysis import (
     Stall as Stall,
     StallCriteria as StallCriteria,

@@ -26,8 +26,11 @@ input is traced).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from . import _validate as v
@@ -56,12 +59,17 @@ _LOGP_ATOL = 1e-4
 
 # ---------------------------------------------------------------------------------------
 # Input validation.
+#
+# Shapes are checked in Python; values by small jitted predicates (through
+# `_validate.check`, so traced inputs are checked at run time). Inputs keep their shapes
+# (reshaping happens inside the jitted kernels) and absent optional inputs are NumPy
+# placeholders: an eager call then compiles one kernel per shape and dtype, rather than
+# one XLA computation per operation.
 # ---------------------------------------------------------------------------------------
 
 
 def _convert(name: str, x, ndim: tuple[int, ...]) -> Array:
-    """A floating JAX array of one of the ranks `ndim` (finiteness is checked later,
-    only where the mask keeps entries)."""
+    """A floating JAX array of one of the ranks `ndim` (values are checked later)."""
     try:
         arr = jnp.asarray(x)
     except TypeError as e:
@@ -83,105 +91,134 @@ def _same_shape(name: str, arr: Array, shape: tuple[int, ...], like: str) -> Non
         )
 
 
-def _finite(name: str, arr: Array, mask: Array | None) -> Array:
-    """Reject non-finite entries (only those the mask keeps)."""
-    if mask is None:
-        bad = lambda a: ~jnp.isfinite(a)  # noqa: E731
-    else:
-        bad = lambda a: mask & ~jnp.isfinite(a)  # noqa: E731
-    where = "" if mask is None else " where `mask` is True"
-    return v.check(arr, bad, f"`{name}` must be finite (no NaN or inf){where}.")
+@jax.jit
+def _any_nonfinite(a: Array, keep: Array) -> Bool[Array, ""]:
+    return jnp.any(keep & ~jnp.isfinite(a))
 
 
-def _mask(mask, shape: tuple[int, ...], like: str) -> Array | None:
+@jax.jit
+def _none_kept(m: Array) -> Bool[Array, ""]:
+    return ~jnp.any(m)
+
+
+@jax.jit
+def _some_row_empty(m: Array) -> Bool[Array, ""]:
+    return ~jnp.all(jnp.any(m, axis=-1))
+
+
+@jax.jit
+def _unnormalised(lp: Array) -> Bool[Array, ""]:
+    return jnp.any(jnp.abs(jax.nn.logsumexp(lp, axis=-1)) > _LOGP_ATOL)
+
+
+def _finite(name: str, arr: Array, keep=None, masked: bool = False) -> Array:
+    """Reject non-finite entries (only those that `keep` keeps)."""
+    keep = np.ones(arr.shape, bool) if keep is None else keep
+    where = " where `mask` is True" if masked else ""
+    return v.check(
+        arr, lambda a: _any_nonfinite(a, keep), f"`{name}` must be finite (no NaN or inf){where}."
+    )
+
+
+def _mask(mask, shape: tuple[int, ...], like: str, bad, message: str):
+    """The boolean mask (all-`True` NumPy placeholder when `None`) and whether one was given."""
     if mask is None:
-        return None
+        return np.ones(shape, bool), False
     m = jnp.asarray(mask)
     if m.dtype != jnp.bool_:
         raise ValueError(f"`mask` must be a boolean array; got dtype {m.dtype}.")
     _same_shape("mask", m, shape, like)
-    return m
+    return v.check(m, bad, message), True
 
 
-def _prompt_values(name: str, x, n_prompts: int, single: bool) -> Float[Array, " prompts"]:
+def _prompt_values(name: str, x, n_prompts: int, single: bool) -> Array:
     """A per-prompt array: shape `(prompts,)`, or a scalar (or `(1,)`) for one prompt."""
     arr = _convert(name, x, (0, 1))
-    ok = arr.shape == (n_prompts,) or (single and arr.ndim == 0)
-    if not ok:
+    if not (arr.shape == (n_prompts,) or (single and arr.ndim == 0)):
         want = "a scalar or shape (1,)" if single else f"shape ({n_prompts},)"
         raise ValueError(
             f"`{name}` must hold one value per prompt, {want}; got shape {tuple(arr.shape)}."
         )
-    return v.as_float_array(name, jnp.reshape(arr, (n_prompts,)))
+    return _finite(name, arr)
 
 
-def _pair_inputs(arrays: dict, mask, *, mean=None):
-    """Validate pairwise inputs: every array of `arrays` (name -> array-like, the first
-    sets the shape) is `(prompts, pairs)` or `(pairs,)`, all of one shape. Returns them
-    as 2-D arrays, the 2-D mask (or `None`) and the 1-D `mean_reward` (or `None`)."""
-    names = list(arrays)
-    first = _convert(names[0], arrays[names[0]], (1, 2))
-    converted = [first]
-    for name in names[1:]:
-        arr = _convert(name, arrays[name], (1, 2))
-        _same_shape(name, arr, first.shape, names[0])
-        converted.append(arr)
-    if first.shape[-1] == 0:
-        raise ValueError(f"`{names[0]}` must hold at least one pair; got shape {tuple(first.shape)}.")
-    m = _mask(mask, first.shape, names[0])
-    if m is not None:
-        m = v.check(m, lambda a: ~jnp.any(a), "`mask` must keep at least one pair.")
-    converted = [_finite(n, a, m) for n, a in zip(names, converted, strict=True)]
-    single = first.ndim == 1
-    converted = [jnp.atleast_2d(a) for a in converted]
-    m = None if m is None else jnp.atleast_2d(m)
-    n_prompts = converted[0].shape[0]
-    mu = None if mean is None else _prompt_values("mean_reward", mean, n_prompts, single)
-    return converted, m, mu
+def _pair_inputs(
+    r_chosen, r_rejected, mask, *, mean=None, logp=None, names=("r_chosen", "r_rejected")
+):
+    """Validate pairwise inputs, all of one shape `(prompts, pairs)` or `(pairs,)`.
+    Returns `(r_chosen, r_rejected, mean, logp_chosen, logp_rejected, keep)` with
+    placeholders (zero means and log-probabilities, an all-`True` mask) for absent ones.
+    `names` are the names of the first two arguments in error messages."""
+    first, second = names
+    rc = _convert(first, r_chosen, (1, 2))
+    named = {second: r_rejected}
+    if logp is not None:
+        named.update(logp_chosen=logp[0], logp_rejected=logp[1])
+    arrays = {first: rc}
+    for name, x in named.items():
+        arrays[name] = _convert(name, x, (1, 2))
+        _same_shape(name, arrays[name], rc.shape, first)
+    if rc.shape[-1] == 0:
+        raise ValueError(f"`{first}` must hold at least one pair; got shape {tuple(rc.shape)}.")
+    keep, masked = _mask(mask, rc.shape, first, _none_kept, "`mask` must keep at least one pair.")
+    arrays = list(_finite(n, a, keep, masked) for n, a in arrays.items())
+    n_prompts = 1 if rc.ndim == 1 else rc.shape[0]
+    if mean is None:
+        mu = np.zeros((n_prompts,), rc.dtype)
+    else:
+        mu = _prompt_values("mean_reward", mean, n_prompts, rc.ndim == 1)
+    if logp is None:
+        arrays += [np.zeros(rc.shape, rc.dtype)] * 2
+    return arrays[0], arrays[1], mu, arrays[2], arrays[3], keep
 
 
-def _one_vs_many_inputs(chosen: dict, rejected: dict, mask, *, mean=None):
-    """Validate one-vs-many inputs: `chosen` arrays (name -> array-like) of shape
-    `(prompts,)` (or scalars), `rejected` arrays of shape `(prompts, rejected)` (or
-    `(rejected,)`). Returns 1-D chosen, 2-D rejected arrays, the 2-D mask and the mean."""
-    rnames, cnames = list(rejected), list(chosen)
-    rej = [_convert(rnames[0], rejected[rnames[0]], (1, 2))]
-    shape = rej[0].shape
-    for name in rnames[1:]:
-        arr = _convert(name, rejected[name], (1, 2))
-        _same_shape(name, arr, shape, rnames[0])
-        rej.append(arr)
+def _one_vs_many_inputs(
+    r_chosen, r_rejected, mask, *, mean=None, logp=None, names=("r_chosen", "r_rejected")
+):
+    """Validate one-vs-many inputs: chosen arrays of shape `(prompts,)` (or scalars),
+    rejected arrays of shape `(prompts, rejected)` (or `(rejected,)`). Returns
+    `(r_chosen, r_rejected, mean, logp_chosen, logp_rejected, keep)` with placeholders.
+    `names` are the names of the first two arguments in error messages."""
+    first, second = names
+    rr = _convert(second, r_rejected, (1, 2))
+    shape = rr.shape
     if shape[-1] == 0:
         raise ValueError(
-            f"`{rnames[0]}` must hold at least one rejected output; got shape {tuple(shape)}."
+            f"`{second}` must hold at least one rejected output; got shape {tuple(shape)}."
         )
-    cho = []
-    for name in cnames:
-        arr = _convert(name, chosen[name], (0, 1))
+    rejected = {second: rr}
+    chosen = {first: r_chosen}
+    if logp is not None:
+        chosen["logp_chosen"] = logp[0]
+        rejected["logp_rejected"] = _convert("logp_rejected", logp[1], (1, 2))
+        _same_shape("logp_rejected", rejected["logp_rejected"], shape, second)
+    for name, x in chosen.items():
+        chosen[name] = arr = _convert(name, x, (0, 1))
         if tuple(arr.shape) != tuple(shape[:-1]):
             raise ValueError(
                 f"`{name}` must hold one chosen output per prompt, shape {tuple(shape[:-1])} "
-                f"to match `{rnames[0]}` {tuple(shape)}; got {tuple(arr.shape)}."
+                f"to match `{second}` {tuple(shape)}; got {tuple(arr.shape)}."
             )
-        cho.append(arr)
-    m = _mask(mask, shape, rnames[0])
-    if m is not None:
-        m = v.check(
-            m,
-            lambda a: ~jnp.all(jnp.any(a, axis=-1)),
-            "`mask` must keep at least one rejected output for every prompt.",
-        )
-    cho = [jnp.reshape(v.as_float_array(n, a), (-1,)) for n, a in zip(cnames, cho, strict=True)]
-    rej = [jnp.atleast_2d(_finite(n, a, m)) for n, a in zip(rnames, rej, strict=True)]
-    single = len(shape) == 1
-    m = None if m is None else jnp.atleast_2d(m)
-    mu = None if mean is None else _prompt_values("mean_reward", mean, rej[0].shape[0], single)
-    return cho, rej, m, mu
+    keep, masked = _mask(
+        mask, shape, second, _some_row_empty,
+        "`mask` must keep at least one rejected output for every prompt.",
+    )
+    cho = [_finite(n, a) for n, a in chosen.items()]
+    rej = [_finite(n, a, keep, masked) for n, a in rejected.items()]
+    n_prompts = 1 if rr.ndim == 1 else shape[0]
+    if mean is None:
+        mu = np.zeros((n_prompts,), rr.dtype)
+    else:
+        mu = _prompt_values("mean_reward", mean, n_prompts, rr.ndim == 1)
+    if logp is None:
+        cho.append(np.zeros(shape[:-1], rr.dtype))
+        rej.append(np.zeros(shape, rr.dtype))
+    return cho[0], rej[0], mu, cho[1], rej[1], keep
 
 
 def _policy_inputs(logp, rewards: dict):
     """Validate `logp` (normalised log-probabilities over the last axis, `(outputs,)` or
-    `(prompts, outputs)`) and rewards of the same shape; returns them as 2-D arrays."""
+    `(prompts, outputs)`) and rewards of the same shape."""
     lp = _convert("logp", logp, (1, 2))
     if lp.shape[-1] == 0:
         raise ValueError(f"`logp` must hold at least one output; got shape {tuple(lp.shape)}.")
@@ -189,25 +226,21 @@ def _policy_inputs(logp, rewards: dict):
     for name, r in rewards.items():
         arr = _convert(name, r, (1, 2))
         _same_shape(name, arr, lp.shape, "logp")
-        out.append(jnp.atleast_2d(v.as_float_array(name, arr)))
-    lp = v.as_float_array("logp", lp)
+        out.append(_finite(name, arr))
+    lp = _finite("logp", lp)
     lp = v.check(
         lp,
-        lambda a: jnp.abs(jax.nn.logsumexp(a, axis=-1)) > _LOGP_ATOL,
+        _unnormalised,
         "`logp` must be normalised log-probabilities: `logsumexp(logp)` over the outputs "
         f"(last) axis must be 0 (tolerance {_LOGP_ATOL}); normalise with "
         "`jax.nn.log_softmax`.",
     )
-    return jnp.atleast_2d(lp), out
+    return lp, out
 
 
 # ---------------------------------------------------------------------------------------
-# Kernels (validated, 2-D inputs).
+# Kernels.
 # ---------------------------------------------------------------------------------------
-
-
-def _keep(mask, like: Array) -> Bool[Array, "*shape"]:
-    return jnp.ones(like.shape, bool) if mask is None else mask
 
 
 def _softmax_all(
@@ -219,34 +252,20 @@ def _softmax_all(
     return e / jnp.sum(e)
 
 
-def _fraction(
-    ok: Bool[Array, "*shape"], keep: Bool[Array, "*shape"], dtype
-) -> Float[Array, ""]:
-    return jnp.sum(ok & keep, dtype=dtype) / jnp.sum(keep, dtype=dtype)
-
-
-def _pair_correct(
-    rc: Float[Array, "prompts pairs"], rr: Float[Array, "prompts pairs"]
-) -> Bool[Array, "prompts pairs"]:
-    return rc > rr
-
-
-def _pair_fine(
-    rc: Float[Array, "prompts pairs"],
-    rr: Float[Array, "prompts pairs"],
-    mu: Float[Array, " prompts"],
-) -> Bool[Array, "prompts pairs"]:
-    return (rc > rr) | (rr < mu[:, None])
-
-
 def _kept_max(x: Float[Array, "*shape"], keep: Bool[Array, "*shape"], axis=None):
     """The largest kept entry (along `axis`), 0 where nothing is kept."""
     top = jnp.max(jnp.where(keep, x, -jnp.inf), axis=axis)
     return jnp.where(jnp.isfinite(top), top, 0.0)
 
 
-def _pair_weights(
-    lc: Float[Array, "prompts pairs"], lr: Float[Array, "prompts pairs"], keep
+def _fraction(ok: Bool[Array, "*shape"], keep: Bool[Array, "*shape"], dtype) -> Float[Array, ""]:
+    return jnp.sum(ok & keep, dtype=dtype) / jnp.sum(keep, dtype=dtype)
+
+
+def _pair_weights_2d(
+    lc: Float[Array, "prompts pairs"],
+    lr: Float[Array, "prompts pairs"],
+    keep: Bool[Array, "prompts pairs"],
 ) -> Float[Array, "prompts pairs"]:
     # Shift each log-probability by its own maximum before adding: near -2000 a float32
     # sum `lc + lr` would round to ~2e-4, the differences are exact (Sterbenz).
@@ -254,17 +273,13 @@ def _pair_weights(
     return _softmax_all(jnp.where(keep, s, 0.0), keep)
 
 
-def _max_rejected(
-    rr: Float[Array, "prompts rejected"], keep: Bool[Array, "prompts rejected"]
-) -> Float[Array, " prompts"]:
-    return jnp.max(jnp.where(keep, rr, -jnp.inf), axis=-1)
-
-
-def _prompt_weights(
-    lc: Float[Array, " prompts"], lr: Float[Array, "prompts rejected"], keep
+def _prompt_weights_1d(
+    lc: Float[Array, " prompts"],
+    lr: Float[Array, "prompts rejected"],
+    keep: Bool[Array, "prompts rejected"],
 ) -> Float[Array, " prompts"]:
     # s_x = log pi(y_w|x) + sum_j log pi(y_l,j|x), assembled from small, exactly computed
-    # differences (as in `_pair_weights`): shift the chosen log-probabilities by their
+    # differences (as in `_pair_weights_2d`): shift the chosen log-probabilities by their
     # maximum and each rejected column j by its maximum c_j; the shifts add up to
     # K_x = sum_{kept j} c_j, which is the same number for prompts with the same kept
     # columns and then cancels exactly in K_x - max K.
@@ -273,6 +288,84 @@ def _prompt_weights(
     shift = jnp.sum(jnp.where(keep, col[None, :], 0.0), axis=-1)
     s = small + (shift - jnp.max(shift))
     return _softmax_all(s, jnp.ones(s.shape, bool))
+
+
+@jax.jit
+def _pair_weights(lc, lr, keep):
+    shape = lc.shape
+    lc, lr, keep = jnp.atleast_2d(lc, lr, keep)
+    return jnp.reshape(_pair_weights_2d(lc, lr, keep), shape)
+
+
+@jax.jit
+def _prompt_weights(lc, lr, keep):
+    shape = lc.shape
+    lc = jnp.reshape(lc, (-1,))
+    lr, keep = jnp.atleast_2d(lr, keep)
+    return jnp.reshape(_prompt_weights_1d(lc, lr, keep), shape)
+
+
+@jax.jit
+def _pair_metrics(rc, rr, mu, lc, lr, keep):
+    """`(acc, hacc, acc_w, hacc_w)`: all four from one compiled kernel (under an outer
+    `jit` the unused ones are dead code)."""
+    rc, rr, lc, lr, keep = jnp.atleast_2d(rc, rr, lc, lr, keep)
+    correct = rc > rr  # strictly: ties are errors
+    fine = correct | (rr < jnp.reshape(mu, (-1,))[:, None])
+    w = _pair_weights_2d(lc, lr, keep)
+    return (
+        _fraction(correct, keep, rc.dtype),
+        _fraction(fine, keep, rc.dtype),
+        jnp.sum(jnp.where(correct, w, 0.0)),
+        jnp.sum(jnp.where(fine, w, 0.0)),
+    )
+
+
+@jax.jit
+def _one_vs_many_metrics(rc, rr, mu, lc, lr, keep):
+    """`(acc, hacc, acc_w, hacc_w)` one vs many."""
+    rc, lc, mu = (jnp.reshape(a, (-1,)) for a in (rc, lc, mu))
+    rr, lr, keep = jnp.atleast_2d(rr, lr, keep)
+    top = jnp.max(jnp.where(keep, rr, -jnp.inf), axis=-1)
+    correct = rc > top
+    fine = correct | (top < mu)
+    w = _prompt_weights_1d(lc, lr, keep)
+    return (
+        jnp.mean(correct, dtype=rc.dtype),
+        jnp.mean(fine, dtype=rc.dtype),
+        jnp.sum(jnp.where(correct, w, 0.0)),
+        jnp.sum(jnp.where(fine, w, 0.0)),
+    )
+
+
+@jax.jit
+def _mean(lp, r):
+    return jnp.sum(jnp.exp(lp) * r, axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames="n")
+def _sampled_mean(key, lp, r, n):
+    lp2, r2 = jnp.atleast_2d(lp, r)
+    idx = jax.random.categorical(key, lp2, axis=-1, shape=(n, lp2.shape[0]))
+    rows = jnp.arange(lp2.shape[0])[None, :]
+    return jnp.reshape(jnp.mean(r2[rows, idx], axis=0), lp.shape[:-1])
+
+
+@jax.jit
+def _variance(lp, r, w):
+    lp, r = jnp.atleast_2d(lp, r)
+    p = jnp.exp(lp)
+    mu = jnp.sum(p * r, axis=-1, keepdims=True)
+    return jnp.sum(w * jnp.sum(p * (r - mu) ** 2, axis=-1))
+
+
+@jax.jit
+def _rate(lp, rp, rg, w):
+    lp, rp, rg = jnp.atleast_2d(lp, rp, rg)
+    p = jnp.exp(lp)
+    ap = rp - jnp.sum(p * rp, axis=-1, keepdims=True)
+    ag = rg - jnp.sum(p * rg, axis=-1, keepdims=True)
+    return jnp.sum(w**2 * jnp.sum(p**2 * ap * ag, axis=-1))
 
 
 # ---------------------------------------------------------------------------------------
@@ -287,8 +380,10 @@ def pair_weights(logp_chosen, logp_rejected, mask=None) -> Float[Array, "*prompt
     `omega_i = exp(s_i - max_j s_j) / sum_k exp(s_k - max_j s_j)`,
     `s_i = log pi(y_w,i) + log pi(y_l,i)`.
 
-    The max-shift keeps this exact in float32 even for log-probabilities of order
-    `-2000` (where `pi(y_w) pi(y_l)` itself underflows to 0).
+    Computed in log space (each log-probability shifted by its own maximum, then the
+    sum max-shifted), so the weights stay finite, sum to 1 and keep float32 accuracy even
+    for log-probabilities of order `-2000`, where `pi(y_w) pi(y_l)` itself underflows
+    to 0.
 
     **Arguments:**
 
@@ -298,9 +393,10 @@ def pair_weights(logp_chosen, logp_rejected, mask=None) -> Float[Array, "*prompt
 
     **Returns:** non-negative weights of the input shape, summing to 1.
     """
-    (lc, lr), m, _ = _pair_inputs({"logp_chosen": logp_chosen, "logp_rejected": logp_rejected}, mask)
-    w = _pair_weights(lc, lr, _keep(m, lc))
-    return jnp.reshape(w, jnp.shape(logp_chosen))
+    lc, lr, _, _, _, keep = _pair_inputs(
+        logp_chosen, logp_rejected, mask, names=("logp_chosen", "logp_rejected")
+    )
+    return _pair_weights(lc, lr, keep)
 
 
 def acc(r_chosen, r_rejected, mask=None) -> Float[Array, ""]:
@@ -320,8 +416,7 @@ def acc(r_chosen, r_rejected, mask=None) -> Float[Array, ""]:
 
     **Returns:** a float scalar in `[0, 1]`.
     """
-    (rc, rr), m, _ = _pair_inputs({"r_chosen": r_chosen, "r_rejected": r_rejected}, mask)
-    return _fraction(_pair_correct(rc, rr), _keep(m, rc), rc.dtype)
+    return _pair_metrics(*_pair_inputs(r_chosen, r_rejected, mask))[0]
 
 
 def acc_w(r_chosen, r_rejected, logp_chosen, logp_rejected, mask=None) -> Float[Array, ""]:
@@ -342,13 +437,8 @@ def acc_w(r_chosen, r_rejected, logp_chosen, logp_rejected, mask=None) -> Float[
 
     **Returns:** a float scalar in `[0, 1]`.
     """
-    (rc, rr, lc, lr), m, _ = _pair_inputs(
-        {"r_chosen": r_chosen, "r_rejected": r_rejected,
-         "logp_chosen": logp_chosen, "logp_rejected": logp_rejected},
-        mask,
-    )
-    w = _pair_weights(lc, lr, _keep(m, rc))
-    return jnp.sum(jnp.where(_pair_correct(rc, rr), w, 0.0))
+    inputs = _pair_inputs(r_chosen, r_rejected, mask, logp=(logp_chosen, logp_rejected))
+    return _pair_metrics(*inputs)[2]
 
 
 def hacc(r_chosen, r_rejected, mean_reward, mask=None) -> Float[Array, ""]:
@@ -372,10 +462,7 @@ def hacc(r_chosen, r_rejected, mean_reward, mask=None) -> Float[Array, ""]:
 
     **Returns:** a float scalar in `[0, 1]`, at least [`gradflow.metrics.acc`][].
     """
-    (rc, rr), m, mu = _pair_inputs(
-        {"r_chosen": r_chosen, "r_rejected": r_rejected}, mask, mean=mean_reward
-    )
-    return _fraction(_pair_fine(rc, rr, mu), _keep(m, rc), rc.dtype)
+    return _pair_metrics(*_pair_inputs(r_chosen, r_rejected, mask, mean=mean_reward))[1]
 
 
 def hacc_w(
@@ -398,19 +485,10 @@ def hacc_w(
 
     **Returns:** a float scalar in `[0, 1]`.
     """
-    (rc, rr, lc, lr), m, mu = _pair_inputs(
-        {"r_chosen": r_chosen, "r_rejected": r_rejected,
-         "logp_chosen": logp_chosen, "logp_rejected": logp_rejected},
-        mask,
-        mean=mean_reward,
+    inputs = _pair_inputs(
+        r_chosen, r_rejected, mask, mean=mean_reward, logp=(logp_chosen, logp_rejected)
     )
-    w = _pair_weights(lc, lr, _keep(m, rc))
-    return jnp.sum(jnp.where(_pair_fine(rc, rr, mu), w, 0.0))
-
-
-# ---------------------------------------------------------------------------------------
-# One-vs-many metrics.
-# ---------------------------------------------------------------------------------------
+    return _pair_metrics(*inputs)[3]
 
 
 def one_vs_many_weights(logp_chosen, logp_rejected, mask=None) -> Float[Array, " *prompts"]:
@@ -429,11 +507,10 @@ def one_vs_many_weights(logp_chosen, logp_rejected, mask=None) -> Float[Array, "
     **Returns:** non-negative weights of shape `(prompts,)` (a scalar 1 for one prompt),
     summing to 1.
     """
-    (lc,), (lr,), m, _ = _one_vs_many_inputs(
-        {"logp_chosen": logp_chosen}, {"logp_rejected": logp_rejected}, mask
+    lc, lr, _, _, _, keep = _one_vs_many_inputs(
+        logp_chosen, logp_rejected, mask, names=("logp_chosen", "logp_rejected")
     )
-    w = _prompt_weights(lc, lr, _keep(m, lr))
-    return jnp.reshape(w, jnp.shape(logp_chosen))
+    return _prompt_weights(lc, lr, keep)
 
 
 def one_vs_many_acc(r_chosen, r_rejected, mask=None) -> Float[Array, ""]:
@@ -453,9 +530,7 @@ def one_vs_many_acc(r_chosen, r_rejected, mask=None) -> Float[Array, ""]:
 
     **Returns:** a float scalar in `[0, 1]`.
     """
-    (rc,), (rr,), m, _ = _one_vs_many_inputs({"r_chosen": r_chosen}, {"r_rejected": r_rejected}, mask)
-    ok = rc > _max_rejected(rr, _keep(m, rr))
-    return jnp.mean(ok, dtype=rc.dtype)
+    return _one_vs_many_metrics(*_one_vs_many_inputs(r_chosen, r_rejected, mask))[0]
 
 
 def one_vs_many_acc_w(
@@ -475,14 +550,8 @@ def one_vs_many_acc_w(
 
     **Returns:** a float scalar in `[0, 1]`.
     """
-    (rc, lc), (rr, lr), m, _ = _one_vs_many_inputs(
-        {"r_chosen": r_chosen, "logp_chosen": logp_chosen},
-        {"r_rejected": r_rejected, "logp_rejected": logp_rejected},
-        mask,
-    )
-    keep = _keep(m, rr)
-    w = _prompt_weights(lc, lr, keep)
-    return jnp.sum(jnp.where(rc > _max_rejected(rr, keep), w, 0.0))
+    inputs = _one_vs_many_inputs(r_chosen, r_rejected, mask, logp=(logp_chosen, logp_rejected))
+    return _one_vs_many_metrics(*inputs)[2]
 
 
 def one_vs_many_hacc(r_chosen, r_rejected, mean_reward, mask=None) -> Float[Array, ""]:
@@ -502,11 +571,8 @@ def one_vs_many_hacc(r_chosen, r_rejected, mean_reward, mask=None) -> Float[Arra
 
     **Returns:** a float scalar in `[0, 1]`.
     """
-    (rc,), (rr,), m, mu = _one_vs_many_inputs(
-        {"r_chosen": r_chosen}, {"r_rejected": r_rejected}, mask, mean=mean_reward
-    )
-    top = _max_rejected(rr, _keep(m, rr))
-    return jnp.mean((rc > top) | (top < mu), dtype=rc.dtype)
+    inputs = _one_vs_many_inputs(r_chosen, r_rejected, mask, mean=mean_reward)
+    return _one_vs_many_metrics(*inputs)[1]
 
 
 def one_vs_many_hacc_w(
@@ -527,21 +593,10 @@ def one_vs_many_hacc_w(
 
     **Returns:** a float scalar in `[0, 1]`.
     """
-    (rc, lc), (rr, lr), m, mu = _one_vs_many_inputs(
-        {"r_chosen": r_chosen, "logp_chosen": logp_chosen},
-        {"r_rejected": r_rejected, "logp_rejected": logp_rejected},
-        mask,
-        mean=mean_reward,
+    inputs = _one_vs_many_inputs(
+        r_chosen, r_rejected, mask, mean=mean_reward, logp=(logp_chosen, logp_rejected)
     )
-    keep = _keep(m, rr)
-    top = _max_rejected(rr, keep)
-    w = _prompt_weights(lc, lr, keep)
-    return jnp.sum(jnp.where((rc > top) | (top < mu), w, 0.0))
-
-
-# ---------------------------------------------------------------------------------------
-# The policy's view of a reward: mean, variance, rate of the ground truth.
-# ---------------------------------------------------------------------------------------
+    return _one_vs_many_metrics(*inputs)[3]
 
 
 def mean_reward(logp, reward) -> Float[Array, " *prompts"]:
@@ -560,8 +615,7 @@ def mean_reward(logp, reward) -> Float[Array, " *prompts"]:
     **Returns:** shape `(prompts,)`, or a scalar for 1-D inputs.
     """
     lp, (r,) = _policy_inputs(logp, {"reward": reward})
-    out = jnp.sum(jnp.exp(lp) * r, axis=-1)
-    return out[0] if jnp.ndim(logp) == 1 else out
+    return _mean(lp, r)
 
 
 def sampled_mean_reward(key: PRNGKeyArray, logp, reward, samples: int) -> Float[Array, " *prompts"]:
@@ -585,10 +639,7 @@ def sampled_mean_reward(key: PRNGKeyArray, logp, reward, samples: int) -> Float[
     """
     n = v.positive_int("samples", samples)
     lp, (r,) = _policy_inputs(logp, {"reward": reward})
-    idx = jax.random.categorical(key, lp, axis=-1, shape=(n, lp.shape[0]))
-    rows = jnp.arange(lp.shape[0])[None, :]
-    out = jnp.mean(r[rows, idx], axis=0)
-    return out[0] if jnp.ndim(logp) == 1 else out
+    return _sampled_mean(key, lp, r, n)
 
 
 def reward_variance(logp, reward, weights=None) -> Float[Array, ""]:
@@ -611,10 +662,8 @@ def reward_variance(logp, reward, weights=None) -> Float[Array, ""]:
     **Returns:** a non-negative float scalar.
     """
     lp, (r,) = _policy_inputs(logp, {"reward": reward})
-    w = _weights(weights, lp.shape[0])
-    p = jnp.exp(lp)
-    mu = jnp.sum(p * r, axis=-1, keepdims=True)
-    return jnp.sum(w * jnp.sum(p * (r - mu) ** 2, axis=-1))
+    w = _weights(weights, 1 if lp.ndim == 1 else lp.shape[0])
+    return _variance(lp, r, w.astype(lp.dtype))
 
 
 def true_reward_rate(logp, proxy_reward, true_reward, weights=None) -> Float[Array, ""]:
@@ -642,8 +691,5 @@ def true_reward_rate(logp, proxy_reward, true_reward, weights=None) -> Float[Arr
     **Returns:** a float scalar.
     """
     lp, (rp, rg) = _policy_inputs(logp, {"proxy_reward": proxy_reward, "true_reward": true_reward})
-    w = _weights(weights, lp.shape[0])
-    p = jnp.exp(lp)
-    ap = rp - jnp.sum(p * rp, axis=-1, keepdims=True)
-    ag = rg - jnp.sum(p * rg, axis=-1, keepdims=True)
-    return jnp.sum(w**2 * jnp.sum(p**2 * ap * ag, axis=-1))
+    w = _weights(weights, 1 if lp.ndim == 1 else lp.shape[0])
+    return _rate(lp, rp, rg, w.astype(lp.dtype))

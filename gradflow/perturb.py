@@ -146,6 +146,12 @@ def _per_sample(key, n: int, fn):
     return jax.vmap(fn)(keys)
 
 
+def _draw(sampler, key, shape: tuple[int, ...], dtype):
+    """`sampler(key, shape, dtype)`, drawn flat and reshaped: XLA compiles the flat draw
+    several times faster than a multi-dimensional one."""
+    return sampler(key, (math.prod(shape),), dtype).reshape(shape)
+
+
 # The random families run as jitted kernels (compiled once per shape, dtype and `n`):
 # validation happens before, outside, so that bad concrete input raises eagerly.
 
@@ -153,7 +159,7 @@ def _per_sample(key, n: int, fn):
 @functools.partial(jax.jit, static_argnames="n")
 def _noise(key, r, scale, mask, n: int):
     def one(k):
-        return jnp.where(mask, r + scale * jax.random.normal(k, r.shape, r.dtype), r)
+        return jnp.where(mask, r + scale * _draw(jax.random.normal, k, r.shape, r.dtype), r)
 
     return _per_sample(key, n, one)
 
@@ -161,7 +167,7 @@ def _noise(key, r, scale, mask, n: int):
 # --------------------------------------------------------------------------- noise
 
 
-def gaussian(key, true_reward, scale, n) -> Float[Array, batch *reward]:
+def gaussian(key, true_reward, scale, n) -> Float[Array, " batch *reward"]:
     """Additive Gaussian noise on every output: `r_P = r_G + scale * eps`,
     `eps ~ N(0, I)`, independently for each proxy, prompt and output.
 
@@ -181,7 +187,7 @@ def gaussian(key, true_reward, scale, n) -> Float[Array, batch *reward]:
     return _noise(key, r, scale, jnp.ones(r.shape, bool), n)
 
 
-def gaussian_on(key, true_reward, scale, n, outputs, prompt=None) -> Float[Array, batch *reward]:
+def gaussian_on(key, true_reward, scale, n, outputs, prompt=None) -> Float[Array, " batch *reward"]:
     """Additive Gaussian noise on the chosen outputs only; the others keep their true
     reward exactly.
 
@@ -222,7 +228,7 @@ def _mode(mode) -> str:
     return mode
 
 
-def shift_grid(true_reward, output, values, mode="set", prompt=None) -> Float[Array, batch *reward]:
+def shift_grid(true_reward, output, values, mode="set", prompt=None) -> Float[Array, " batch *reward"]:
     """One output's reward swept over a grid of values, every other output untouched.
 
     **Arguments:**
@@ -244,7 +250,7 @@ def shift_grid(true_reward, output, values, mode="set", prompt=None) -> Float[Ar
 
 def grid_2d(
     true_reward, outputs, values_i, values_j, mode="set", prompt=None
-) -> Float[Array, batch *reward]:
+) -> Float[Array, " batch *reward"]:
     """Two outputs' rewards swept over the outer product of two grids.
 
     The batch is in row-major order: proxy `b = a * len(values_j) + c` gives output
@@ -298,7 +304,7 @@ def grid_2d_points(values_i, values_j) -> Float[Array, "batch 2"]:
     return jnp.stack([jnp.repeat(vi.astype(dt), b), jnp.tile(vj.astype(dt), a)], axis=-1)
 
 
-def demote(true_reward, output, value, prompt=None) -> Float[Array, batch *reward]:
+def demote(true_reward, output, value, prompt=None) -> Float[Array, " batch *reward"]:
     """Lower one output's reward to `value` (one proxy per value).
 
     Like `shift_grid(true_reward, output, value, mode="set")`, but each value must not
@@ -332,7 +338,7 @@ def demote(true_reward, output, value, prompt=None) -> Float[Array, batch *rewar
 # --------------------------------------------------------------------------- swaps
 
 
-def swaps(true_reward, pairs=None, prompt=None) -> Float[Array, batch *reward]:
+def swaps(true_reward, pairs=None, prompt=None) -> Float[Array, " batch *reward"]:
     """Swap the rewards of two outputs, one proxy per pair.
 
     **Arguments:**
@@ -375,7 +381,7 @@ def swaps(true_reward, pairs=None, prompt=None) -> Float[Array, batch *reward]:
 # --------------------------------------------------------------------------- monotone
 
 
-def monotone(key, true_reward, n, *, knots=4, min_slope=0.1) -> Float[Array, batch *reward]:
+def monotone(key, true_reward, n, *, knots=4, min_slope=0.1) -> Float[Array, " batch *reward"]:
     """Random strictly increasing transforms of the reward: every proxy ranks the
     outputs exactly as the true reward does (ties included), only the gaps change.
 
@@ -388,7 +394,7 @@ def monotone(key, true_reward, n, *, knots=4, min_slope=0.1) -> Float[Array, bat
     with a random centre in `[0, 1]` and a random width (log-uniform in `[0.02, 0.5]`),
     and the weights `w_k >= 0` sum to 1 (uniform on the simplex). So `h(0) = 0`,
     `h(1) = 1` (the reward's range is kept, up to rounding) and `h' >= min_slope`: every
-    gap between two rewards shrinks by at most that factor of the range. The same
+    gap between two rewards is at least `min_slope` times the true gap. The same
     transform is applied to every prompt, so orderings across prompts are kept too.
 
     Strict monotonicity holds in exact arithmetic; in floating point, rewards closer
@@ -423,11 +429,12 @@ def _monotone(key, r, slope, n: int, knots: int):
     kshape = (1,) * r.ndim + (knots,)
 
     def one(k):
-        kc, kw, kw2 = jax.random.split(k, 3)
-        centre = jax.random.uniform(kc, kshape, r.dtype)
-        width = jnp.exp(jax.random.uniform(kw, kshape, r.dtype, math.log(0.02), math.log(0.5)))
-        w = jax.random.exponential(kw2, kshape, r.dtype)
-        w = w / jnp.sum(w, axis=-1, keepdims=True)
+        u = _draw(jax.random.uniform, k, (3,) + kshape, r.dtype)
+        centre = u[0]
+        width = jnp.exp(math.log(0.02) + (math.log(0.5) - math.log(0.02)) * u[1])
+        w = -jnp.log1p(-u[2])  # Exp(1); normalised: uniform on the simplex
+        total = jnp.sum(w, axis=-1, keepdims=True)
+        w = jnp.where(total > 0, w / jnp.where(total > 0, total, 1), 1 / knots)
         s0 = jax.nn.sigmoid(-centre / width)
         s1 = jax.nn.sigmoid((1 - centre) / width)
         steps = (jax.nn.sigmoid((z[..., None] - centre) / width) - s0) / (s1 - s0)
@@ -461,7 +468,7 @@ def _log_mahonian(k: int) -> np.ndarray:
     return np.array([[math.log(x) if x > 0 else -np.inf for x in row] for row in rows])
 
 
-def _one_accuracy(key, r, acc, log_m):
+def _one_accuracy(gumbel, r, acc, log_m):
     """One proxy for one prompt `r` (shape `(K,)`) with the nearest achievable accuracy.
 
     Builds the proxy ranking from the lowest proxy rank up. Placing an output creates one
@@ -483,7 +490,7 @@ def _one_accuracy(key, r, acc, log_m):
 
     def step(carry, x):
         avail, left = carry
-        a, kk = x
+        a, g = x
         av = avail.astype(jnp.int32)
         inv = less @ av  # discordant pairs created by placing each output now
         pairs_now = (av @ neq @ av) // 2
@@ -494,11 +501,11 @@ def _one_accuracy(key, r, acc, log_m):
             weight = jnp.zeros((k,), r.dtype)
         else:
             weight = log_m[k - 1 - a, jnp.clip(rem, 0, top)]
-        choice = jax.random.categorical(kk, jnp.where(feasible, weight, -jnp.inf))
+        choice = jnp.argmax(jnp.where(feasible, weight + g, -jnp.inf))  # Gumbel-max sampling
         return (avail.at[choice].set(False), left - inv[choice]), choice
 
     init = (jnp.ones((k,), bool), n_pairs - correct)
-    _, chosen = jax.lax.scan(step, init, (jnp.arange(k), jax.random.split(key, k)))
+    _, chosen = jax.lax.scan(step, init, (jnp.arange(k), gumbel))
     # Proxy values by proxy rank: the sorted true values, made strictly increasing (pulled
     # 10% of the way to evenly spaced levels) when the true reward has ties.
     levels = s[0] + (s[-1] - s[0]) * jnp.arange(k, dtype=r.dtype) / (k - 1)
@@ -507,7 +514,7 @@ def _one_accuracy(key, r, acc, log_m):
     return jnp.zeros_like(r).at[order[chosen]].set(values)
 
 
-def with_accuracy(key, true_reward, accuracy, n) -> Float[Array, batch *reward]:
+def with_accuracy(key, true_reward, accuracy, n) -> Float[Array, " batch *reward"]:
     """Random proxies with a prescribed pairwise ranking accuracy, hit exactly.
 
     The accuracy of a proxy on a prompt is the fraction of its output pairs with distinct
@@ -556,8 +563,8 @@ def _accuracy(key, r, acc, n: int):
     rows = r.reshape(-1, k)
 
     def one(kk):
-        keys = jax.random.split(kk, rows.shape[0])
-        out = jax.vmap(_one_accuracy, in_axes=(0, 0, None, None))(keys, rows, acc, log_m)
+        gumbel = _draw(jax.random.gumbel, kk, rows.shape + (k,), r.dtype)  # (prompts, steps, outputs)
+        out = jax.vmap(_one_accuracy, in_axes=(0, 0, None, None))(gumbel, rows, acc, log_m)
         return out.reshape(r.shape)
 
     return _per_sample(key, n, one)
@@ -566,7 +573,7 @@ def _accuracy(key, r, acc, n: int):
 # --------------------------------------------------------------------------- features
 
 
-def feature_bias(true_reward, features, direction, scales) -> Float[Array, batch *reward]:
+def feature_bias(true_reward, features, direction, scales) -> Float[Array, " batch *reward"]:
     """A bias along a feature direction: `r_P(y) = r_G(y) + s * <phi(y), d>`, one proxy
     per scale `s` (the log-linear case: a reward model that over-rewards a feature).
 
@@ -603,7 +610,7 @@ def feature_bias(true_reward, features, direction, scales) -> Float[Array, batch
 # --------------------------------------------------------------------------- user batches
 
 
-def as_batch(rewards, like) -> Float[Array, batch *reward]:
+def as_batch(rewards, like) -> Float[Array, " batch *reward"]:
     """Validate a batch of proxy rewards built by hand.
 
     **Arguments:**

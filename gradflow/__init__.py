@@ -1,6 +1,6 @@
 """gradflow: policy-gradient dynamics under imperfect rewards, in JAX."""
 
-from . import metrics as metrics, perturb as perturb
+from . import metrics as metrics, perturb as perturb, sweep as sweep
 from ._analysis import (
     Stall as Stall,
     StallCriteria as StallCriteria,
@@ -9,6 +9,11 @@ from ._analysis import (
     reward_variance as reward_variance,
     time_to_reward as time_to_reward,
     true_reward_rate as true_reward_rate,
+)
+from ._categorize import (
+    Categorization as Categorization,
+    categorize as categorize,
+    proxy_row as proxy_row,
 )
 from ._dynamics import (
     AbstractDiscreteMethod as AbstractDiscreteMethod,

@@ -1,0 +1,280 @@
+"""Error categorisation: is a proxy reward harmful, benign or beneficial?
+
+`gradflow.categorize` trains the same initial policy with the same method on each proxy
+and on the true reward, and compares the time to a true-reward target (and, when neither
+gets there, the true reward at the horizon). Alongside it reports the *instantaneous*
+prediction of the rate formula, `dV_G/dt` at `t = 0` under the proxy against under the
+true reward, and which outputs gain probability at `t = 0` under each, so the two lenses
+can be compared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from . import _validate as v, sweep
+from ._dynamics import AbstractMethod, Regularization, gradient
+from ._estimators import AbstractSampledMethod
+from ._problem import AbstractPolicy, as_reward, expected
+from ._solve import SaveAt, Status, solve
+
+LABELS = ("harmful", "benign", "beneficial")
+
+
+class Categorization(eqx.Module):
+    """The result of [`gradflow.categorize`][] (NumPy arrays, one entry per proxy).
+
+    **Fields:**
+
+    - `label`: `"harmful"`, `"benign"`, `"beneficial"`, or `"failed"` when the proxy's run
+      diverged or hit `max_steps` (such runs are left out of `counts` and `agreement`).
+    - `time`: the proxy run's time (flow) or step (discrete) to the target; `inf` if never.
+    - `time_ratio`: `time / reference_time` (below 1: the proxy is faster); `nan` when
+      the ratio is undefined (both never reach the target, or both start above it).
+    - `final_true_reward`: the true reward at the horizon.
+    - `rate`: `dV_G/dt` at `t = 0` when training on the proxy (the exact flow's rate;
+      the mean first step of the discrete and unbiased sampled methods points the same
+      way).
+    - `predicted`: the instantaneous prediction, the same three labels from `rate`
+      against `reference_rate`.
+    - `attracts`: `(proxies, prompts, outputs)`, whether each output's probability rises
+      at `t = 0` under the proxy; `reference_attracts` the same under the true reward.
+    - `reference_time`, `reference_final_true_reward`, `reference_rate`: the run trained
+      on the true reward.
+    - `tolerance`, `reward_tolerance`: the classification tolerances used.
+    """
+
+    label: np.ndarray
+    time: np.ndarray
+    time_ratio: np.ndarray
+    final_true_reward: np.ndarray
+    rate: np.ndarray
+    predicted: np.ndarray
+    attracts: np.ndarray
+    reference_time: float
+    reference_final_true_reward: float
+    reference_rate: float
+    reference_attracts: np.ndarray
+    tolerance: float
+    reward_tolerance: float
+
+    @property
+    def failed(self) -> int:
+        """How many proxies' runs failed (excluded from `counts` and `agreement`)."""
+        return int(np.sum(self.label == "failed"))
+
+    def counts(self) -> dict[str, int]:
+        """`{label: number of proxies}` over the three labels (failed runs excluded)."""
+        return {name: int(np.sum(self.label == name)) for name in LABELS}
+
+    @property
+    def agreement(self) -> float:
+        """The fraction of (non-failed) proxies whose instantaneous prediction matches the
+        simulated label."""
+        ok = self.label != "failed"
+        return float(np.mean(self.predicted[ok] == self.label[ok])) if ok.any() else float("nan")
+
+
+def classify(
+    time, reference_time, final, reference_final, failed, tolerance: float, reward_tolerance: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and time ratios from times to the target (NumPy, vectorised).
+
+    - Both reach the target: `ratio < 1 - tolerance` is beneficial, `ratio > 1 +
+      tolerance` harmful, otherwise benign.
+    - Only the proxy run reaches it: beneficial; only the reference: harmful.
+    - Neither: compare the true reward at the horizon, with `reward_tolerance`.
+    - A failed run: `"failed"`.
+    """
+    time, final = np.asarray(time, float), np.asarray(final, float)
+    t0, f0 = float(reference_time), float(reference_final)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(np.isfinite(time) & np.isfinite(t0) & (t0 > 0), time / t0, np.nan)
+    both = np.isfinite(time) & np.isfinite(t0)
+    if np.isfinite(t0) and t0 == 0:  # already at the target at t = 0: nothing to speed up
+        code = np.zeros(time.shape, int)
+    else:
+        code = np.where(ratio < 1 - tolerance, 1, np.where(ratio > 1 + tolerance, -1, 0))
+    code = np.where(both, code, 0)
+    code = np.where(np.isfinite(time) & ~np.isfinite(t0), 1, code)
+    code = np.where(~np.isfinite(time) & np.isfinite(t0), -1, code)
+    neither = ~np.isfinite(time) & ~np.isfinite(t0)
+    by_reward = np.where(final > f0 + reward_tolerance, 1, np.where(final < f0 - reward_tolerance, -1, 0))
+    code = np.where(neither, by_reward, code)
+    label = np.array(LABELS, dtype=object)[code + 1]
+    label = np.where(np.asarray(failed), "failed", label).astype(str)
+    return label, ratio
+
+
+def initial_rate(
+    policy: AbstractPolicy,
+    reward: Float[Array, "prompts outputs"],
+    true_reward: Float[Array, "prompts outputs"],
+    reg: Regularization,
+) -> tuple[Float[Array, ""], Float[Array, "prompts outputs"]]:
+    """`dV_G/dt` and `d pi/dt` at `t = 0` along the exact gradient of the (regularised)
+    objective on `reward`."""
+    params = policy.params
+    g, _ = gradient(params, policy, reward, true_reward, reg.reference(policy), reg)
+
+    def value(th):
+        probs = policy.with_params(th).probs()
+        return expected(probs, true_reward, policy.weights), probs
+
+    _, (rate, dprobs) = jax.jvp(value, (params,), (g,))
+    return rate, dprobs
+
+
+def categorize(
+    policy: AbstractPolicy,
+    true_reward,
+    proxies,
+    *,
+    method: AbstractMethod,
+    target: float,
+    t1=None,
+    key=None,
+    normalized: bool = False,
+    tolerance: float = 0.05,
+    reward_tolerance: float = 1e-3,
+    chunk_size: int = 65536,
+) -> Categorization:
+    """Categorise each proxy reward as harmful, benign or beneficial for `policy` trained
+    with `method`, against training on `true_reward` itself.
+
+    **Arguments:**
+
+    - `policy`: the initial policy.
+    - `true_reward`: the ground truth, shape `(outputs,)` or `(prompts, outputs)`.
+    - `proxies`: a batch of proxy rewards, shape `(proxies,) + true_reward.shape` (see
+      `gradflow.perturb` for families of them).
+    - `method`: any gradflow method; `t1` as in [`gradflow.solve`][].
+    - `target`: the true-reward level whose first crossing is compared (a fraction of the
+      way from the initial to the maximal true reward when `normalized=True`).
+    - `key`: for the sampled methods: every proxy and the reference run use the same key
+      (common random numbers, so that differences come from the rewards, not the noise).
+    - `tolerance`: relative tolerance on the time ratio: within `1 +- tolerance` is benign.
+      The same relative tolerance separates the instantaneous prediction's three labels.
+    - `reward_tolerance`: absolute tolerance on the true reward at the horizon, used when
+      neither run reaches the target.
+
+    **Returns:** a [`gradflow.Categorization`][].
+
+    - `chunk_size`: proxies per compiled call (see [`gradflow.sweep.run`][]).
+
+    The proxies run through [`gradflow.sweep.run`][] in memory; to write a large sweep to
+    disk and resume it, use `gradflow.sweep.run` with [`gradflow.proxy_row`][] directly
+    (or `gradflow sweep CONFIG.toml`).
+    """
+    if not isinstance(policy, AbstractPolicy):
+        raise ValueError(f"`policy` must be a gradflow policy; got {type(policy).__name__}.")
+    if not (tolerance > 0 and reward_tolerance > 0):
+        raise ValueError(
+            f"`tolerance` and `reward_tolerance` must be positive; got {tolerance}, {reward_tolerance}."
+        )
+    r_true = as_reward("true_reward", true_reward, policy)
+    batch = v.as_float_array("proxies", proxies)
+    if batch.shape[1:] != r_true.shape and batch.shape[1:] != jnp.shape(true_reward):
+        raise ValueError(
+            f"`proxies` must have shape (proxies,) + {tuple(jnp.shape(true_reward))} (a batch of rewards "
+            f"shaped like `true_reward`); got {tuple(batch.shape)}."
+        )
+    batch = batch.reshape((batch.shape[0],) + r_true.shape)
+    row = proxy_row(policy, r_true, method=method, targets=(float(target),), t1=t1, key=key,
+                    normalized=normalized, attracts=True)
+    ref = jax.device_get(jax.jit(row)(r_true))
+    if int(ref["status"]) != Status.OK:
+        raise ValueError(
+            f"categorize: the reference run (trained on `true_reward`) ended with status "
+            f"'{Status.name(ref['status'])}'; nothing to compare against (adjust the method's settings)."
+        )
+    out = sweep.run(row, batch, chunk_size=chunk_size, progress=False)
+    name = f"time_to_{float(target):g}"
+    t, final, status, rate = out[name], out["final_true_reward"], out["status"], out["rate"]
+    t_ref, f_ref, rate_ref = ref[name], ref["final_true_reward"], ref["rate"]
+    label, ratio = classify(t, t_ref, final, f_ref, status != Status.OK, tolerance, reward_tolerance)
+    predicted = _predict(rate, float(rate_ref), tolerance)
+    return Categorization(
+        label=label,
+        time=t,
+        time_ratio=ratio,
+        final_true_reward=final,
+        rate=rate,
+        predicted=predicted,
+        attracts=out["attracts"],
+        reference_time=float(t_ref),
+        reference_final_true_reward=float(f_ref),
+        reference_rate=float(rate_ref),
+        reference_attracts=np.asarray(ref["attracts"]),
+        tolerance=float(tolerance),
+        reward_tolerance=float(reward_tolerance),
+    )
+
+
+def _predict(rate: np.ndarray, rate_ref: float, tolerance: float) -> np.ndarray:
+    """Instantaneous labels: the proxy's rate against the reference rate, with the same
+    relative tolerance (scaled by `|rate_ref|`)."""
+    band = tolerance * abs(rate_ref)
+    code = np.where(rate > rate_ref + band, 1, np.where(rate < rate_ref - band, -1, 0))
+    return np.array(LABELS)[code + 1]
+
+
+def proxy_row(
+    policy: AbstractPolicy,
+    true_reward,
+    *,
+    method: AbstractMethod,
+    targets=(),
+    t1=None,
+    key=None,
+    normalized: bool = False,
+    attracts: bool = False,
+) -> Callable[[Float[Array, "prompts outputs"]], dict]:
+    """The per-proxy summary that [`gradflow.categorize`][] and reward sweeps record:
+    a function `reward -> {column: scalar}` to vmap or pass to [`gradflow.sweep.run`][].
+
+    Columns: `time_to_<target>` for each target (`inf` never reached, `nan` failed first),
+    `final_true_reward`, `status` ([`gradflow.Status`][] code), `stall_level` and
+    `stall_duration` (longest stall, `nan` if none), `rate` (`dV_G/dt` at `t = 0` under
+    the reward) and, with `attracts=True`, `attracts`, the `(prompts, outputs)` mask of
+    outputs whose probability rises at `t = 0`.
+
+    **Arguments:** as in [`gradflow.categorize`][]; `targets` is a sequence of levels.
+    For the sampled methods every row uses the same `key` (common random numbers); to give
+    each row its own noise, build the row function inside a function of the key.
+    """
+    r_true = as_reward("true_reward", true_reward, policy)
+    if key is not None and not isinstance(method, AbstractSampledMethod):
+        raise ValueError("`key` is only used by the sample-based methods.")
+    reg = getattr(method, "regularization", Regularization())
+    targets = tuple(float(t) for t in targets)
+    kw = dict(true_reward=r_true, method=method, t1=t1, targets=targets, normalized_targets=normalized,
+              saveat=_summary_saveat(method))
+    if key is not None:
+        kw["key"] = key
+
+    def row(reward):
+        r = reward.reshape(r_true.shape)
+        sol = solve(policy, reward=r, **kw)
+        rate, dprobs = initial_rate(policy, r, r_true, reg)
+        out = {f"time_to_{t:g}": sol.target_times[i] for i, t in enumerate(targets)}
+        out.update(final_true_reward=sol.final_true_reward, status=sol.status, stall_level=sol.stall.level,
+                   stall_duration=sol.stall.duration, rate=rate)
+        if attracts:
+            out["attracts"] = dprobs > 0
+        return out
+
+    return row
+
+
+def _summary_saveat(method) -> SaveAt:
+    """Record as little as possible: the crossing is tracked online."""
+    steps = getattr(method, "steps", None)
+    return SaveAt(n=2) if steps is None else SaveAt(every=steps)
+

@@ -1,6 +1,6 @@
 """gradflow: policy-gradient dynamics under imperfect rewards, in JAX."""
 
-from . import metrics as metrics, perturb as perturb, sweep as sweep
+from . import metrics as metrics, perturb as perturb, rm_eval as rm_eval, sweep as sweep
 from ._analysis import (
     Stall as Stall,
     StallCriteria as StallCriteria,

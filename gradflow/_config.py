@@ -18,7 +18,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Field:
-    """One config key: a kind (`"float"`, `"int"`, `"floats"`, `"bool"`, `"str"`, `"strs"`), an
+    """One config key: a kind (`"float"`, `"int"`, `"floats"`, `"bool"`, `"str"`, `"strs"`, `"ints"`), an
     optional check returning an error text (or `None`) and a default (`None`: the key is
     required)."""
 
@@ -68,12 +68,14 @@ def _convert(path: str, field: Field, value):
         ok = isinstance(value, bool)
     elif kind == "str":
         ok = isinstance(value, str)
+    elif kind == "ints":
+        ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
     elif kind == "strs":
         ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
     else:  # pragma: no cover - schema error
         raise TypeError(f"unknown field kind {kind!r}")
     if not ok:
-        want = {"floats": "a list of finite numbers", "float": "a finite number", "strs": "a list of strings"}.get(kind, f"a {kind}")
+        want = {"floats": "a list of finite numbers", "float": "a finite number", "strs": "a list of strings", "ints": "a list of integers"}.get(kind, f"a {kind}")
         raise ValueError(f"config key `{path}`: expected {want}; got {value!r}.")
     if field.check is not None and (problem := field.check(value)) is not None:
         raise ValueError(f"config key `{path}`: expected {problem}; got {value!r}.")

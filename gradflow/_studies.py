@@ -22,6 +22,7 @@ from ._dynamics import GradientAscent, GradientFlow
 from ._problem import TabularSoftmax
 from ._solve import SaveAt, Solution, Status, solve
 from ._study_utils import Study, fmt, stalling_probs, table, write_csv
+from ._sweeps import SWEEP_SCHEMA, plot_dir, run_sweep
 
 # --------------------------------------------------------------------------- stalling
 
@@ -202,6 +203,16 @@ def _stalling_figures(plotting, runs, p_best, targets, lr, out: Path) -> list[Pa
     return paths
 
 
+def run_categorization_map(cfg: dict, out: Path, quick: bool) -> dict:
+    """The categorisation map: a `gradflow sweep` of its config, then the figure."""
+    table = run_sweep(cfg, out, quick, progress=False)
+    figures = plot_dir(out)
+    print(f"Results in {out.resolve()}/:")
+    for path in ["summary.parquet/", *[p.name for p in figures]]:
+        print(f"  {path}")
+    return {"table": table, "figures": figures}
+
+
 STUDIES: dict[str, Study] = {
     "stalling": Study(
         "stalling",
@@ -220,6 +231,12 @@ STUDIES: dict[str, Study] = {
         "REINFORCE, RLOO, GRPO and PPO on the stalling problem at equal sample budget",
         S.ESTIMATORS_SCHEMA,
         S.run_estimators,
+    ),
+    "categorization-map": Study(
+        "categorization-map",
+        "stalling problem, 200 x 200 grid over two proxy rewards: harmful / benign / beneficial regions",
+        SWEEP_SCHEMA,
+        run_categorization_map,
     ),
     "feature-similarity": Study(
         "feature-similarity",

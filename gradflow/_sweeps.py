@@ -1,0 +1,263 @@
+"""Reward sweeps from a TOML config: `gradflow sweep CONFIG.toml --out DIR`,
+`gradflow plot DIR`, and the `categorization-map` study (whose config is a sweep config).
+
+A sweep trains one initial policy with one method on every proxy reward of a family
+(`gradflow.perturb`), writes one row per proxy incrementally to `DIR/summary.parquet/`
+(resumable), and labels each proxy harmful / benign / beneficial against the run trained
+on the true reward (`gradflow.categorize`'s rule).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from . import _config as C, perturb, sweep
+from ._categorize import LABELS, _predict, classify, proxy_row
+from ._dynamics import GradientAscent, GradientFlow
+from ._estimators import GRPO, PPO, RLOO, Reinforce
+from ._problem import TabularSoftmax
+from ._solve import Status
+
+METHODS = ("sgd", "flow", "reinforce", "rloo", "grpo", "ppo")
+FAMILIES = ("grid_2d", "shift_grid", "demote", "gaussian", "with_accuracy", "swaps")
+
+SWEEP_SCHEMA = {
+    "problem": {
+        "initial_probs": C.Field("floats", lambda x: C.nonempty(x) or C.probability(x)),
+        "true_reward": C.Field("floats", C.nonempty),
+        "output_names": C.Field("strs", default=[]),
+    },
+    "method": {
+        "name": C.Field("str", C.one_of(*METHODS)),
+        "learning_rate": C.Field("float", C.positive, default=0.1),
+        "steps": C.Field("int", C.positive, default=50000),
+        "t1": C.Field("float", C.positive, default=5000.0),
+        "samples": C.Field("int", C.positive, default=4),
+        "seed": C.Field("int", default=0),
+    },
+    "proxies": {
+        "family": C.Field("str", C.one_of(*FAMILIES)),
+        "outputs": C.Field("ints", default=[]),
+        "start": C.Field("floats", default=[]),
+        "stop": C.Field("floats", default=[]),
+        "num": C.Field("ints", default=[]),
+        "value": C.Field("floats", default=[]),
+        "scale": C.Field("float", C.positive, default=0.1),
+        "accuracy": C.Field("float", lambda x: None if 0 <= x <= 1 else "a value in [0, 1]", default=1.0),
+        "n": C.Field("int", C.positive, default=1000),
+        "seed": C.Field("int", default=0),
+    },
+    "analysis": {
+        "targets": C.Field("floats", C.nonempty),
+        "tolerance": C.Field("float", C.positive, default=0.05),
+        "reward_tolerance": C.Field("float", C.positive, default=1e-3),
+    },
+    "sweep": {"chunk_size": C.Field("int", C.positive, default=8192)},
+    "quick": {
+        "num": C.Field("ints", default=[]),
+        "n": C.Field("int", C.positive, default=64),
+        "steps": C.Field("int", C.positive, default=5000),
+        "t1": C.Field("float", C.positive, default=500.0),
+    },
+}
+
+
+def _need(cfg: dict, section: str, keys: list[str], why: str) -> None:
+    for k in keys:
+        if cfg[section][k] == []:
+            raise ValueError(f"config: missing key `{section}.{k}` ({why}).")
+
+
+def build(cfg: dict, quick: bool = False):
+    """`(policy, true_reward, proxies, method, t1, key, grid)` from a validated config;
+    `grid` is `(values_i, values_j)` for the `grid_2d` family, else `None`."""
+    prob, mc, pc = cfg["problem"], cfg["method"], cfg["proxies"]
+    probs = np.array(prob["initial_probs"])
+    r_true = jnp.asarray(prob["true_reward"])
+    k = len(probs)
+    if abs(probs.sum() - 1) > 1e-6:
+        raise ValueError(f"config key `problem.initial_probs`: expected values summing to 1; got sum {probs.sum()}.")
+    if len(r_true) != k:
+        raise ValueError(
+            f"config key `problem.true_reward`: expected {k} values (one per output of "
+            f"`problem.initial_probs`); got {len(r_true)}."
+        )
+    if prob["output_names"] and len(prob["output_names"]) != k:
+        raise ValueError(f"config key `problem.output_names`: expected {k} names; got {len(prob['output_names'])}.")
+    for key in ("outputs",):
+        bad = [o for o in pc[key] if not 0 <= o < k]
+        if bad:
+            raise ValueError(f"config key `proxies.{key}`: expected output indices in [0, {k}); got {pc[key]}.")
+    policy = TabularSoftmax.from_probs(jnp.asarray(probs))
+
+    steps = cfg["quick"]["steps"] if quick else mc["steps"]
+    t1 = cfg["quick"]["t1"] if quick else mc["t1"]
+    opt = optax.sgd(mc["learning_rate"])
+    name = mc["name"]
+    method = {
+        "sgd": lambda: GradientAscent(opt, steps),
+        "flow": lambda: GradientFlow(),
+        "reinforce": lambda: Reinforce(opt, steps, samples=mc["samples"]),
+        "rloo": lambda: RLOO(opt, steps, samples=mc["samples"]),
+        "grpo": lambda: GRPO(opt, steps, samples=mc["samples"]),
+        "ppo": lambda: PPO(opt, steps, samples=mc["samples"]),
+    }[name]()
+    key = jax.random.key(mc["seed"]) if name in ("reinforce", "rloo", "grpo", "ppo") else None
+
+    fam, grid = pc["family"], None
+    num = (cfg["quick"]["num"] or pc["num"]) if quick else pc["num"]
+    n = cfg["quick"]["n"] if quick else pc["n"]
+    if fam == "grid_2d":
+        _need(cfg, "proxies", ["outputs", "start", "stop", "num"], "grid_2d needs two of each")
+        if not (len(pc["outputs"]) == len(pc["start"]) == len(pc["stop"]) == len(num) == 2):
+            raise ValueError("config: grid_2d needs `proxies.outputs`, `start`, `stop` and `num` with two entries each.")
+        grid = tuple(np.linspace(pc["start"][i], pc["stop"][i], num[i]) for i in range(2))
+        proxies = perturb.grid_2d(r_true, tuple(pc["outputs"]), grid[0], grid[1])
+    elif fam == "shift_grid":
+        _need(cfg, "proxies", ["outputs", "start", "stop", "num"], "shift_grid needs one of each")
+        proxies = perturb.shift_grid(r_true, pc["outputs"][0], np.linspace(pc["start"][0], pc["stop"][0], num[0]))
+    elif fam == "demote":
+        _need(cfg, "proxies", ["outputs", "value"], "demote needs an output and its value(s)")
+        proxies = perturb.demote(r_true, pc["outputs"][0], np.asarray(pc["value"]))
+    elif fam == "gaussian":
+        proxies = perturb.gaussian(jax.random.key(pc["seed"]), r_true, pc["scale"], n)
+    elif fam == "with_accuracy":
+        proxies = perturb.with_accuracy(jax.random.key(pc["seed"]), r_true, pc["accuracy"], n)
+    else:  # swaps
+        proxies = perturb.swaps(r_true)
+    return policy, r_true, jnp.asarray(proxies), method, (t1 if name == "flow" else None), key, grid
+
+
+def load_config(path: str | Path) -> dict:
+    return C.load(path, SWEEP_SCHEMA)
+
+
+def run_sweep(cfg: dict, out: Path, quick: bool = False, progress: bool = True) -> dict:
+    """Run (or resume) the sweep of `cfg` into `out`; print a summary; return the table."""
+    policy, r_true, proxies, method, t1, key, grid = build(cfg, quick)
+    an = cfg["analysis"]
+    targets = tuple(an["targets"])
+    row = proxy_row(policy, r_true, method=method, targets=targets, t1=t1, key=key)
+
+    def with_reward(r):
+        return {**row(r), **{f"reward_{j}": r[j] for j in range(r.shape[-1])}}
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ref = {k: float(v) for k, v in jax.device_get(jax.jit(row)(r_true)).items()}
+    if int(ref["status"]) != Status.OK:
+        raise ValueError(f"the reference run (trained on the true reward) ended with status "
+                         f"'{Status.name(int(ref['status']))}'.")
+    first = f"time_to_{targets[0]:g}"
+
+    def label(columns):
+        lab, ratio = classify(columns[first], ref[first], columns["final_true_reward"], ref["final_true_reward"],
+                              columns["status"] != Status.OK, an["tolerance"], an["reward_tolerance"])
+        pred = _predict(columns["rate"], ref["rate"], an["tolerance"])
+        return {**columns, "time_ratio": ratio, "label": lab, "predicted": pred}
+
+    meta = {"config": cfg, "quick": quick}
+    (out / "reference.json").write_text(json.dumps({"reference": ref, "grid": None if grid is None else
+                                                    [g.tolist() for g in grid]}, indent=2))
+    start = time.perf_counter()
+    table = sweep.run(with_reward, proxies, out, chunk_size=cfg["sweep"]["chunk_size"], meta=meta,
+                      post=label, progress=progress)
+    elapsed = time.perf_counter() - start
+    print(f"Sweep: {len(table['row'])} proxies ({cfg['proxies']['family']}), method {cfg['method']['name']}"
+          f"{' (quick)' if quick else ''}; {elapsed:.1f} s this call (finished chunks are not recomputed).")
+    _print_summary(table, ref, first)
+    print(f"Per-proxy results in {(out / 'summary.parquet').resolve()}/ (pandas.read_parquet opens the folder).")
+    return table
+
+
+def _print_summary(table: dict, ref: dict, first: str) -> None:
+    ok = table["status"] == Status.OK
+    failed = int((~ok).sum())
+    counts = {name: int(np.sum(table["label"][ok] == name)) for name in LABELS}
+    agree = float(np.mean(table["predicted"][ok] == table["label"][ok])) if ok.any() else math.nan
+    t0 = ref[first]
+    print(f"  reference (trained on the true reward): {first.replace('_', ' ')} = "
+          f"{'never' if math.isinf(t0) else f'{t0:g}'}, final true reward {ref['final_true_reward']:.4f}")
+    total = max(1, int(ok.sum()))
+    print("  " + ", ".join(f"{k}: {c} ({c / total:.1%})" for k, c in counts.items())
+          + f"; failed runs excluded: {failed}")
+    print(f"  the instantaneous prediction (rate at t = 0) agrees with the simulated label for {agree:.1%}")
+
+
+def plot_dir(out: str | Path) -> list[Path]:
+    """Figures of a finished (or partial) sweep folder: the categorisation map for a
+    `grid_2d` sweep, else label counts and the time-ratio histogram."""
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    manifest, refpath = out / "sweep.json", out / "reference.json"
+    if not manifest.exists() or not refpath.exists():
+        raise ValueError(f"{out} is not a sweep folder (no sweep.json / reference.json); run `gradflow sweep` first.")
+    cfg = json.loads(manifest.read_text())["meta"]["config"]
+    info = json.loads(refpath.read_text())
+    table = sweep.read(out)
+    if not table:
+        raise ValueError(f"{out} holds no finished rows yet.")
+    names = cfg["problem"]["output_names"] or [f"output {j}" for j in range(len(cfg["problem"]["true_reward"]))]
+    colors = {"harmful": "#d62728", "benign": "#bbbbbb", "beneficial": "#2ca02c", "failed": "black"}
+    paths = []
+    if info["grid"] is not None:
+        gi, gj = (np.asarray(g) for g in info["grid"])
+        i, j = cfg["proxies"]["outputs"]
+        codes = {"failed": -1, **{k: n for n, k in enumerate(LABELS)}}
+        grid = np.full(gi.size * gj.size, np.nan)
+        grid[table["row"]] = [codes[x] for x in table["label"]]
+        grid = grid.reshape(gi.size, gj.size)
+        from matplotlib.colors import ListedColormap
+
+        fig, axes = plt.subplots(1, 2, figsize=(12, 5), layout="constrained")
+        cmap = ListedColormap([colors[k] for k in ("failed", *LABELS)])
+        axes[0].pcolormesh(gj, gi, grid, cmap=cmap, vmin=-1.5, vmax=2.5, shading="nearest")
+        target = cfg["analysis"]["targets"][0]
+        first = f"time_to_{target:g}"
+        t = np.full(gi.size * gj.size, np.nan)
+        t[table["row"]] = np.where(np.isfinite(table[first]), table[first], np.nan)
+        im = axes[1].pcolormesh(gj, gi, np.log10(np.maximum(t, 1)).reshape(gi.size, gj.size), cmap="viridis",
+                                shading="nearest")
+        fig.colorbar(im, ax=axes[1], label=f"log10(steps to true reward {target:g}); white: never")
+        t_ref = info["reference"][first]
+        r_true = cfg["problem"]["true_reward"]
+        for ax in axes:
+            ax.plot(r_true[j], r_true[i], marker="*", ms=16, color="gold", mec="black", ls="none",
+                    label="the true reward")
+            ax.set_xlabel(f"proxy reward of {names[j]}")
+            ax.set_ylabel(f"proxy reward of {names[i]}")
+        for k in LABELS:
+            axes[0].plot([], [], "s", color=colors[k], ms=10, label=k)
+        axes[0].legend(loc="upper left", fontsize="small", framealpha=0.9)
+        axes[1].legend(loc="upper left", fontsize="small")
+        axes[0].set_title(f"categorisation (time to true reward {target:g}, tolerance {cfg['analysis']['tolerance']:g})")
+        axes[1].set_title(f"time to {target:g} under the proxy (true reward: "
+                          f"{'never' if not np.isfinite(t_ref) else f'{t_ref:g}'})")
+        fig.suptitle(f"{len(table['row'])} proxies, method {cfg['method']['name']}; other outputs keep their true reward")
+        paths.append(out / "categorization_map.png")
+    else:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+        counts = [int(np.sum(table["label"] == k)) for k in LABELS]
+        axes[0].bar(LABELS, counts, color=[colors[k] for k in LABELS])
+        axes[0].set_ylabel("proxies")
+        axes[0].set_xlabel("label")
+        axes[0].set_title("categorisation")
+        r = np.log10(table["time_ratio"][np.isfinite(table["time_ratio"])])
+        axes[1].hist(r, bins=50, color="C0", label=f"{r.size} proxies that reach the target")
+        axes[1].axvline(0, color="black", lw=1, label="same time as the true reward")
+        axes[1].set_xlabel("log10(time ratio): proxy / true reward")
+        axes[1].set_ylabel("proxies")
+        axes[1].legend(fontsize="small")
+        paths.append(out / "sweep_summary.png")
+    fig.savefig(paths[0], dpi=120)
+    plt.close(fig)
+    return paths

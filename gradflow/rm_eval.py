@@ -1,0 +1,854 @@
+"""Evaluate reward models from a file of per-response records (`gradflow rm-eval`).
+
+A *record* is one response of a language model to a prompt, with the model's
+log-likelihood of it, its ground-truth reward and the reward each proxy reward model
+gives it. [`load`][gradflow.rm_eval.load] reads and validates such a file (JSON Lines,
+CSV or Parquet), [`evaluate`][gradflow.rm_eval.evaluate] scores every reward model with
+every metric of [`gradflow.metrics`](metrics.md), and
+[`write_csv`][gradflow.rm_eval.write_csv] / [`format_table`][gradflow.rm_eval.format_table]
+write and print the table.
+
+```python
+from gradflow import rm_eval
+
+data = rm_eval.load("records.jsonl")          # or .csv / .parquet; pairs="pairs.csv"
+table = rm_eval.evaluate(data)                # one dict per reward model
+print(rm_eval.format_table(table))
+rm_eval.write_csv(table, "rm_eval.csv")
+```
+
+**The records file.** One row per response, with the columns
+
+| column | meaning |
+|---|---|
+| `prompt_id` | the prompt (any string or integer) |
+| `response_id` | the response, unique within its prompt |
+| `logprob` | the policy's log-likelihood of the response (a sequence log-probability, `<= 0`) |
+| `true_reward` | the ground-truth reward `r_G(x, y)` |
+| any other column | one proxy reward model `r_P(x, y)`, named by the column |
+
+Every prompt needs at least 2 responses; prompts may have different numbers of
+responses. All values must be finite. Prompts keep the order of their first record,
+responses the order of their records.
+
+**The policy.** A language model's sequence log-likelihoods do not sum to 1 over the
+few responses listed for a prompt (most of the mass is on responses not sampled). The
+policy the metrics see is the model *conditioned on producing one of the listed
+responses*: `pi(y | x) = exp(logprob(y)) / sum_{y' listed for x} exp(logprob(y'))`,
+a log-softmax over each prompt's responses. Prompts are weighted uniformly.
+
+**Preference pairs.** By default, every two responses of a prompt with different
+ground-truth rewards form one pair, the one with the higher `true_reward` chosen; ties
+are dropped. Explicit pairs come in a separate file (same formats) with columns
+`prompt_id, chosen_id, rejected_id` (other columns are ignored); each unordered pair at
+most once. The one-vs-many metrics always take the response with the highest
+`true_reward` as chosen (the first listed on a tie) and every response with a strictly
+lower `true_reward` as rejected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from . import metrics as _m
+
+__all__ = [
+    "RECORD_COLUMNS",
+    "PAIR_COLUMNS",
+    "METRICS",
+    "TRUE_REWARD_ROW",
+    "RewardData",
+    "load",
+    "from_records",
+    "evaluate",
+    "format_table",
+    "write_csv",
+    "summary",
+    "example_path",
+    "add_parser",
+    "main",
+]
+
+RECORD_COLUMNS: tuple[str, ...] = ("prompt_id", "response_id", "logprob", "true_reward")
+"""The columns every records file must have (the rest are reward models)."""
+
+PAIR_COLUMNS: tuple[str, ...] = ("prompt_id", "chosen_id", "rejected_id")
+"""The columns of an explicit pairs file."""
+
+METRICS: tuple[str, ...] = (
+    "acc",
+    "acc_w",
+    "hacc",
+    "hacc_w",
+    "one_vs_many_acc",
+    "one_vs_many_acc_w",
+    "one_vs_many_hacc",
+    "one_vs_many_hacc_w",
+    "mean_reward",
+    "reward_variance",
+    "true_reward_rate",
+)
+"""The columns of the table [`evaluate`][gradflow.rm_eval.evaluate] returns, after
+`model`, in order."""
+
+TRUE_REWARD_ROW = "true_reward"
+"""The name of the reference row: the ground truth scored as if it were a reward model."""
+
+# Padding of ragged prompts: log-probability -1e4 is probability exactly 0 in float32 and
+# float64 (exp underflows), yet finite, so the arrays go straight into gradflow.metrics.
+_PAD_LOGP = -1.0e4
+
+_FORMATS = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+
+_ACCURACIES = frozenset(METRICS[:8])
+
+
+# ---------------------------------------------------------------------------------------
+# The loaded data.
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class RewardData:
+    """Validated per-response records, as padded arrays ready for
+    [`gradflow.metrics`](metrics.md).
+
+    `X` is the number of prompts, `K` the largest number of responses of a prompt and
+    `P` the largest number of preference pairs of a prompt. Prompt `i`'s responses fill
+    `[i, :n_i]` in file order; the rest is padding (`valid` False, log-probability
+    `-1e4`, i.e. probability exactly 0, rewards 0).
+
+    **Fields:**
+
+    - `prompt_ids`: the prompts, in order of first appearance.
+    - `response_ids`: each prompt's responses, in file order.
+    - `logp`: `log pi(y | x)`, shape `(X, K)`: the file's `logprob`, renormalised with a
+      log-softmax over each prompt's responses.
+    - `valid`: shape `(X, K)`, True on real responses.
+    - `true_reward`: `r_G`, shape `(X, K)`.
+    - `rewards`: reward-model name -> `r_P`, shape `(X, K)`, in column order.
+    - `chosen`, `rejected`: the responses of each preference pair, as column indices into
+      the `(X, K)` arrays, shape `(X, P)`.
+    - `pair_mask`: shape `(X, P)`, True on real pairs.
+    - `pairs_source`: `"true_reward"` (pairs formed from the ground truth) or the name
+      of the pairs file.
+    - `ties_dropped`: how many response pairs with equal `true_reward` were dropped (0
+      with explicit pairs).
+    - `pairs_against_true_reward`: how many explicit pairs have
+      `true_reward(chosen) <= true_reward(rejected)` (0 for pairs formed from the truth).
+    - `source`: the records file's name.
+    """
+
+    prompt_ids: tuple[str, ...]
+    response_ids: tuple[tuple[str, ...], ...]
+    logp: np.ndarray
+    valid: np.ndarray
+    true_reward: np.ndarray
+    rewards: dict[str, np.ndarray]
+    chosen: np.ndarray
+    rejected: np.ndarray
+    pair_mask: np.ndarray
+    pairs_source: str
+    ties_dropped: int
+    pairs_against_true_reward: int
+    source: str
+
+    @property
+    def n_pairs(self) -> int:
+        """The number of preference pairs."""
+        return int(self.pair_mask.sum())
+
+    @property
+    def n_responses(self) -> int:
+        """The number of responses (records)."""
+        return int(self.valid.sum())
+
+
+# ---------------------------------------------------------------------------------------
+# Reading files: every reader returns (columns, [(location, row dict), ...]).
+# ---------------------------------------------------------------------------------------
+
+_Rows = list[tuple[str, dict]]
+
+
+def _format_of(path: Path) -> str:
+    fmt = _FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        known = ", ".join(_FORMATS)
+        raise ValueError(
+            f"{path}: unknown file type {path.suffix!r}; expected one of {known} "
+            "(JSON Lines, CSV or Parquet)."
+        )
+    return fmt
+
+
+def _read_jsonl(path: Path) -> tuple[list[str], _Rows]:
+    columns: list[str] | None = None
+    rows: _Rows = []
+    with path.open(encoding="utf-8-sig") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            loc = f"{path.name} line {n}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{loc}: not valid JSON ({e.msg}, column {e.colno}).") from None
+            if not isinstance(obj, dict):
+                raise ValueError(
+                    f"{loc}: expected a JSON object (one record per line); got "
+                    f"{type(obj).__name__}."
+                )
+            if columns is None:
+                columns = list(obj)
+            rows.append((loc, obj))
+    return columns or [], rows
+
+
+def _read_csv(path: Path) -> tuple[list[str], _Rows]:
+    rows: _Rows = []
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            return [], rows
+        seen: set[str] = set()
+        for name in header:
+            if name in seen:
+                raise ValueError(f"{path.name} line 1: column {name!r} appears twice in the header.")
+            seen.add(name)
+        for fields in reader:
+            loc = f"{path.name} line {reader.line_num}"
+            if not fields:
+                continue  # a blank line
+            if len(fields) > len(header):
+                raise ValueError(
+                    f"{loc}: {len(fields)} fields, but the header names {len(header)} columns."
+                )
+            rows.append((loc, dict(zip(header, fields, strict=False))))
+    return header, rows
+
+
+def _read_parquet(path: Path) -> tuple[list[str], _Rows]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as e:  # pragma: no cover - pyarrow is a dependency
+        raise ValueError("reading Parquet files needs pyarrow: `pip install pyarrow`.") from e
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises many types for a bad file
+        raise ValueError(f"{path.name}: cannot read it as Parquet ({e}).") from None
+    columns = list(table.column_names)
+    data = {c: table.column(c).to_pylist() for c in columns}
+    rows = [
+        (f"{path.name} row {i + 1}", {c: data[c][i] for c in columns})
+        for i in range(table.num_rows)
+    ]
+    return columns, rows
+
+
+def _read(path: str | Path) -> tuple[list[str], _Rows, str]:
+    path = Path(path)
+    fmt = _format_of(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file.")
+    reader = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet}[fmt]
+    columns, rows = reader(path)
+    if not rows:
+        raise ValueError(f"{path.name}: no records.")
+    return columns, rows, path.name
+
+
+# ---------------------------------------------------------------------------------------
+# Validating values.
+# ---------------------------------------------------------------------------------------
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, str) and value.strip() == "")
+
+
+def _ident(loc: str, col: str, value) -> str:
+    """An id as a string (integral floats, e.g. from a Parquet float column, as integers)."""
+    if _missing(value):
+        raise ValueError(f"{loc}, column '{col}': missing value.")
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"{loc}, column '{col}': expected a string or integer id; got {value!r}.")
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{loc}, column '{col}': expected an id; got {value!r}.")
+        if value.is_integer():
+            return str(int(value))
+    return str(value)
+
+
+def _number(loc: str, col: str, value) -> float:
+    if _missing(value):
+        raise ValueError(f"{loc}, column '{col}': missing value.")
+    if isinstance(value, bool):
+        raise ValueError(f"{loc}, column '{col}': expected a number; got {value!r}.")
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{loc}, column '{col}': expected a number; got {value!r}.") from None
+    if not math.isfinite(x):
+        raise ValueError(
+            f"{loc}, column '{col}': the value {value!r} is not finite (NaN and inf are not "
+            "allowed)."
+        )
+    return x
+
+
+def _check_columns(source: str, columns: Sequence[str], required: Sequence[str], what: str):
+    missing = [c for c in required if c not in columns]
+    if missing:
+        names = ", ".join(repr(c) for c in missing)
+        found = ", ".join(repr(c) for c in columns) or "none"
+        raise ValueError(
+            f"{source}: missing column{'s' if len(missing) > 1 else ''} {names}; {what} needs "
+            f"{', '.join(required)} (found: {found})."
+        )
+
+
+def _check_row_keys(loc: str, row: Mapping, columns: Sequence[str], header: Sequence[str]):
+    for c in columns:
+        if c not in row:
+            raise ValueError(f"{loc}, column '{c}': missing value (the record has no such key).")
+    extra = [k for k in row if k not in header]
+    if extra:
+        raise ValueError(
+            f"{loc}: unexpected column {extra[0]!r} (not among the columns of the first "
+            "record or header)."
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Building the data.
+# ---------------------------------------------------------------------------------------
+
+
+def _models(source: str, columns: Sequence[str], reward_models: Sequence[str] | None) -> list[str]:
+    if reward_models is None:
+        models = [c for c in columns if c not in RECORD_COLUMNS]
+        if not models:
+            raise ValueError(
+                f"{source}: no reward-model column; add one column per proxy reward model "
+                f"besides {', '.join(RECORD_COLUMNS)}."
+            )
+        return models
+    models = list(reward_models)
+    if not models:
+        raise ValueError("`reward_models` must name at least one column.")
+    for name in models:
+        if not isinstance(name, str) or name in RECORD_COLUMNS:
+            raise ValueError(
+                f"`reward_models`: {name!r} is not a reward-model column (the columns "
+                f"{', '.join(RECORD_COLUMNS)} are reserved)."
+            )
+        if name not in columns:
+            found = ", ".join(repr(c) for c in columns)
+            raise ValueError(f"{source}: no column {name!r} (found: {found}).")
+        if models.count(name) > 1:
+            raise ValueError(f"`reward_models`: {name!r} is named twice.")
+    return models
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    top = np.max(x)
+    return x - (top + np.log(np.sum(np.exp(x - top))))
+
+
+def _pairs_from_truth(g: np.ndarray) -> tuple[list[tuple[int, int]], int]:
+    pairs, ties = [], 0
+    for a in range(len(g)):
+        for b in range(a + 1, len(g)):
+            if g[a] > g[b]:
+                pairs.append((a, b))
+            elif g[b] > g[a]:
+                pairs.append((b, a))
+            else:
+                ties += 1
+    return pairs, ties
+
+
+def _explicit_pairs(
+    pairs_file: str | Path,
+    prompts: dict[str, int],
+    responses: list[dict[str, int]],
+    truth: list[np.ndarray],
+    records_name: str,
+) -> tuple[list[list[tuple[int, int]]], int, str]:
+    header, rows, name = _read(pairs_file)
+    _check_columns(name, header, PAIR_COLUMNS, "a pairs file")
+    out: list[list[tuple[int, int]]] = [[] for _ in prompts]
+    first: dict[tuple[int, frozenset], str] = {}
+    against = 0
+    for loc, row in rows:
+        _check_row_keys(loc, row, PAIR_COLUMNS, header)
+        pid = _ident(loc, "prompt_id", row["prompt_id"])
+        if pid not in prompts:
+            raise ValueError(
+                f"{loc}, column 'prompt_id': unknown prompt {pid!r} (not in {records_name})."
+            )
+        i = prompts[pid]
+        idx = []
+        for col in ("chosen_id", "rejected_id"):
+            rid = _ident(loc, col, row[col])
+            if rid not in responses[i]:
+                raise ValueError(
+                    f"{loc}, column '{col}': prompt {pid!r} has no response {rid!r} in "
+                    f"{records_name}."
+                )
+            idx.append(responses[i][rid])
+        w, lo = idx
+        if w == lo:
+            raise ValueError(
+                f"{loc}, columns 'chosen_id' and 'rejected_id': both are {row['chosen_id']!r}; "
+                "a pair needs two different responses."
+            )
+        key = (i, frozenset(idx))
+        if key in first:
+            raise ValueError(
+                f"{loc}: the responses {row['chosen_id']!r} and {row['rejected_id']!r} of prompt "
+                f"{pid!r} already form a pair at {first[key]}; list each pair once."
+            )
+        first[key] = loc
+        against += int(truth[i][w] <= truth[i][lo])
+        out[i].append((w, lo))
+    return out, against, name
+
+
+def _build(
+    header: Sequence[str],
+    rows: _Rows,
+    source: str,
+    pairs: str | Path | None,
+    reward_models: Sequence[str] | None,
+) -> RewardData:
+    _check_columns(source, header, RECORD_COLUMNS, "a records file")
+    models = _models(source, header, reward_models)
+    numeric = ["logprob", "true_reward", *models]
+    needed = [*RECORD_COLUMNS, *models]
+
+    prompts: dict[str, int] = {}
+    first_loc: list[str] = []
+    responses: list[dict[str, int]] = []
+    values: list[list[list[float]]] = []  # prompt -> response -> [logprob, true, *models]
+    where: dict[tuple[str, str], str] = {}
+    for loc, row in rows:
+        _check_row_keys(loc, row, needed, header)
+        pid = _ident(loc, "prompt_id", row["prompt_id"])
+        rid = _ident(loc, "response_id", row["response_id"])
+        vals = [_number(loc, c, row[c]) for c in numeric]
+        if vals[0] > 0:
+            raise ValueError(
+                f"{loc}, column 'logprob': {row['logprob']!r} is positive; a log-probability "
+                "(sequence log-likelihood) must be <= 0."
+            )
+        if (pid, rid) in where:
+            raise ValueError(
+                f"{loc}, columns 'prompt_id'/'response_id': duplicate response {rid!r} of prompt "
+                f"{pid!r} (first at {where[pid, rid]})."
+            )
+        where[pid, rid] = loc
+        if pid not in prompts:
+            prompts[pid] = len(prompts)
+            first_loc.append(loc)
+            responses.append({})
+            values.append([])
+        i = prompts[pid]
+        responses[i][rid] = len(values[i])
+        values[i].append(vals)
+
+    for pid, i in prompts.items():
+        if len(values[i]) < 2:
+            raise ValueError(
+                f"{first_loc[i]}, column 'prompt_id': prompt {pid!r} has only "
+                f"{len(values[i])} response; every prompt needs at least 2."
+            )
+
+    n_prompts, width = len(prompts), max(len(v) for v in values)
+    logp = np.full((n_prompts, width), _PAD_LOGP)
+    valid = np.zeros((n_prompts, width), bool)
+    cols = np.zeros((len(numeric) - 1, n_prompts, width))
+    for i, vals in enumerate(values):
+        a = np.asarray(vals, dtype=np.float64)
+        k = a.shape[0]
+        logp[i, :k] = _log_softmax(a[:, 0])
+        valid[i, :k] = True
+        cols[:, i, :k] = a[:, 1:].T
+    truth = [cols[0, i, : len(v)] for i, v in enumerate(values)]
+
+    if pairs is None:
+        formed = [_pairs_from_truth(g) for g in truth]
+        pair_lists = [p for p, _ in formed]
+        ties, against, pairs_source = sum(t for _, t in formed), 0, "true_reward"
+        if not any(pair_lists):
+            raise ValueError(
+                f"{source}, column 'true_reward': every prompt's responses have equal true "
+                "rewards, so no preference pair can be formed (ties are dropped)."
+            )
+    else:
+        pair_lists, against, pairs_source = _explicit_pairs(
+            pairs, prompts, responses, truth, source
+        )
+        ties = 0
+        if not any(pair_lists):
+            raise ValueError(f"{pairs_source}: no pairs.")
+
+    n_pairs = max(len(p) for p in pair_lists)
+    chosen = np.zeros((n_prompts, n_pairs), np.int64)
+    rejected = np.zeros((n_prompts, n_pairs), np.int64)
+    pair_mask = np.zeros((n_prompts, n_pairs), bool)
+    for i, plist in enumerate(pair_lists):
+        if plist:
+            arr = np.asarray(plist, dtype=np.int64)
+            chosen[i, : len(plist)], rejected[i, : len(plist)] = arr[:, 0], arr[:, 1]
+            pair_mask[i, : len(plist)] = True
+
+    return RewardData(
+        prompt_ids=tuple(prompts),
+        response_ids=tuple(tuple(r) for r in responses),
+        logp=logp,
+        valid=valid,
+        true_reward=cols[0],
+        rewards={name: cols[j + 1] for j, name in enumerate(models)},
+        chosen=chosen,
+        rejected=rejected,
+        pair_mask=pair_mask,
+        pairs_source=pairs_source,
+        ties_dropped=ties,
+        pairs_against_true_reward=against,
+        source=source,
+    )
+
+
+def load(
+    path: str | Path,
+    pairs: str | Path | None = None,
+    *,
+    reward_models: Sequence[str] | None = None,
+) -> RewardData:
+    """Read and validate a records file (and optionally a pairs file).
+
+    The format follows the file's extension: `.jsonl`/`.ndjson` (one JSON object per
+    line), `.csv` (a header line, then one record per line) or `.parquet`/`.pq`. Columns:
+    `prompt_id`, `response_id`, `logprob`, `true_reward`, and one column per proxy reward
+    model (see the [tutorial](../rm-eval.md)).
+
+    Bad input raises a `ValueError` whose message names the file, the line (JSONL, CSV;
+    the header is line 1) or row (Parquet, counted from 1) and the column: a missing
+    column or value, a value that is not a number or not finite, a positive `logprob`, a
+    duplicate `(prompt_id, response_id)`, a prompt with fewer than 2 responses, and in a
+    pairs file an unknown prompt or response, a pair of a response with itself or a pair
+    listed twice.
+
+    **Arguments:**
+
+    - `path`: the records file.
+    - `pairs`: optional file of explicit preference pairs with columns `prompt_id`,
+      `chosen_id`, `rejected_id`. Without it, every two responses of a prompt with
+      different `true_reward` form a pair (ties are dropped).
+    - `reward_models`: the reward-model columns to evaluate, in this order (default:
+      every column other than the four required ones; with a list, other columns are
+      ignored).
+
+    **Returns:** a [`RewardData`][gradflow.rm_eval.RewardData].
+    """
+    header, rows, source = _read(path)
+    return _build(header, rows, source, pairs, reward_models)
+
+
+def from_records(
+    records: Iterable[Mapping],
+    pairs: str | Path | None = None,
+    *,
+    reward_models: Sequence[str] | None = None,
+) -> RewardData:
+    """Like [`load`][gradflow.rm_eval.load], from records already in memory (e.g. a
+    list of dicts, or `pandas.DataFrame.to_dict("records")`). Error messages name
+    `records[i]`.
+
+    **Arguments:**
+
+    - `records`: an iterable of mappings, each with the columns of a records file.
+    - `pairs`, `reward_models`: as for [`load`][gradflow.rm_eval.load].
+
+    **Returns:** a [`RewardData`][gradflow.rm_eval.RewardData].
+    """
+    rows: _Rows = []
+    for i, rec in enumerate(records):
+        if not isinstance(rec, Mapping):
+            raise ValueError(f"records[{i}]: expected a mapping of column -> value; got {rec!r}.")
+        rows.append((f"records[{i}]", dict(rec)))
+    if not rows:
+        raise ValueError("records: no records.")
+    header = list(rows[0][1])
+    return _build(header, rows, "records", pairs, reward_models)
+
+
+# ---------------------------------------------------------------------------------------
+# Scoring.
+# ---------------------------------------------------------------------------------------
+
+
+def _enable_x64():
+    """A context in which JAX computes in float64 (the table should not carry float32
+    rounding such as an accuracy of 1.0000001)."""
+    enable = getattr(jax, "enable_x64", None)
+    if enable is None:  # pragma: no cover - older JAX
+        from jax.experimental import enable_x64 as enable
+    return enable(True)
+
+
+def _scores(data: RewardData, r: np.ndarray) -> dict[str, float]:
+    logp, g, mask = data.logp, data.true_reward, data.pair_mask
+    take = np.take_along_axis
+    rc, rr = take(r, data.chosen, axis=1), take(r, data.rejected, axis=1)
+    lc, lr = take(logp, data.chosen, axis=1), take(logp, data.rejected, axis=1)
+    mean = _m.mean_reward(logp, r)
+
+    # One vs many: the best true reward against every strictly worse response.
+    best = np.argmax(np.where(data.valid, g, -np.inf), axis=1)
+    rows = np.arange(g.shape[0])
+    worse = data.valid & (g < g[rows, best][:, None])
+    keep = worse.any(axis=1)  # prompts whose responses all tie have no rejected output
+    b = best[keep]
+    kr = rows[keep]
+    ovm_args = (r[kr, b], r[keep])
+    ovm_logp = (logp[kr, b], logp[keep])
+    ovm_mean = np.asarray(mean)[keep]
+    ovm_mask = worse[keep]
+
+    out = {
+        "acc": _m.acc(rc, rr, mask),
+        "acc_w": _m.acc_w(rc, rr, lc, lr, mask),
+        "hacc": _m.hacc(rc, rr, mean, mask),
+        "hacc_w": _m.hacc_w(rc, rr, mean, lc, lr, mask),
+        "one_vs_many_acc": _m.one_vs_many_acc(*ovm_args, ovm_mask),
+        "one_vs_many_acc_w": _m.one_vs_many_acc_w(*ovm_args, *ovm_logp, ovm_mask),
+        "one_vs_many_hacc": _m.one_vs_many_hacc(*ovm_args, ovm_mean, ovm_mask),
+        "one_vs_many_hacc_w": _m.one_vs_many_hacc_w(*ovm_args, ovm_mean, *ovm_logp, ovm_mask),
+        "mean_reward": np.mean(np.asarray(mean)),
+        "reward_variance": _m.reward_variance(logp, r),
+        "true_reward_rate": _m.true_reward_rate(logp, r, g),
+    }
+    return {k: float(v) for k, v in out.items()}
+
+
+def evaluate(data: RewardData, *, include_true_reward: bool = True) -> list[dict[str, str | float]]:
+    """Score every reward model of `data` with every metric of
+    [`gradflow.metrics`](metrics.md), under the policy `data.logp` (uniform prompt
+    weights).
+
+    Columns (besides `model`), see [`METRICS`][gradflow.rm_eval.METRICS]:
+
+    - `acc`, `acc_w`, `hacc`, `hacc_w`: over the preference pairs
+      ([`gradflow.metrics.acc`][] and friends); the harm-aware ones with the exact mean
+      proxy reward `V_P(x)` of the policy over the prompt's responses.
+    - `one_vs_many_acc`, `_acc_w`, `_hacc`, `_hacc_w`: per prompt, the response with the
+      highest `true_reward` (the first listed on a tie) against every response with a
+      strictly lower one; prompts whose responses all tie are left out.
+    - `mean_reward`: the policy's expected proxy reward, `(1/X) sum_x V_P(x)`.
+    - `reward_variance`: [`gradflow.metrics.reward_variance`][], `(1/X) sum_x Var_pi[r_P]`.
+    - `true_reward_rate`: [`gradflow.metrics.true_reward_rate`][], `dV_G/dt` when the
+      policy (as a tabular softmax over the listed responses) follows the gradient flow
+      of the proxy.
+
+    **Arguments:**
+
+    - `data`: from [`load`][gradflow.rm_eval.load] or
+      [`from_records`][gradflow.rm_eval.from_records].
+    - `include_true_reward`: append a reference row named `true_reward` that scores the
+      ground truth itself (its `true_reward_rate` is the rate of training on the truth).
+
+    Computed in float64 whatever JAX's default precision (inside `jax.enable_x64`).
+
+    **Returns:** a list of dicts, one per reward model (in column order), each with the
+    key `model` (the column name) and one float per metric.
+    """
+    models = list(data.rewards.items())
+    if include_true_reward:
+        models.append((TRUE_REWARD_ROW, data.true_reward))
+    with _enable_x64():
+        return [{"model": name, **_scores(data, r)} for name, r in models]
+
+
+# ---------------------------------------------------------------------------------------
+# Output.
+# ---------------------------------------------------------------------------------------
+
+
+def _fmt(metric: str, x: float) -> str:
+    return f"{x:.4f}" if metric in _ACCURACIES else f"{x:.5g}"
+
+
+def format_table(table: Sequence[Mapping[str, str | float]]) -> str:
+    """The table as aligned text: one column per reward model and one row per metric
+    (one row per reward model when there are more than 6).
+
+    **Arguments:**
+
+    - `table`: from [`evaluate`][gradflow.rm_eval.evaluate].
+
+    **Returns:** a string (no trailing newline).
+    """
+    names = [str(row["model"]) for row in table]
+    if len(table) > 6:
+        head = ["model", *METRICS]
+        body = [[str(row["model"]), *(_fmt(k, float(row[k])) for k in METRICS)] for row in table]
+    else:
+        head = ["metric", *names]
+        body = [[k, *(_fmt(k, float(row[k])) for row in table)] for k in METRICS]
+    widths = [max(len(r[j]) for r in [head, *body]) for j in range(len(head))]
+
+    def line(cells: Sequence[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        return "  ".join([first, *(c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))])
+
+    return "\n".join([line(head), line(["-" * w for w in widths]), *(line(r) for r in body)])
+
+
+def write_csv(table: Sequence[Mapping[str, str | float]], path: str | Path) -> Path:
+    """Write the table as CSV: a header `model, acc, ..., true_reward_rate`, then one row
+    per reward model, numbers at full precision. Creates missing parent folders.
+
+    **Arguments:**
+
+    - `table`: from [`evaluate`][gradflow.rm_eval.evaluate].
+    - `path`: the CSV file to write.
+
+    **Returns:** the path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["model", *METRICS])
+        for row in table:
+            writer.writerow([row["model"], *(repr(float(row[k])) for k in METRICS)])
+    return path
+
+
+def summary(data: RewardData) -> str:
+    """A one-paragraph description of the loaded data: sizes, where the pairs come from,
+    and the normalisation of the policy."""
+    n_models = len(data.rewards)
+    text = (
+        f"{data.source}: {len(data.prompt_ids)} prompts, {data.n_responses} responses, "
+        f"{n_models} reward model{'s' if n_models != 1 else ''}; {data.n_pairs} preference pairs"
+    )
+    if data.pairs_source == "true_reward":
+        text += f" formed from true_reward ({data.ties_dropped} tied pairs dropped)"
+    else:
+        text += f" from {data.pairs_source}"
+        if data.pairs_against_true_reward:
+            text += (
+                f" ({data.pairs_against_true_reward} of them do not prefer the response with "
+                "the higher true_reward)"
+            )
+    return (
+        text + ".\npolicy: logprob renormalised over each prompt's listed responses "
+        "(log-softmax); prompts weighted uniformly."
+    )
+
+
+def example_path() -> Path:
+    """The path of the example records file shipped with the package
+    (`experiments/rm-eval-example.jsonl` in the repository; synthetic, made by
+    `experiments/make_rm_eval_example.py`)."""
+    return Path(str(resources.files("gradflow") / "experiments" / "rm-eval-example.jsonl"))
+
+
+# ---------------------------------------------------------------------------------------
+# Command line: `gradflow rm-eval FILE [--pairs FILE] [--models NAMES] [--out DIR]`.
+# ---------------------------------------------------------------------------------------
+
+_DESCRIPTION = """\
+Evaluate reward models from a file of per-response records: print every metric of
+gradflow.metrics for each reward model and write the table to DIR/rm_eval.csv.
+
+FILE (.jsonl, .csv or .parquet) has one row per response with the columns
+  prompt_id, response_id, logprob, true_reward, <one column per reward model>
+where logprob is the policy's sequence log-likelihood (<= 0). The policy over a
+prompt's listed responses is logprob renormalised with a log-softmax. Preference
+pairs are all pairs of a prompt's responses with different true_reward (ties
+dropped), unless --pairs gives them. A malformed file is reported with the line
+(or Parquet row) and column at fault, and the command exits with status 2."""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the `rm-eval` subcommand to an `argparse` subparsers object (from
+    `parser.add_subparsers()`); run it with [`main`][gradflow.rm_eval.main].
+
+    **Returns:** the subcommand's parser.
+    """
+    p = subparsers.add_parser(
+        "rm-eval",
+        help="evaluate reward models from a file of per-response records",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "file", type=Path, metavar="FILE",
+        help="the records: .jsonl, .csv or .parquet (columns above)",
+    )
+    p.add_argument(
+        "--pairs", type=Path, default=None, metavar="FILE",
+        help="explicit preference pairs, columns prompt_id, chosen_id, rejected_id "
+        "(default: formed from true_reward, ties dropped)",
+    )
+    p.add_argument(
+        "--models", default=None, metavar="NAMES",
+        help="comma-separated reward-model columns to evaluate (default: every column "
+        "besides the four required ones)",
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, metavar="DIR",
+        help="output folder (default gradflow-results/rm-eval/)",
+    )
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run `gradflow rm-eval` on parsed arguments (from the parser of
+    [`add_parser`][gradflow.rm_eval.add_parser]): print a summary and the table, write
+    `DIR/rm_eval.csv` and print its path.
+
+    **Returns:** the exit status: 0, or 2 (after printing `gradflow: error: ...` to
+    stderr) when a file is malformed or cannot be read or written.
+    """
+    out = Path(args.out) if args.out is not None else Path("gradflow-results") / "rm-eval"
+    models = None
+    if args.models is not None:
+        models = [m.strip() for m in args.models.split(",") if m.strip()]
+    try:
+        data = load(args.file, args.pairs, reward_models=models)
+        table = evaluate(data)
+        print(summary(data))
+        print()
+        print(format_table(table))
+        print()
+        path = write_csv(table, out / "rm_eval.csv")
+    except (ValueError, OSError) as e:
+        print(f"gradflow: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0

@@ -14,6 +14,7 @@ from ._categorize import (
     Categorization as Categorization,
     categorize as categorize,
     proxy_row as proxy_row,
+    sensitivity as sensitivity,
 )
 from ._dynamics import (
     AbstractDiscreteMethod as AbstractDiscreteMethod,

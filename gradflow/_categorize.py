@@ -278,3 +278,59 @@ def _summary_saveat(method) -> SaveAt:
     steps = getattr(method, "steps", None)
     return SaveAt(n=2) if steps is None else SaveAt(every=steps)
 
+
+
+def sensitivity(
+    policy: AbstractPolicy,
+    reward,
+    true_reward=None,
+    *,
+    method: AbstractMethod,
+    t1=None,
+    target: float | None = None,
+) -> Float[Array, "prompts outputs"]:
+    """How the outcome of training on `reward` responds to each entry of `reward`, by
+    differentiating through the solver (reverse mode through `diffrax.diffeqsolve` or the
+    discrete loop).
+
+    - `target=None`: the gradient of the true reward at the horizon (`t1` for the flow,
+      after `steps` updates otherwise), `d V_G(T) / d r`. Positive: raising that proxy
+      reward makes the final true reward higher.
+    - `target` given (flow only): the gradient of the time to reach it, by the implicit
+      function theorem at the crossing `t*`: `d t*/d r = -(d V_G(t*)/d r) / (dV_G/dt)(t*)`.
+      Negative: raising that proxy reward makes the target come sooner. `nan` everywhere
+      if the target is never reached within `t1`.
+
+    **Arguments:**
+
+    - `policy`, `reward`, `true_reward` (default `reward`), `method`, `t1`: as in
+      [`gradflow.solve`][]. Exact methods only.
+    - `target`: a true-reward level, or `None`.
+
+    **Returns:** an array shaped like `reward` (as `(prompts, outputs)`).
+    """
+    if isinstance(method, AbstractSampledMethod):
+        raise ValueError("`method`: sensitivity needs an exact method (GradientFlow or GradientAscent).")
+    r = as_reward("reward", reward, policy)
+    g = r if true_reward is None else as_reward("true_reward", true_reward, policy)
+    flow = t1 is not None
+    if target is not None and not flow:
+        raise ValueError("`target`: time sensitivity needs the continuous flow (gf.GradientFlow with `t1`); "
+                         "for discrete methods the step count is not differentiable: use target=None.")
+
+    def final(rr, horizon):
+        sol = solve(policy, reward=rr, true_reward=g, method=method, t1=horizon, saveat=_summary_saveat(method))
+        return sol.final_true_reward
+
+    if target is None:
+        return jax.grad(final)(r, t1)
+    sol = solve(policy, reward=r, true_reward=g, method=method, t1=t1, targets=(float(target),),
+                saveat=_summary_saveat(method))
+    t_star = sol.target_times[0]
+    if not bool(jnp.isfinite(t_star)) or float(t_star) == 0.0:
+        return jnp.full(r.shape, jnp.nan)
+    # dV_G/dt at t*: the rate of the true reward along the proxy's flow at the end of [0, t*].
+    dv_dr = jax.grad(final)(r, t_star)
+    end = solve(policy, reward=r, true_reward=g, method=method, t1=t_star, saveat=_summary_saveat(method))
+    rate, _ = initial_rate(policy.with_params(end.params), r, g, getattr(method, "regularization", Regularization()))
+    return -dv_dr / rate

@@ -174,8 +174,9 @@ def _solve_discrete(method: AbstractDiscreteMethod, policy, reward, true_reward,
         params, state = _tree_where(diverged, (params, state), (new_params, new_state))
         return params, state, trk, value, diverged
 
-    def run(carry, start, stop):
-        return jax.lax.fori_loop(start, stop, step, carry)
+    def run(carry, start, count: int):
+        # Static trip count: lowers to a scan, so reverse-mode differentiation works.
+        return jax.lax.fori_loop(0, count, lambda j, c: step(start + j, c), carry)
 
     params0 = policy.params
     dtype = jax.eval_shape(lambda p: diagnostics(p).true_reward, params0).dtype
@@ -187,13 +188,13 @@ def _solve_discrete(method: AbstractDiscreteMethod, policy, reward, true_reward,
     stops = [k * s for s in range(1, segments + 1)] + ([n] if rest else [])
 
     def segment(carry, start):
-        carry = run(carry, start, start + k)
+        carry = run(carry, start, k)
         return carry, diagnostics(carry[0])
 
     first = diagnostics(params0)
     carry, recs = jax.lax.scan(segment, carry, jnp.arange(segments) * k)
     if rest:
-        carry = run(carry, segments * k, n)
+        carry = run(carry, jnp.asarray(segments * k), n - segments * k)
         recs = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), recs, diagnostics(carry[0]))
     recs = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, recs)
     # The last policy (after n updates) has not been seen by the tracker yet.

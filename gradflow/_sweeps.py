@@ -237,6 +237,14 @@ def plot_dir(out: str | Path) -> list[Path]:
             ax.set_ylabel(f"proxy reward of {names[i]}")
         for k in LABELS:
             axes[0].plot([], [], "s", color=colors[k], ms=10, label=k)
+        # Zoom on the true reward: the benign region around it can be a few cells wide.
+        ci, cj = np.abs(gi - r_true[i]).argmin(), np.abs(gj - r_true[j]).argmin()
+        si, sj = slice(max(ci - 4, 0), ci + 5), slice(max(cj - 12, 0), cj + 13)
+        inset = axes[0].inset_axes([0.55, 0.04, 0.42, 0.3])
+        inset.pcolormesh(gj[sj], gi[si], grid[si, sj], cmap=cmap, vmin=-1.5, vmax=2.5, shading="nearest")
+        inset.plot(r_true[j], r_true[i], marker="*", ms=10, color="gold", mec="black", ls="none")
+        inset.set_title("zoom on the true reward", fontsize="small")
+        inset.tick_params(labelsize="x-small")
         axes[0].legend(loc="upper left", fontsize="small", framealpha=0.9)
         axes[1].legend(loc="upper left", fontsize="small")
         axes[0].set_title(f"categorisation (time to true reward {target:g}, tolerance {cfg['analysis']['tolerance']:g})")

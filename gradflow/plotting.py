@@ -250,3 +250,54 @@ def plot_time_to_reward_cdf(
         ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
     return fig
+
+
+def plot_sensitivity(
+    sensitivity,
+    *,
+    output_names: Sequence[str] | None = None,
+    prompt: int = 0,
+    kind: str = "time",
+    ax=None,
+    title: str | None = None,
+) -> Figure:
+    """Per output, whether raising its proxy reward speeds or slows learning: a bar chart
+    of [`gradflow.sensitivity`][].
+
+    **Arguments:**
+
+    - `sensitivity`: the array from [`gradflow.sensitivity`][], `(prompts, outputs)` or
+      `(outputs,)`.
+    - `output_names`: a label per output.
+    - `prompt`: which prompt's row to show.
+    - `kind`: `"time"` for `d t*/d r` (negative = raising the reward speeds learning up,
+      green), `"reward"` for `d V_G(T)/d r` (positive = raises the final true reward, green).
+    - `ax`, `title`: as in [`gradflow.plotting.plot_true_reward`][].
+
+    **Returns:** the figure.
+    """
+    if kind not in ("time", "reward"):
+        raise ValueError(f"`kind` must be 'time' or 'reward'; got {kind!r}.")
+    s = np.atleast_2d(np.asarray(sensitivity, dtype=float))[prompt]
+    names = list(output_names) if output_names is not None else [f"output {j}" for j in range(s.size)]
+    if len(names) != s.size:
+        raise ValueError(f"`output_names` must have {s.size} entries; got {len(names)}.")
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    fig = ax.figure
+    helps = s < 0 if kind == "time" else s > 0
+    colors = np.where(helps, "#2ca02c", "#d62728")
+    ax.bar(names, s, color=colors)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.plot([], [], "s", color="#2ca02c", label="raising it speeds learning" if kind == "time"
+            else "raising it raises the final true reward")
+    ax.plot([], [], "s", color="#d62728", label="raising it slows learning" if kind == "time"
+            else "raising it lowers the final true reward")
+    ax.set_xlabel("output whose proxy reward is raised")
+    ax.set_ylabel("d(time to target) / d(proxy reward)" if kind == "time"
+                  else "d(final true reward) / d(proxy reward)")
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3, axis="y")
+    return fig

@@ -245,7 +245,7 @@ def plot_dir(out: str | Path) -> list[Path]:
         inset.plot(r_true[j], r_true[i], marker="*", ms=10, color="gold", mec="black", ls="none")
         inset.set_title("zoom on the true reward", fontsize="small")
         inset.tick_params(labelsize="x-small")
-        axes[0].legend(loc="upper left", fontsize="small", framealpha=0.9)
+        axes[0].legend(loc="lower left", fontsize="small", framealpha=0.9)
         axes[1].legend(loc="upper left", fontsize="small")
         axes[0].set_title(f"categorisation (time to true reward {target:g}, tolerance {cfg['analysis']['tolerance']:g})")
         axes[1].set_title(f"time to {target:g} under the proxy (true reward: "

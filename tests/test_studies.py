@@ -4,6 +4,7 @@ import math
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gradflow import _config as C, cli
@@ -161,3 +162,55 @@ def test_unknown_estimator_name_is_rejected():
     raw["estimators"]["names"] = ["rloo", "reinforc"]
     with pytest.raises(ValueError, match=r"estimators\.names"):
         C.validate(raw, ESTIMATORS_SCHEMA)
+
+
+# ------------------------------------------------------------------ sweeps from configs
+
+
+def test_categorization_map_quick_shows_all_three_regions(tmp_path):
+    result = run_study("categorization-map", out=tmp_path, quick=True)
+    labels = set(result["table"]["label"].tolist())
+    assert labels == {"harmful", "benign", "beneficial"}
+    assert (tmp_path / "categorization_map.png").stat().st_size > 0
+    # The true reward's own grid point is in the sweep and is benign (ratio undefined or 1).
+    t = result["table"]
+    at_truth = np.isclose(t["reward_1"], 0.8, atol=1e-6) & np.isclose(t["reward_2"], -1.0, atol=1e-6)
+    assert at_truth.sum() == 1 and t["label"][at_truth][0] == "benign"
+
+
+def test_cli_sweep_resumes_and_plots(tmp_path, capsys):
+    cfg = C.packaged_config("categorization-map")
+    out = tmp_path / "map"
+    assert cli.main(["sweep", str(cfg), "--quick", "--out", str(out), "--no-plot"]) == 0
+    parts = sorted((out / "summary.parquet").glob("part-*.parquet"))
+    stamps = [p.stat().st_mtime_ns for p in parts]
+    assert parts and "harmful" in capsys.readouterr().out
+    # Same command again: nothing recomputed, the same table.
+    assert cli.main(["sweep", str(cfg), "--quick", "--out", str(out), "--no-plot"]) == 0
+    assert [p.stat().st_mtime_ns for p in sorted((out / "summary.parquet").glob("part-*.parquet"))] == stamps
+    assert cli.main(["plot", str(out)]) == 0
+    assert (out / "categorization_map.png").stat().st_size > 0
+
+
+def test_cli_sweep_rejects_bad_configs(tmp_path, capsys):
+    from gradflow._sweeps import SWEEP_SCHEMA
+
+    raw = tomllib.loads(C.packaged_config("categorization-map").read_text())
+    for edit, key in [
+        (lambda r: r["method"].update(name="adam"), "method.name"),
+        (lambda r: r["proxies"].update(famliy="grid_2d"), "proxies.famliy"),
+        (lambda r: r["analysis"].update(tolerance=-0.1), "analysis.tolerance"),
+        (lambda r: r["sweep"].update(chunk_size="big"), "sweep.chunk_size"),
+    ]:
+        bad = tomllib.loads(C.packaged_config("categorization-map").read_text())
+        edit(bad)
+        with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+            C.validate(bad, SWEEP_SCHEMA)
+    # Out-of-range output index, through the CLI: exit code 2 and the key's name.
+    raw["proxies"]["outputs"] = [1, 7]
+    lines = [f"[{section}]\n" + "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in keys.items())
+             for section, keys in raw.items()]
+    path = tmp_path / "bad.toml"
+    path.write_text("\n".join(lines).replace("True", "true").replace("False", "false"))
+    assert cli.main(["sweep", str(path), "--quick", "--out", str(tmp_path / "o"), "--no-plot"]) == 2
+    assert "proxies.outputs" in capsys.readouterr().err

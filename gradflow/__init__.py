@@ -1,6 +1,12 @@
 """gradflow: policy-gradient dynamics under imperfect rewards, in JAX."""
 
-from . import metrics as metrics, perturb as perturb, rm_eval as rm_eval, sweep as sweep
+from . import (
+    design as design,
+    metrics as metrics,
+    perturb as perturb,
+    rm_eval as rm_eval,
+    sweep as sweep,
+)
 from ._analysis import (
     Stall as Stall,
     StallCriteria as StallCriteria,

@@ -185,16 +185,22 @@ def categorize(
             f"`proxies` must have shape (proxies,) + {tuple(jnp.shape(true_reward))} (a batch of rewards "
             f"shaped like `true_reward`); got {tuple(batch.shape)}."
         )
-    batch = batch.reshape((batch.shape[0],) + r_true.shape)
+    if batch.shape[0] == 0:
+        raise ValueError("`proxies` must hold at least one proxy reward.")
     row = proxy_row(policy, r_true, method=method, targets=(float(target),), t1=t1, key=key,
                     normalized=normalized, attracts=True)
-    ref = jax.device_get(jax.jit(row)(r_true))
+    # The reference runs as row 0 of the same batch: the same compiled program, so the
+    # true reward as a proxy compares bit for bit equal to it.
+    both = jnp.concatenate([jnp.broadcast_to(r_true, (1,) + r_true.shape),
+                            jnp.broadcast_to(batch.reshape((batch.shape[0], -1) + batch.shape[-1:]),
+                                             (batch.shape[0],) + r_true.shape)])
+    out = sweep.run(row, both, chunk_size=chunk_size, progress=False)
+    ref, out = {k: val[0] for k, val in out.items()}, {k: val[1:] for k, val in out.items()}
     if int(ref["status"]) != Status.OK:
         raise ValueError(
             f"categorize: the reference run (trained on `true_reward`) ended with status "
             f"'{Status.name(ref['status'])}'; nothing to compare against (adjust the method's settings)."
         )
-    out = sweep.run(row, batch, chunk_size=chunk_size, progress=False)
     name = f"time_to_{float(target):g}"
     t, final, status, rate = out[name], out["final_true_reward"], out["status"], out["rate"]
     t_ref, f_ref, rate_ref = ref[name], ref["final_true_reward"], ref["rate"]
@@ -260,7 +266,7 @@ def proxy_row(
         kw["key"] = key
 
     def row(reward):
-        r = reward.reshape(r_true.shape)
+        r = jnp.broadcast_to(reward, r_true.shape)  # a 1-D reward is shared by every prompt
         sol = solve(policy, reward=r, **kw)
         rate, dprobs = initial_rate(policy, r, r_true, reg)
         out = {f"time_to_{t:g}": sol.target_times[i] for i, t in enumerate(targets)}

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import _config as C, _studies_sampled as S
+from . import _config as C, _studies_design as SD, _studies_sampled as S
 from ._analysis import StallCriteria, time_to_reward
 from ._dynamics import GradientAscent, GradientFlow
 from ._problem import TabularSoftmax
@@ -234,9 +234,16 @@ STUDIES: dict[str, Study] = {
     ),
     "categorization-map": Study(
         "categorization-map",
-        "stalling problem, 200 x 200 grid over two proxy rewards: harmful / benign / beneficial regions",
+        "stalling problem, 201 x 201 grid over two proxy rewards: harmful / benign / beneficial regions",
         SWEEP_SCHEMA,
         run_categorization_map,
+    ),
+    "partial-credit": Study(
+        "partial-credit",
+        "reward design: partial vs binary credit (phase diagram over initial success and partial-pattern "
+        "probability; flow, RLOO, GRPO; tabular and log-linear)",
+        SD.PARTIAL_CREDIT_SCHEMA,
+        SD.run_partial_credit,
     ),
     "feature-similarity": Study(
         "feature-similarity",

@@ -34,6 +34,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 __all__ = ["run", "read", "done_rows"]
 
 _DATASET = "summary.parquet"
+_LANES = 16
 _MANIFEST = "sweep.json"
 
 
@@ -91,8 +92,22 @@ def _write(out: Path, start: int, stop: int, columns: dict[str, np.ndarray]) -> 
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"part-{start:012d}-{stop:012d}.parquet"
     tmp = folder / f".tmp-{start:012d}-{stop:012d}-{os.getpid()}"
-    pq.write_table(pa.table({"row": np.arange(start, stop), **columns}), tmp)
+    pq.write_table(pa.table({"row": np.arange(start, stop), **_flat(columns)}), tmp)
     os.replace(tmp, final)  # atomic: a part file is either complete or absent
+
+
+def _flat(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Parquet columns are 1-D: a column with per-row shape `(a, b)` becomes the columns
+    `name_i_j`."""
+    out = {}
+    for k, val in columns.items():
+        val = np.asarray(val)
+        if val.ndim == 1:
+            out[k] = val
+        else:
+            for idx in np.ndindex(*val.shape[1:]):
+                out[k + "".join(f"_{i}" for i in idx)] = val[(slice(None), *idx)]
+    return out
 
 
 def read(out: str | Path) -> dict[str, np.ndarray]:
@@ -102,8 +117,13 @@ def read(out: str | Path) -> dict[str, np.ndarray]:
     parts = _parts(Path(out))
     if not parts:
         return {}
-    tables = [pq.read_table(p).to_pydict() for _, _, p in parts]
-    columns = {k: np.concatenate([np.asarray(t[k]) for t in tables]) for k in tables[0]}
+    import pyarrow as pa
+
+    table = pa.concat_tables([pq.read_table(p) for _, _, p in parts])
+    columns = {}
+    for name in table.column_names:
+        col = table.column(name).to_numpy()
+        columns[name] = col.astype(str) if col.dtype == object else col  # strings: as NumPy str
     order = np.argsort(columns["row"], kind="stable")
     return {k: v[order] for k, v in columns.items()}
 
@@ -131,12 +151,14 @@ def run(
     - `out`: a folder; rows go to `out/summary.parquet/part-START-STOP.parquet` and a
       manifest to `out/sweep.json`. Rerunning on the same folder resumes. `None` keeps
       everything in memory.
-    - `chunk_size`: rows per compiled call (rounded up to a multiple of the number of
-      devices); bounds memory. The last chunk is padded, so one compilation serves all.
+    - `chunk_size`: rows per chunk (one compiled call, one Parquet part); bounds memory.
+      Each call is padded to a multiple of 16 rows per device, so one compilation serves
+      all chunks. Columns with per-row shape `(a, b)` are written as `name_i_j`.
     - `devices`: the devices to shard each chunk over (default `jax.devices()`).
     - `rows`: compute only rows `[start, stop)` (e.g. one host's share).
     - `meta`: JSON-serialisable description stored in the manifest; part of the sweep's
-      identity with the inputs (a different sweep in the same folder is an error).
+      identity with the inputs (a different sweep in the same folder is an error). `fn`
+      itself cannot be fingerprinted: describe it in `meta` (method, targets, ...).
     - `post`: host-side function applied to each chunk's columns before writing (e.g. to
       add labels computed with NumPy).
     - `progress`: show a progress bar (tqdm, on stderr).
@@ -144,6 +166,7 @@ def run(
     **Returns:** the full table (all rows written so far under `out`, or all computed
     rows when `out` is `None`), `{column: array}` sorted by `row`.
     """
+    inputs = jax.tree.map(lambda x: x if hasattr(x, "shape") else np.asarray(x), inputs)
     leaves = jax.tree.leaves(inputs)
     if not leaves:
         raise ValueError("`inputs` must hold at least one array with a leading batch axis.")
@@ -161,8 +184,12 @@ def run(
     meta = dict(meta or {})
 
     devices = list(jax.devices() if devices is None else devices)
-    size = min(chunk_size, stop - start)  # a small batch is not padded up to chunk_size
-    size = -(-size // len(devices)) * len(devices)
+    # Chunks are padded to a multiple of `_LANES` rows per device: XLA's CPU code for a
+    # batch that is not a multiple of the vector width can round the trailing rows
+    # differently (1 ulp), which would make a row's bits depend on its place in a chunk.
+    quantum = _LANES * len(devices)
+    rows_per_chunk = min(chunk_size, stop - start)  # a small batch is not padded up to chunk_size
+    size = -(-rows_per_chunk // quantum) * quantum  # rows computed per call, padding included
     mesh = Mesh(np.array(devices), ("batch",))  # "auto" axis: XLA propagates the sharding
     sharding = NamedSharding(mesh, PartitionSpec("batch"))
 
@@ -182,11 +209,13 @@ def run(
                     "inputs or settings); use a new --out folder or delete it."
                 )
         else:
-            path.write_text(json.dumps(manifest, indent=2, default=str))
+            tmp = path.with_suffix(f".tmp-{os.getpid()}")
+            tmp.write_text(json.dumps(manifest, indent=2, default=str))
+            os.replace(tmp, path)
         todo &= ~done_rows(out, n)
 
     batched = jax.jit(jax.vmap(fn))
-    chunks = _chunks(todo, size)
+    chunks = _chunks(todo, rows_per_chunk)
     bar = None
     if progress:
         from tqdm.auto import tqdm

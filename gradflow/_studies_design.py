@@ -1,0 +1,479 @@
+"""The `partial-credit` study: when should partially correct outputs be rewarded?
+
+Over a grid of initial policies (success probability on a log scale, probability of each
+partial satisfaction pattern), the time to success under partial credit and under binary
+credit, for the exact gradient flow and for group-based estimators (RLOO, GRPO), with a
+tabular and a log-linear policy (see `gradflow.design`). Every method is one `jax.jit`
+of one `jax.vmap` over the whole grid (both parameterisations and both schemes; for the
+sampled methods also over the seeds).
+
+The tabular rows are run as the log-linear model with `mix = 0`, which *is* the tabular
+model (its constraint features are zero; tested), so that both parameterisations share
+one compiled batch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from . import _config as C
+from ._dynamics import GradientFlow
+from ._estimators import GRPO, RLOO
+from ._problem import LogLinear
+from ._solve import SaveAt, Status, solve
+from ._study_utils import table, write_csv
+from .design import (
+    ConstraintSatisfaction,
+    loglinear_theta,
+    no_signal_probability,
+    no_update,
+    time_ratio,
+)
+
+SAMPLED_NAMES = ("rloo", "grpo")
+PARAMETERISATIONS = ("tabular", "log-linear")
+PHASE_COLUMNS = ("parameterisation", "method", "p_success", "p_partial", "target", "time_binary",
+                 "time_partial", "ratio")
+
+
+def _mix_check(x) -> str | None:
+    return None if 0 <= x < 1 else "a number in [0, 1) (1 cannot fit every initial policy exactly)"
+
+
+def _grid_check(x) -> str | None:
+    return C.nonempty(x) or C.probability(x) or (
+        None if list(x) == sorted(set(x)) else "strictly increasing values")
+
+
+def _names_check(x) -> str | None:
+    return C.one_of(*SAMPLED_NAMES)(x) or (None if len(set(x)) == len(x) else "names without repeats")
+
+
+PARTIAL_CREDIT_SCHEMA = {
+    "problem": {
+        "num_constraints": C.Field("int", C.positive),
+        "outputs_per_pattern": C.Field("int", C.positive),
+        "partial_weights": C.Field("floats", lambda x: C.nonempty(x) or C.positive(x)),
+        "mix": C.Field("float", _mix_check),
+    },
+    "grid": {
+        "p_success": C.Field("floats", _grid_check),
+        "p_partial": C.Field("floats", _grid_check),
+    },
+    "flow": {
+        "t1": C.Field("float", C.positive),
+        "rtol": C.Field("float", C.positive),
+        "atol": C.Field("float", C.positive),
+        "max_steps": C.Field("int", C.positive),
+        "saves": C.Field("int", C.positive),
+    },
+    "sampled": {
+        "names": C.Field("strs", _names_check),
+        "samples": C.Field("int", lambda x: None if x >= 2 else "at least 2 (a group)"),
+        "learning_rate": C.Field("float", C.positive),
+        "steps": C.Field("int", C.positive),
+        "seeds": C.Field("int", C.positive),
+        "seed": C.Field("int", default=0),
+    },
+    "analysis": {"targets": C.Field("floats", _grid_check)},
+    "trajectories": {
+        "p_success": C.Field("floats", lambda x: C.nonempty(x) or C.probability(x)),
+        "p_partial": C.Field("floats", lambda x: C.nonempty(x) or C.probability(x)),
+    },
+    "quick": {
+        "p_success": C.Field("floats", _grid_check),
+        "p_partial": C.Field("floats", _grid_check),
+        "names": C.Field("strs", _names_check),
+        "steps": C.Field("int", C.positive),
+        "seeds": C.Field("int", C.positive),
+        "trajectories_p_success": C.Field("floats", lambda x: C.nonempty(x) or C.probability(x)),
+        "trajectories_p_partial": C.Field("floats", lambda x: C.nonempty(x) or C.probability(x)),
+    },
+}
+
+
+def _method_label(name: str) -> str:
+    return {"flow": "flow", "rloo": "RLOO", "grpo": "GRPO"}[name]
+
+
+def _cell_text(ratio: float) -> str:
+    if math.isnan(ratio):
+        return "-"
+    if ratio == 0:
+        return "P"
+    if math.isinf(ratio):
+        return "B"
+    return f"{ratio:.2g}"
+
+
+def _describe(values, where) -> str:
+    """`values[where]` as a compact range (or a list when not contiguous)."""
+    idx = np.flatnonzero(where)
+    if idx.size == 0:
+        return "nowhere"
+    if idx[-1] - idx[0] + 1 == idx.size:
+        lo, hi = values[idx[0]], values[idx[-1]]
+        return f"{lo:g}" if lo == hi else f"{lo:g}-{hi:g}"
+    return ", ".join(f"{values[i]:g}" for i in idx)
+
+
+def _on_grid(name: str, x: float, grid) -> int:
+    for i, g in enumerate(grid):
+        if abs(g - x) <= 1e-9 * max(abs(g), 1e-300):
+            return i
+    raise ValueError(f"config key `{name}`: {x:g} is not on the grid {list(grid)}.")
+
+
+def run_partial_credit(cfg: dict, out: Path, quick: bool) -> dict:
+    wall_start = time.perf_counter()
+    pc, fc, sc = cfg["problem"], cfg["flow"], cfg["sampled"]
+    m = pc["num_constraints"]
+    if m < 2:
+        raise ValueError("config key `problem.num_constraints`: expected at least 2 (with one constraint partial "
+                         "credit is binary credit); got 1.")
+    if m > 6:
+        raise ValueError(f"config key `problem.num_constraints`: expected at most 6 for this study; got {m}.")
+    weights = np.asarray(pc["partial_weights"])
+    if weights.shape != (m,):
+        raise ValueError(
+            f"config key `problem.partial_weights`: expected {m} weights (one per constraint); got {weights.tolist()}."
+        )
+    problem = ConstraintSatisfaction(m, pc["outputs_per_pattern"])
+    equal = bool(np.all(weights == weights[0]))
+    partial_reward = problem.reward("partial") if equal else problem.reward("weighted", weights=weights)
+    scheme_text = "partial credit (fraction of constraints satisfied)" if equal else (
+        f"weighted partial credit (weights {weights.tolist()})")
+    binary_reward, true_reward = problem.reward("binary"), problem.true_reward()
+    qc = cfg["quick"]
+    grid_ps = np.asarray(qc["p_success"] if quick else cfg["grid"]["p_success"])
+    grid_pp = np.asarray(qc["p_partial"] if quick else cfg["grid"]["p_partial"])
+    names = qc["names"] if quick else sc["names"]
+    steps = qc["steps"] if quick else sc["steps"]
+    seeds = qc["seeds"] if quick else sc["seeds"]
+    traj_ps = qc["trajectories_p_success"] if quick else cfg["trajectories"]["p_success"]
+    traj_pp = qc["trajectories_p_partial"] if quick else cfg["trajectories"]["p_partial"]
+    prefix = "quick.trajectories_" if quick else "trajectories."
+    if len(traj_ps) != len(traj_pp):
+        raise ValueError(f"config keys `{prefix}p_success` and `{prefix}p_partial` must have the same length.")
+    traj = [(_on_grid(f"{prefix}p_success", a, grid_ps), _on_grid(f"{prefix}p_partial", b, grid_pp))
+            for a, b in zip(traj_ps, traj_pp, strict=True)]
+    targets = tuple(cfg["analysis"]["targets"])
+    n_part = len(problem.partial_patterns)
+    valid = np.array([[a + n_part * b < 1 for b in grid_pp] for a in grid_ps])
+    for i, j in traj:
+        if not valid[i, j]:
+            raise ValueError(f"config key `{prefix}p_partial`: the cell ({grid_ps[i]:g}, {grid_pp[j]:g}) is invalid.")
+    if not valid.any():
+        raise ValueError("config: no grid cell has p_success + (2^m - 2) p_partial < 1.")
+    cells = [(i, j) for i in range(len(grid_ps)) for j in range(len(grid_pp)) if valid[i, j]]
+    mix = pc["mix"]
+
+    # One flat batch: parameterisation x scheme x cell.
+    cases = [(pi, s, c) for pi in range(2) for s in range(2) for c in range(len(cells))]
+    logp = np.stack([np.log(np.asarray(problem.probs(grid_ps[i], grid_pp[j]))) for i, j in cells])
+    LP = jnp.asarray(np.stack([logp[c] for _, _, c in cases]))
+    MIX = jnp.asarray([(0.0, mix)[pi] for pi, _, _ in cases])
+    R = jnp.stack([(binary_reward, partial_reward)[s] for _, s, _ in cases])
+    n_cases = len(cases)
+
+    def policy_of(lp, mx):
+        return LogLinear(problem.features(mx), loglinear_theta(lp, mx, m))
+
+    # ---------------------------------------------------------------- exact flow
+    t1 = fc["t1"]
+    ts = jnp.concatenate([jnp.zeros(1), jnp.minimum(jnp.geomspace(t1 * 1e-8, t1, fc["saves"]), t1)])
+    flow = GradientFlow(rtol=fc["rtol"], atol=fc["atol"], max_steps=fc["max_steps"])
+
+    @jax.jit
+    def run_flow(lp, mx, r):
+        def one(lp, mx, r):
+            return solve(policy_of(lp, mx), reward=r, true_reward=true_reward, method=flow, t1=t1,
+                         saveat=SaveAt(ts=ts, probs=True), targets=targets)
+
+        return jax.vmap(one)(lp, mx, r)
+
+    timings = {}
+    start = time.perf_counter()
+    flow_sols = jax.block_until_ready(run_flow(LP, MIX, R))
+    timings["flow"] = time.perf_counter() - start
+    times = {"flow": np.asarray(flow_sols.target_times, dtype=float)[:, None, :]}  # (cases, 1, targets)
+    status = {"flow": np.asarray(flow_sols.status)[:, None]}
+    stuck: dict[str, np.ndarray] = {"flow": np.zeros((n_cases, 1), bool)}
+
+    # ------------------------------------------------------------ sampled methods
+    keys = jax.random.split(jax.random.key(sc["seed"]), seeds)
+    for name in names:
+        cls = RLOO if name == "rloo" else GRPO
+        method = cls(optax.sgd(sc["learning_rate"]), steps, samples=sc["samples"])
+
+        @jax.jit
+        def run_sampled(lp, mx, r, keys, method=method):
+            def one(lp, mx, r, key):
+                policy = policy_of(lp, mx)
+                sol = solve(policy, reward=r, true_reward=true_reward, method=method, key=key,
+                            saveat=SaveAt(every=steps), targets=targets)
+                return sol.target_times, sol.status, no_update(sol, policy)
+
+            return jax.vmap(lambda a, b, c: jax.vmap(lambda k: one(a, b, c, k))(keys))(lp, mx, r)
+
+        start = time.perf_counter()
+        tt, st, nu = jax.block_until_ready(run_sampled(LP, MIX, R, keys))
+        timings[name] = time.perf_counter() - start
+        times[name], status[name], stuck[name] = np.asarray(tt, dtype=float), np.asarray(st), np.asarray(nu)
+
+    # ---------------------------------------------------------------- summaries
+    methods = ["flow", *names]
+    ok_all = {k: s == Status.OK for k, s in status.items()}
+    # median over the seeds that ran to the end ("inverted_cdf": an actual seed's time,
+    # never an interpolation between a finite time and inf); a failed case is nan.
+    median = {}
+    for k in methods:
+        t = np.where(ok_all[k][..., None], times[k], np.nan)
+        med = np.full((n_cases, len(targets)), np.nan)
+        for c in range(n_cases):
+            good = ok_all[k][c]
+            if good.any():
+                med[c] = np.quantile(t[c][good], 0.5, axis=0, method="inverted_cdf")
+        median[k] = med
+
+    def case_index(pi, s, c):
+        return (pi * 2 + s) * len(cells) + c
+
+    rows, sampled_rows = [], []
+    grids = {}  # (method, param, target) -> ratio grid (p_success x p_partial), nan where invalid
+    nosig = {}  # (method, param) -> fraction of binary seeds with no update (grid)
+    for k in methods:
+        for pi, pname in enumerate(PARAMETERISATIONS):
+            ns = np.full(valid.shape, np.nan)
+            for ti, tgt in enumerate(targets):
+                g = np.full(valid.shape, np.nan)
+                for c, (i, j) in enumerate(cells):
+                    tb, tp = median[k][case_index(pi, 0, c), ti], median[k][case_index(pi, 1, c), ti]
+                    ratio = float(time_ratio(tp, tb))
+                    g[i, j] = ratio
+                    rows.append({"parameterisation": pname, "method": k, "p_success": float(grid_ps[i]),
+                                 "p_partial": float(grid_pp[j]), "target": tgt, "time_binary": float(tb),
+                                 "time_partial": float(tp), "ratio": ratio})
+                    if k != "flow":
+                        for s, sname in enumerate(("binary", "partial")):
+                            ci = case_index(pi, s, c)
+                            good = ok_all[k][ci]
+                            reached = np.isfinite(times[k][ci, :, ti])[good]
+                            sampled_rows.append({
+                                "parameterisation": pname, "method": k, "p_success": float(grid_ps[i]),
+                                "p_partial": float(grid_pp[j]), "scheme": sname, "target": tgt,
+                                "median_steps": float(median[k][ci, ti]),
+                                "reached": float(reached.mean()) if reached.size else math.nan,
+                                "no_update": float(stuck[k][ci].mean()),
+                                "no_update_closed_form": no_signal_probability(grid_ps[i], sc["samples"], steps)
+                                if sname == "binary" else math.nan,
+                                "seeds": int(good.sum()), "failed": int((~good).sum()),
+                            })
+                        ns[i, j] = float(stuck[k][case_index(pi, 0, c)].mean())
+                grids[(k, pname, tgt)] = g
+            nosig[(k, pname)] = ns
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "phase.csv", rows)
+    if sampled_rows:
+        write_csv(out / "sampled.csv", sampled_rows)
+
+    # ------------------------------------------------------------------- report
+    unit = {"flow": "flow time", **{n: "steps" for n in names}}
+    print(f"Partial credit vs binary credit: {m} constraints, {problem.num_patterns} satisfaction patterns "
+          f"x {pc['outputs_per_pattern']} outputs each ({problem.num_outputs} outputs); ground truth = all "
+          f"constraints satisfied; partial scheme: {scheme_text}. Tabular policy and log-linear policy "
+          f"(mix = {mix:g}). Exact flow to t = {t1:g}; "
+          + ", ".join(_method_label(n) for n in names)
+          + f" with {sc['samples']} samples per prompt, SGD lr {sc['learning_rate']:g}, {steps} steps, "
+          f"median of {seeds} seeds{' (quick)' if quick else ''}.")
+    print("Cells: ratio = time_partial / time_binary to success probability "
+          f"{targets[-1]:g} (median over seeds for the sampled methods); < 1: partial credit faster. P: only partial credit gets there, B: only binary, "
+          "-: neither; *: in some seeds binary credit made no update at all (no group ever sampled a success).")
+    tgt = targets[-1]
+    for k in methods:
+        for pname in PARAMETERISATIONS:
+            g = grids[(k, pname, tgt)]
+            shown = []
+            for i, a in enumerate(grid_ps):
+                row = {"p_success": f"{a:g}"}
+                for j in range(len(grid_pp)):
+                    text = _cell_text(g[i, j]) if valid[i, j] else ""
+                    if valid[i, j] and k != "flow" and nosig[(k, pname)][i, j] > 0:
+                        text += "*"
+                    row[f"c{j}"] = text
+                shown.append(row)
+            print(f"\n{_method_label(k)}, {pname} (time in {unit[k]}): ratio by p_success (rows) and p_partial (columns)")
+            print(table(shown, [("p_success", "p_success")] + [(f"c{j}", f"{b:g}") for j, b in enumerate(grid_pp)]))
+
+    print("\nWhere each regime occurs:")
+    regime_lines = []
+    for k in methods:
+        for pname in PARAMETERISATIONS:
+            for tgt in targets:
+                g = grids[(k, pname, tgt)]
+                line = _regime_line(k, pname, tgt, g, valid, grid_ps, grid_pp)
+                regime_lines.append(line)
+                print(line)
+    for k in names:
+        same = np.array_equal(nosig[(k, "tabular")], nosig[(k, "log-linear")], equal_nan=True)
+        for pname in (("both parameterisations",) if same else PARAMETERISATIONS):
+            ns = nosig[(k, "tabular" if same else pname)]
+            where = [(grid_ps[i], float(np.nanmax(ns[i]))) for i in range(len(grid_ps)) if np.nanmax(ns[i]) > 0]
+            label = f"{_method_label(k)}, {pname}, binary credit"
+            if where:
+                parts = ", ".join(
+                    f"{frac:.0%} of seeds at p_success = {a:g} (exact probability (1-p)^(k*steps) = "
+                    f"{no_signal_probability(a, sc['samples'], steps):.0%})" for a, frac in where)
+                print(f"  {label}: no update at all (no group ever sampled a success, so the time is reported "
+                      f"as never) in {parts}.")
+            else:
+                print(f"  {label}: every seed sampled a success at least once.")
+    failed = {k: int((~ok_all[k]).sum()) for k in methods}
+    if any(failed.values()):
+        print(f"  Failed runs (excluded; nan): {failed}.")
+
+    figures = _figures(out, methods, grids, nosig, valid, grid_ps, grid_pp, targets, flow_sols, problem,
+                       traj, cells, case_index, mix, unit)
+    elapsed = time.perf_counter() - wall_start
+    runs = n_cases + sum(n_cases * seeds for _ in names)
+    print("\nTimings (one jit of one vmap over the whole grid per method; compilation included): "
+          + ", ".join(f"{_method_label(k)} {timings[k]:.1f} s" for k in methods)
+          + f"; {runs} runs in all; wall time {elapsed:.1f} s.")
+    print(f"Results in {out.resolve()}/:")
+    for path in [out / "phase.csv", *([out / "sampled.csv"] if sampled_rows else []), *figures]:
+        print(f"  {path.name}")
+    return {"rows": rows, "sampled_rows": sampled_rows, "figures": figures, "grids": grids,
+            "no_update": nosig, "timings": timings, "elapsed": elapsed, "regimes": regime_lines,
+            "p_success": grid_ps, "p_partial": grid_pp}
+
+
+EQUAL_BAND = 0.05  # ratios within 5% of 1 count as "about equal" in the regime summaries
+
+
+def _regime_line(k, pname, tgt, g, valid, grid_ps, grid_pp) -> str:
+    v = g[valid]
+    faster = v < 1 - EQUAL_BAND  # includes 0: only partial credit gets there
+    slower = v > 1 + EQUAL_BAND  # includes inf: only binary credit gets there
+    finite = np.where(np.isfinite(g) & (g > 0) & valid, g, np.nan)
+    notes = [f"{int((v == 0).sum())} where only partial credit gets there"] if (v == 0).any() else []
+    if np.any(finite < 1 - EQUAL_BAND):
+        i, j = np.unravel_index(np.nanargmin(finite), g.shape)
+        notes.append(f"ratio down to {g[i, j]:.3g} at p_success={grid_ps[i]:g}, p_partial={grid_pp[j]:g}")
+    head = (f"  {_method_label(k)}, {pname}, success {tgt:g}: partial credit faster in {int(faster.sum())} "
+            f"of {v.size} cells" + (f" ({'; '.join(notes)})" if notes else ""))
+    notes = [f"{int(np.isinf(v).sum())} where only binary credit gets there"] if np.isinf(v).any() else []
+    if np.any(finite > 1 + EQUAL_BAND):
+        i, j = np.unravel_index(np.nanargmax(finite), g.shape)
+        notes.append(f"ratio up to {g[i, j]:.3g} at p_success={grid_ps[i]:g}, p_partial={grid_pp[j]:g}")
+    head += f", slower in {int(slower.sum())}" + (f" ({'; '.join(notes)})" if notes else "")
+    head += (f", within {EQUAL_BAND:.0%} of equal in {int((np.abs(v - 1) <= EQUAL_BAND).sum())}, neither "
+             f"gets there in {int(np.isnan(v).sum())}.")
+    better = (g < 1 - EQUAL_BAND) & valid
+    parts = [f"{b:g}: {_describe(grid_ps, better[:, j])}" for j, b in enumerate(grid_pp)]
+    return head + "\n    partial credit faster at p_success (by p_partial): " + "; ".join(parts)
+
+
+def _edges(values: np.ndarray) -> np.ndarray:
+    """Cell edges on a log scale around the grid values."""
+    lv = np.log10(values)
+    if lv.size == 1:
+        return 10 ** np.array([lv[0] - 0.5, lv[0] + 0.5])
+    mid = (lv[1:] + lv[:-1]) / 2
+    return 10 ** np.concatenate([[lv[0] - (mid[0] - lv[0])], mid, [lv[-1] + (lv[-1] - mid[-1])]])
+
+
+def _figures(out, methods, grids, nosig, valid, grid_ps, grid_pp, targets, flow_sols, problem, traj, cells,
+             case_index, mix, unit) -> list[Path]:
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import TwoSlopeNorm
+
+    cap = 2.0  # colour range: ratio in [1/100, 100]
+    paths = []
+    for tgt in targets:
+        fig, axes = plt.subplots(len(methods), 2, figsize=(13, 3.9 * len(methods) + 0.8), layout="constrained",
+                                 squeeze=False)
+        mesh = None
+        for r, k in enumerate(methods):
+            for c, pname in enumerate(PARAMETERISATIONS):
+                ax = axes[r, c]
+                g = grids[(k, pname, tgt)]
+                with np.errstate(divide="ignore"):
+                    z = np.clip(np.log10(g), -cap, cap)
+                z = np.ma.masked_invalid(np.where(valid, z, np.nan))
+                mesh = ax.pcolormesh(_edges(grid_pp), _edges(grid_ps), z, cmap="coolwarm",
+                                     norm=TwoSlopeNorm(0.0, -cap, cap), shading="flat")
+                ax.set_facecolor("white")  # nan (neither gets there) and invalid cells: hatched white
+                ax.patch.set_hatch("///")
+                ax.patch.set_edgecolor("0.75")
+                ax.set(xscale="log", yscale="log", xlabel="initial probability of each partial pattern",
+                       ylabel="initial success probability",
+                       title=f"{_method_label(k)}, {pname}{f' (mix {mix:g})' if pname == 'log-linear' else ''}")
+                if z.count() and z.min() < 0 < z.max() and len(grid_ps) > 1 and len(grid_pp) > 1:
+                    ax.contour(grid_pp, grid_ps, z, levels=[0.0], colors="black", linewidths=1.8)
+                for i, a in enumerate(grid_ps):
+                    for j, b in enumerate(grid_pp):
+                        if valid[i, j]:
+                            ax.text(b, a, _cell_text(g[i, j]), ha="center", va="center", fontsize=6)
+                    frac = nosig[(k, pname)][i].max() if k != "flow" else 0.0
+                    if frac > 0:  # depends on p_success only: one label per row, right of the panel
+                        ax.annotate(f"∅ {frac:.0%}", (1.0, a), xycoords=("axes fraction", "data"),
+                                    xytext=(3, 0), textcoords="offset points", va="center", fontsize=7,
+                                    color="C2")
+        assert mesh is not None
+        cb = fig.colorbar(mesh, ax=axes, shrink=0.5, label="log10(time_partial / time_binary)")
+        cb.set_ticks([-2, -1, 0, 1, 2])
+        fig.suptitle(f"Time to success probability {tgt:g}: partial credit / binary credit (blue: partial credit "
+                     "faster; black line: ratio 1)\nP: only partial credit gets there, B: only binary, -: neither "
+                     "(hatched); green ∅ x%: seeds in which binary credit never updated (no group sampled a success)")
+        path = out / f"phase_{tgt:g}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+
+    # Representative trajectories (exact flow), from the grid run.
+    fig, axes = plt.subplots(len(traj), 2, figsize=(12, 3.6 * len(traj) + 0.5), layout="constrained",
+                             squeeze=False)
+    ts_all = np.asarray(flow_sols.ts[0], dtype=float)
+    succ, part_idx = problem.success_pattern, list(problem.partial_patterns)
+    for r, (i, j) in enumerate(traj):
+        c = cells.index((i, j))
+        for col, pname in enumerate(PARAMETERISATIONS):
+            ax = axes[r, col]
+            g = grids[("flow", pname, targets[-1])][i, j]
+            hits = [float(flow_sols.target_times[case_index(col, s, c), -1]) for s in (0, 1)]
+            finite = [h for h in hits if math.isfinite(h) and h > 0]
+            t_max = 3 * max(finite) if finite else ts_all[-1]
+            keep = (ts_all > 1e-5 * t_max) & (ts_all <= t_max)
+            for s, (sname, color) in enumerate((("binary", "C0"), ("partial", "C3"))):
+                ci = case_index(col, s, c)
+                mass = np.asarray(problem.pattern_mass(flow_sols.probs[ci, :, 0, :]))
+                ps, pp = mass[:, succ], mass[:, part_idx].sum(axis=1)
+                ax.plot(ts_all[keep], ps[keep], color=color, lw=1.8, label=f"p(success), {sname} credit")
+                ax.plot(ts_all[keep], pp[keep], color=color, lw=1.2, ls="--",
+                        label=f"p(partial patterns), {sname} credit")
+                if math.isfinite(hits[s]) and hits[s] > 0:
+                    ax.axvline(hits[s], color=color, lw=0.9, ls=":")
+                stall = (pp > 0.5) & (ps < 0.1) & keep
+                if s == 1 and g > 1 and stall.any():  # partial credit hurts: shade its stall
+                    idx = np.flatnonzero(stall)
+                    ax.axvspan(ts_all[idx[0]], ts_all[idx[-1]], color=color, alpha=0.08,
+                               label="stall on partial outputs")
+            ax.set(xscale="log", yscale="log", ylim=(1e-5, 1.5), xlabel="flow time", ylabel="probability",
+                   title=f"{pname}: p_success={grid_ps[i]:g}, p_partial={grid_pp[j]:g} each (ratio {_cell_text(g)})")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize="x-small", loc="lower left")
+    fig.suptitle("Exact flow: probability of success (solid) and of the partial patterns (dashed) under binary "
+                 f"(blue) and partial (red) credit; dotted: time to success {targets[-1]:g}")
+    path = out / "trajectories.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    paths.append(path)
+    return paths

@@ -1,0 +1,881 @@
+"""The `rm-metrics` study: which reward-model metric predicts what policy gradient does?
+
+A synthetic RLHF setting (see `docs/rm-metrics.md`):
+
+- `X` prompts with `K` candidate outputs each. In every prompt output 0 is the best
+  (`r_G = best_reward`), outputs `1..m` are *mediocre* (good, not best:
+  `r_G ~ U(mediocre_reward)`) and the others bad (`r_G ~ U(bad_reward)`).
+- A log-linear policy `pi(y|x) = softmax_y <theta, phi(x, y)>` with one parameter vector
+  `theta` shared by all prompts. Features are drawn once, per (prompt, output):
+  `phi(x, y) = sigma z(x, y) + a r_G(x, y) e_0 + b 1[y mediocre] e_1`, `z ~ N(0, I_d)`:
+  a noisy *quality* direction `e_0` and a *style* direction `e_1` that mediocre outputs
+  share. An initial policy is `theta_0 = c e_1`: `c` large piles the mass onto the
+  mediocre outputs (peaked), `c` small keeps it spread (flat).
+- A population of proxy rewards in families whose errors differ in size (a per-proxy
+  scale) and structure (see `FAMILIES`).
+- For every initial policy and proxy: every metric of `gradflow.metrics` on an
+  *off-policy* preference set (outputs drawn uniformly) and on an *on-policy* one (drawn
+  from the initial policy); then exact-gradient SGD and RLOO on the proxy for a fixed
+  budget, recording the true-reward gain at each budget and the time to reach a
+  normalised target. Each method is one `jax.jit` of a `jax.vmap` over the population.
+- The Pearson, Spearman and Kendall (tau-b) correlation of each metric with the gain
+  across the population, with percentile-bootstrap confidence intervals.
+
+The correlation functions are NumPy (SciPy is not a runtime dependency); they take an
+optional matrix of bootstrap *counts* (how often each proxy is drawn into a resample),
+so that all resamples are evaluated at once with matrix products.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from . import _config as C, metrics as gm, perturb
+from ._analysis import true_reward_rate
+from ._dynamics import GradientAscent
+from ._estimators import RLOO
+from ._problem import LogLinear
+from ._solve import SaveAt, Status, solve
+from ._study_utils import table, write_csv
+
+FAMILIES = (
+    "noise",             # r_G + s eps on every output
+    "noise-likely",      # r_G + s eps on each prompt's most likely outputs (under the initial policy)
+    "noise-unlikely",    # ... on its least likely outputs
+    "promote-mediocre",  # r_G + s on the mediocre outputs of a random fraction of prompts
+    "demote-mediocre",   # r_G - s on them
+    "feature-bias",      # r_G + s <phi, u>, u a random unit direction (perturb.feature_bias)
+    "monotone",          # a random increasing transform (perturb.monotone): accuracy 1
+)
+METRICS = (
+    "acc", "acc_w", "hacc", "hacc_w",
+    "ovm_acc", "ovm_acc_w", "ovm_hacc", "ovm_hacc_w",
+    "reward_variance", "rate_tabular", "rate_loglinear",
+)
+PAIR_SETS = ("off-policy", "on-policy")
+ALGORITHMS = ("exact", "rloo")
+STATS = ("pearson", "spearman", "kendall")
+CSV_COLUMNS = ("metric", "pairs", "method", *STATS, *(f"{s}_{b}" for s in STATS for b in ("lo", "hi")))
+
+
+def _range_check(x) -> str | None:
+    return None if len(x) == 2 and x[0] <= x[1] else "a range [low, high] with low <= high"
+
+
+def _positive_range(x) -> str | None:
+    return _range_check(x) or (None if x[0] > 0 else "a range [low, high] with 0 < low <= high")
+
+
+def _fraction_range(x) -> str | None:
+    return _positive_range(x) or (None if x[1] <= 1 else "a range within (0, 1]")
+
+
+def _families_check(x) -> str | None:
+    return C.nonempty(x) or C.one_of(*FAMILIES)(x) or (None if len(set(x)) == len(x) else "names without repeats")
+
+
+def _budgets_check(x) -> str | None:
+    return C.nonempty(x) or C.positive(x) or (None if list(x) == sorted(set(x)) else "strictly increasing values")
+
+
+RM_METRICS_SCHEMA = {
+    "problem": {
+        "prompts": C.Field("int", lambda x: None if x >= 2 else "at least 2"),
+        "outputs": C.Field("int", lambda x: None if x >= 4 else "at least 4"),
+        "mediocre": C.Field("int", C.positive),
+        "features": C.Field("int", lambda x: None if x >= 2 else "at least 2 (quality and style)"),
+        "feature_noise": C.Field("float", C.positive),
+        "quality_weight": C.Field("float", C.positive),
+        "style_weight": C.Field("float", C.positive),
+        "best_reward": C.Field("float"),
+        "mediocre_reward": C.Field("floats", _range_check),
+        "bad_reward": C.Field("floats", _range_check),
+        "seed": C.Field("int", default=0),
+    },
+    "policies": {
+        "names": C.Field("strs", lambda x: C.nonempty(x) or (None if len(set(x)) == len(x) else "distinct names")),
+        "theta_style": C.Field("floats", C.nonempty),
+    },
+    "proxies": {
+        "families": C.Field("strs", _families_check),
+        "per_family": C.Field("int", C.positive),
+        "noise_scale": C.Field("floats", _positive_range),
+        "focus_scale": C.Field("floats", _positive_range),
+        "focus_outputs": C.Field("int", C.positive),
+        "promote_shift": C.Field("floats", _positive_range),
+        "demote_shift": C.Field("floats", _positive_range),
+        "prompt_fraction": C.Field("floats", _fraction_range),
+        "bias_scale": C.Field("floats", _positive_range),
+        "monotone_min_slope": C.Field("floats", _fraction_range),
+        "seed": C.Field("int", default=1),
+    },
+    "preferences": {
+        "responses": C.Field("int", lambda x: None if x >= 2 else "at least 2"),
+        "seed": C.Field("int", default=2),
+    },
+    "training": {
+        "learning_rate": C.Field("float", C.positive),
+        "budgets": C.Field("ints", _budgets_check),
+        "rloo_samples": C.Field("int", lambda x: None if x >= 2 else "at least 2"),
+        "target": C.Field("float", C.probability),
+        "seed": C.Field("int", default=3),
+    },
+    "analysis": {
+        "bootstrap": C.Field("int", lambda x: None if x >= 10 else "at least 10"),
+        "confidence": C.Field("float", C.probability),
+        "predictive": C.Field("float", C.probability),
+        "seed": C.Field("int", default=4),
+    },
+    "quick": {
+        "prompts": C.Field("int", lambda x: None if x >= 2 else "at least 2"),
+        "per_family": C.Field("int", C.positive),
+        "budgets": C.Field("ints", _budgets_check),
+        "bootstrap": C.Field("int", lambda x: None if x >= 10 else "at least 10"),
+    },
+}
+
+
+def _check_config(cfg: dict) -> None:
+    pc, pol, px, tr = cfg["problem"], cfg["policies"], cfg["proxies"], cfg["training"]
+    if pc["mediocre"] > pc["outputs"] - 2:
+        raise ValueError(
+            f"config key `problem.mediocre`: expected at most outputs - 2 = {pc['outputs'] - 2} (one best and "
+            f"at least one bad output per prompt); got {pc['mediocre']}."
+        )
+    (m_lo, m_hi), (_, b_hi) = pc["mediocre_reward"], pc["bad_reward"]
+    if not (b_hi <= m_lo and m_hi < pc["best_reward"]):
+        raise ValueError(
+            "config: the reward ranges must be ordered bad <= mediocre < best: `problem.bad_reward` "
+            f"{pc['bad_reward']}, `problem.mediocre_reward` {pc['mediocre_reward']}, `problem.best_reward` "
+            f"{pc['best_reward']}."
+        )
+    if len(pol["theta_style"]) != len(pol["names"]):
+        raise ValueError(
+            f"config key `policies.theta_style`: expected one value per policy name ({len(pol['names'])}); "
+            f"got {len(pol['theta_style'])}."
+        )
+    if not 2 * px["focus_outputs"] <= pc["outputs"]:
+        raise ValueError(
+            f"config key `proxies.focus_outputs`: expected at most half the outputs ({pc['outputs'] // 2}), so "
+            f"that likely and unlikely outputs do not overlap; got {px['focus_outputs']}."
+        )
+    if cfg["preferences"]["responses"] > pc["outputs"]:
+        raise ValueError(
+            f"config key `preferences.responses`: expected at most `problem.outputs` ({pc['outputs']}); "
+            f"got {cfg['preferences']['responses']}."
+        )
+    del tr
+
+
+# ----------------------------------------------------------------------- correlations
+
+
+def _as_counts(counts, n: int) -> np.ndarray:
+    c = np.ones((1, n)) if counts is None else np.atleast_2d(np.asarray(counts, float))
+    if c.shape[-1] != n:
+        raise ValueError(f"`counts` must have {n} columns (one per observation); got shape {c.shape}.")
+    return c
+
+
+def _pearson_rows(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Weighted Pearson correlation per row: `a`, `b` of shape `(n,)` or `(B, n)`,
+    weights (counts) `c` of shape `(B, n)`; `nan` where a variance vanishes."""
+    total = c.sum(-1, keepdims=True)
+    da = a - (c * a).sum(-1, keepdims=True) / total
+    db = b - (c * b).sum(-1, keepdims=True) / total
+    cov = (c * da * db).sum(-1)
+    va, vb = (c * da * da).sum(-1), (c * db * db).sum(-1)
+    # Relative tolerance: a variance that is rounding error of the mean is zero.
+    scale_a = (c * a * a).sum(-1) * 1e-12
+    scale_b = (c * b * b).sum(-1) * 1e-12
+    ok = (va > scale_a) & (vb > scale_b)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = cov / np.sqrt(va * vb)
+    return np.where(ok, np.clip(r, -1.0, 1.0), np.nan)
+
+
+def _rank_matrix(x: np.ndarray) -> np.ndarray:
+    """`L[a, j] = 1[x_j < x_a] + 0.5 1[x_j = x_a]`: with counts `c`, the average rank of
+    observation `a` within the resample is `(c @ L.T)[a] + 0.5` (1-based, ties averaged)."""
+    less = (x[None, :] < x[:, None]).astype(np.float32)
+    equal = (x[None, :] == x[:, None]).astype(np.float32)
+    return less + 0.5 * equal
+
+
+def _sign_matrix(x: np.ndarray) -> np.ndarray:
+    return np.sign(x[:, None] - x[None, :]).astype(np.float32)
+
+
+def pearson(x, y, counts=None) -> np.ndarray | float:
+    """Pearson's correlation of `x` and `y` (1-D, length `n`). With `counts` of shape
+    `(B, n)` (how often each observation is in each of `B` bootstrap resamples) it is
+    computed on every resample at once; returns shape `(B,)`, else a scalar."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    c = _as_counts(counts, len(x))
+    r = _pearson_rows(x, y, c)
+    return r if counts is not None else r[0]
+
+
+def average_ranks(x) -> np.ndarray:
+    """1-based ranks of `x`, ties given their average rank (as `scipy.stats.rankdata`)."""
+    x = np.asarray(x, float)
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    start = np.r_[True, xs[1:] != xs[:-1]]
+    group = np.cumsum(start) - 1
+    first = np.flatnonzero(start)
+    last = np.r_[first[1:], len(x)] - 1
+    ranks = np.empty(len(x))
+    ranks[order] = (first[group] + last[group]) / 2 + 1
+    return ranks
+
+
+def spearman(x, y, counts=None) -> np.ndarray | float:
+    """Spearman's rank correlation (Pearson's on average ranks, ties averaged, as
+    `scipy.stats.spearmanr`); `counts` as in [`pearson`][]."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if counts is None:
+        return _pearson_rows(average_ranks(x), average_ranks(y), np.ones((1, len(x))))[0]
+    c = _as_counts(counts, len(x))
+    lx, ly = _rank_matrix(x), _rank_matrix(y)
+    c32 = c.astype(np.float32)  # counts and half-integer ranks are exact in float32
+    rx = (c32 @ lx.T).astype(float) + 0.5
+    ry = (c32 @ ly.T).astype(float) + 0.5
+    return _pearson_rows(rx, ry, c)
+
+
+def kendall(x, y, counts=None) -> np.ndarray | float:
+    """Kendall's tau-b (as `scipy.stats.kendalltau`), by counting pairs:
+    `tau_b = (P - Q) / sqrt((n0 - n1)(n0 - n2))`, with `P - Q` the concordant minus
+    discordant pairs and `n0 - n1`, `n0 - n2` the pairs not tied in `x`, in `y`. With
+    `counts`, copies of one observation form tied pairs; `counts` as in [`pearson`][]."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    sx, sy = _sign_matrix(x), _sign_matrix(y)
+    if counts is None:  # sums over all ordered pairs count each pair twice
+        num, nx, ny = (np.sum(m, dtype=float) / 2 for m in (sx * sy, np.abs(sx), np.abs(sy)))
+    else:
+        c = _as_counts(counts, len(x)).astype(np.float32)
+
+        def quad(m):  # sum_{a<b} c_a c_b m[a, b] for symmetric m with zero diagonal
+            return ((c @ m) * c).sum(-1).astype(float) / 2
+
+        num, nx, ny = quad(sx * sy), quad(np.abs(sx)), quad(np.abs(sy))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tau = num / np.sqrt(nx * ny)
+    return np.where((nx > 0) & (ny > 0), np.clip(tau, -1.0, 1.0), np.nan)
+
+
+def bootstrap_counts(n: int, resamples: int, seed: int) -> np.ndarray:
+    """`(resamples, n)` multinomial counts: resample `b` draws observation `a`
+    `counts[b, a]` times (n draws with replacement), from `numpy.random.default_rng(seed)`."""
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float32)
+
+
+class _Resampled:
+    """What the bootstrap needs of one variable `x`, computed once and shared by every
+    correlation it enters: its pair signs and, for every resample (row of `counts`), its
+    average ranks and number of untied pairs."""
+
+    def __init__(self, x, counts: np.ndarray):
+        self.x = np.asarray(x, float)
+        self.signs = _sign_matrix(self.x)
+        self.ranks = (counts @ _rank_matrix(self.x).T).astype(float) + 0.5
+        self.untied = ((counts @ np.abs(self.signs)) * counts).sum(-1).astype(float) / 2
+
+
+def _correlate(a: _Resampled, b: _Resampled, counts: np.ndarray, confidence: float) -> dict:
+    lo_q, hi_q = 50 * (1 - confidence), 50 * (1 + confidence)
+    x, y = a.x, b.x
+    row = {"pearson": float(pearson(x, y)), "spearman": float(spearman(x, y)), "kendall": float(kendall(x, y))}
+    num = ((counts @ (a.signs * b.signs)) * counts).sum(-1).astype(float) / 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tau = num / np.sqrt(a.untied * b.untied)
+    boot = {
+        "pearson": _pearson_rows(x, y, counts),
+        "spearman": _pearson_rows(a.ranks, b.ranks, counts),
+        "kendall": np.where((a.untied > 0) & (b.untied > 0), np.clip(tau, -1.0, 1.0), np.nan),
+    }
+    for s in STATS:
+        v = boot[s][np.isfinite(boot[s])]
+        lo, hi = (np.percentile(v, [lo_q, hi_q]) if len(v) else (math.nan, math.nan))
+        row[f"{s}_lo"], row[f"{s}_hi"] = float(lo), float(hi)
+    return row
+
+
+def correlate(x, y, counts: np.ndarray, confidence: float) -> dict:
+    """The three correlations of `x` and `y` (keys `pearson`, `spearman`, `kendall`) with
+    percentile-bootstrap intervals at level `confidence` (keys `<stat>_lo`, `<stat>_hi`);
+    the bootstrap resamples are the rows of `counts` (see [`bootstrap_counts`][])."""
+    counts = _as_counts(counts, len(np.asarray(x))).astype(np.float32)
+    return _correlate(_Resampled(x, counts), _Resampled(y, counts), counts, confidence)
+
+
+# ----------------------------------------------------------------------------- setting
+
+
+@dataclass(frozen=True)
+class Setting:
+    """The problem: true reward `(X, K)`, features `(X, K, d)`, the mediocre mask."""
+
+    true_reward: np.ndarray
+    features: np.ndarray
+    mediocre: np.ndarray
+
+
+def make_setting(pc: dict, prompts: int) -> Setting:
+    """The prompts, outputs, rewards and features of `[problem]` (see the module
+    docstring), drawn from `numpy.random.default_rng(problem.seed)`."""
+    x, k, m, d = prompts, pc["outputs"], pc["mediocre"], pc["features"]
+    rng = np.random.default_rng(pc["seed"])
+    u = rng.random((x, k))
+    idx = np.arange(k)[None, :]
+    med = np.broadcast_to((idx >= 1) & (idx <= m), (x, k))
+    (m_lo, m_hi), (b_lo, b_hi) = pc["mediocre_reward"], pc["bad_reward"]
+    r = np.where(idx == 0, pc["best_reward"], np.where(med, m_lo + (m_hi - m_lo) * u, b_lo + (b_hi - b_lo) * u))
+    phi = pc["feature_noise"] * rng.standard_normal((x, k, d))
+    phi[..., 0] += pc["quality_weight"] * r
+    phi[..., 1] += pc["style_weight"] * med
+    return Setting(r.astype(np.float32), phi.astype(np.float32), np.array(med))
+
+
+def initial_theta(pc: dict, theta_style: float) -> np.ndarray:
+    theta = np.zeros(pc["features"], np.float32)
+    theta[1] = theta_style
+    return theta
+
+
+def _log_probs(setting: Setting, theta: np.ndarray) -> np.ndarray:
+    return np.asarray(LogLinear(setting.features, theta).log_probs())
+
+
+@dataclass(frozen=True)
+class Population:
+    rewards: np.ndarray   # (B, X, K)
+    family: np.ndarray    # (B,) family names
+    size: np.ndarray      # (B,) the error scale (family-specific, see `proxy_population`)
+    fraction: np.ndarray  # (B,) fraction of prompts touched (promote/demote), else 1
+
+
+def _log_uniform(rng: np.random.Generator, n: int, lo: float, hi: float) -> np.ndarray:
+    return lo * (hi / lo) ** rng.random(n)
+
+
+def _focus_masks(logp: np.ndarray, q: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Each prompt's `q` most and `q` least likely outputs (ties broken at random)."""
+    order = np.lexsort((rng.random(logp.shape), -logp), axis=-1)  # most likely first
+    likely, unlikely = np.zeros(logp.shape, bool), np.zeros(logp.shape, bool)
+    np.put_along_axis(likely, order[:, :q], True, axis=-1)
+    np.put_along_axis(unlikely, order[:, -q:], True, axis=-1)
+    return likely, unlikely
+
+
+def proxy_population(px: dict, setting: Setting, logp0: np.ndarray, per_family: int) -> Population:
+    """`per_family` proxies of every family in `px["families"]`. Family `f` draws from
+    `numpy.random.default_rng([proxies.seed, i_f])` (and `perturb.monotone` from
+    `jax.random.key(proxies.seed)` folded with `i_f`), `i_f` its index in `FAMILIES`, so a
+    family's proxies do not depend on which other families are listed. Only the
+    `noise-likely` / `noise-unlikely` families depend on the initial policy (`logp0`).
+
+    The `size` of a proxy: the noise standard deviation (noise families), the shift
+    (promote / demote), the bias scale (feature-bias), `1 - min_slope` (monotone).
+    """
+    r = setting.true_reward
+    n = per_family
+    med = setting.mediocre.astype(np.float32)
+    rewards, family, size, fraction = [], [], [], []
+    for name in px["families"]:
+        fi = FAMILIES.index(name)
+        rng = np.random.default_rng([px["seed"], fi])
+        frac = np.ones(n)
+        if name in ("noise", "noise-likely", "noise-unlikely"):
+            lo, hi = px["noise_scale"] if name == "noise" else px["focus_scale"]
+            s = _log_uniform(rng, n, lo, hi)
+            eps = rng.standard_normal((n, *r.shape))
+            likely, unlikely = _focus_masks(logp0, px["focus_outputs"], rng)
+            mask = {"noise": 1.0, "noise-likely": likely, "noise-unlikely": unlikely}[name]
+            rp = r[None] + s[:, None, None] * eps * mask
+        elif name in ("promote-mediocre", "demote-mediocre"):
+            lo, hi = px["promote_shift"] if name == "promote-mediocre" else px["demote_shift"]
+            s = _log_uniform(rng, n, lo, hi)
+            f_lo, f_hi = px["prompt_fraction"]
+            frac = f_lo + (f_hi - f_lo) * rng.random(n)
+            picked = rng.random((n, r.shape[0])) < frac[:, None]
+            sign = 1.0 if name == "promote-mediocre" else -1.0
+            rp = r[None] + sign * s[:, None, None] * picked[:, :, None] * med[None]
+        elif name == "feature-bias":
+            s = _log_uniform(rng, n, *px["bias_scale"])
+            dirs = rng.standard_normal((n, setting.features.shape[-1]))
+            dirs /= np.linalg.norm(dirs, axis=-1, keepdims=True)
+            rp = np.stack([
+                np.asarray(perturb.feature_bias(r, setting.features, dirs[i], s[i])[0]) for i in range(n)
+            ])
+        else:  # monotone
+            slopes = _log_uniform(rng, n, *px["monotone_min_slope"])
+            s = 1.0 - slopes
+            key = jax.random.fold_in(jax.random.key(px["seed"]), fi)
+            rp = np.stack([
+                np.asarray(perturb.monotone(jax.random.fold_in(key, i), r, 1, min_slope=float(slopes[i]))[0])
+                for i in range(n)
+            ])
+        rewards.append(np.asarray(rp, np.float32))
+        family += [name] * n
+        size.append(s)
+        fraction.append(frac)
+    return Population(np.concatenate(rewards), np.array(family), np.concatenate(size), np.concatenate(fraction))
+
+
+# ------------------------------------------------------------------------- preferences
+
+
+@dataclass(frozen=True)
+class Preferences:
+    """A preference set: all pairs among each prompt's responses (ordered by the true
+    reward, pairs of equal true reward masked), and one-vs-many groups (each prompt's best
+    response against the others; prompts where no response is strictly worse are left
+    out, `ovm_prompts` lists the others)."""
+
+    chosen: np.ndarray     # (X, P) output index
+    rejected: np.ndarray   # (X, P)
+    mask: np.ndarray       # (X, P) bool
+    ovm_prompts: np.ndarray    # (X1,) prompt index
+    ovm_chosen: np.ndarray     # (X1,)
+    ovm_rejected: np.ndarray   # (X1, M - 1)
+    ovm_mask: np.ndarray       # (X1, M - 1) bool
+
+
+def preference_set(responses: np.ndarray, true_reward: np.ndarray) -> Preferences:
+    """Build the pairs and one-vs-many groups from `responses` `(X, M)` output indices."""
+    x, m = responses.shape
+    rows = np.arange(x)[:, None]
+    r = true_reward[rows, responses]
+    i, j = np.triu_indices(m, k=1)
+    a, b = responses[:, i], responses[:, j]
+    ra, rb = r[:, i], r[:, j]
+    chosen, rejected = np.where(ra > rb, a, b), np.where(ra > rb, b, a)
+    mask = ra != rb
+    best = np.argmax(r, axis=1)
+    others = np.array([[c for c in range(m) if c != bi] for bi in best])
+    o_idx = np.take_along_axis(responses, others, axis=1)
+    o_mask = np.take_along_axis(r, others, axis=1) < r[np.arange(x), best][:, None]
+    keep = np.flatnonzero(o_mask.any(axis=1))
+    return Preferences(
+        chosen, rejected, mask, keep, responses[np.arange(x), best][keep], o_idx[keep], o_mask[keep],
+    )
+
+
+def sample_responses(rng: np.random.Generator, logp: np.ndarray, m: int) -> np.ndarray:
+    """`m` distinct responses per prompt, drawn without replacement with probabilities
+    `exp(logp)` (Gumbel-top-`m`: the first is a draw from the policy, the next a draw
+    from the rest, ...); uniform `logp` gives `m` distinct outputs drawn uniformly."""
+    g = rng.gumbel(size=logp.shape)
+    return np.argsort(-(logp + g), axis=-1, kind="stable")[:, :m]
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+@jax.jit
+def _metrics(rewards, r_true, phi, logp_pol, theta_ref, logp_ref, pairs, ovm):
+    """Every metric for each proxy of `rewards` `(B, X, K)`: the accuracy-type metrics
+    use the initial policy (`logp_pol`: weights, mean proxy reward); the teacher scores
+    use the reference policy of the preference set (`theta_ref`, `logp_ref`)."""
+    chosen, rejected, mask = pairs
+    prompts, o_chosen, o_rejected, o_mask = ovm
+    lc = jnp.take_along_axis(logp_pol, chosen, axis=-1)
+    lr = jnp.take_along_axis(logp_pol, rejected, axis=-1)
+    lp_o = logp_pol[prompts]
+    olc = jnp.take_along_axis(lp_o, o_chosen[:, None], axis=-1)[:, 0]
+    olr = jnp.take_along_axis(lp_o, o_rejected, axis=-1)
+    ref_policy = LogLinear(phi, theta_ref)
+
+    def one(rp):
+        v = gm.mean_reward(logp_pol, rp)
+        rc = jnp.take_along_axis(rp, chosen, axis=-1)
+        rr = jnp.take_along_axis(rp, rejected, axis=-1)
+        rp_o, v_o = rp[prompts], v[prompts]
+        orc = jnp.take_along_axis(rp_o, o_chosen[:, None], axis=-1)[:, 0]
+        orr = jnp.take_along_axis(rp_o, o_rejected, axis=-1)
+        return {
+            "acc": gm.acc(rc, rr, mask),
+            "acc_w": gm.acc_w(rc, rr, lc, lr, mask),
+            "hacc": gm.hacc(rc, rr, v, mask),
+            "hacc_w": gm.hacc_w(rc, rr, v, lc, lr, mask),
+            "ovm_acc": gm.one_vs_many_acc(orc, orr, o_mask),
+            "ovm_acc_w": gm.one_vs_many_acc_w(orc, orr, olc, olr, o_mask),
+            "ovm_hacc": gm.one_vs_many_hacc(orc, orr, v_o, o_mask),
+            "ovm_hacc_w": gm.one_vs_many_hacc_w(orc, orr, v_o, olc, olr, o_mask),
+            "reward_variance": gm.reward_variance(logp_ref, rp),
+            "rate_tabular": gm.true_reward_rate(logp_ref, rp, r_true),
+            "rate_loglinear": true_reward_rate(ref_policy, rp, r_true),
+        }
+
+    return jax.vmap(one)(rewards)
+
+
+def _metric_values(pop: Population, setting: Setting, logp_pol, theta_ref, prefs: Preferences) -> dict:
+    logp_ref = _log_probs(setting, theta_ref)
+    pairs = tuple(jnp.asarray(a) for a in (prefs.chosen, prefs.rejected, prefs.mask))
+    ovm = tuple(jnp.asarray(a) for a in (prefs.ovm_prompts, prefs.ovm_chosen, prefs.ovm_rejected, prefs.ovm_mask))
+    out = _metrics(jnp.asarray(pop.rewards), jnp.asarray(setting.true_reward), jnp.asarray(setting.features),
+                   jnp.asarray(logp_pol), jnp.asarray(theta_ref), jnp.asarray(logp_ref), pairs, ovm)
+    return {k: np.asarray(v, float) for k, v in out.items()}
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def _trainer(algorithm: str, tc: dict, steps: int, every: int):
+    """A jitted `(theta0, phi, r_true, rewards, keys) -> (true reward at the records,
+    time to the target, status)`, vmapped over the proxies (one compile per method)."""
+    opt = optax.sgd(tc["learning_rate"])
+    method = GradientAscent(opt, steps) if algorithm == "exact" else RLOO(opt, steps, samples=tc["rloo_samples"])
+    target = (tc["target"],)
+
+    @jax.jit
+    def run(theta0, phi, r_true, rewards, keys):
+        def one(rp, key):
+            sol = solve(LogLinear(phi, theta0), reward=rp, true_reward=r_true, method=method,
+                        key=key if algorithm == "rloo" else None, saveat=SaveAt(every=every),
+                        targets=target, normalized_targets=True)
+            return sol.true_reward, sol.target_times[0], sol.status
+
+        return jax.vmap(one)(rewards, keys)
+
+    return run
+
+
+# ------------------------------------------------------------------------------ report
+
+
+def _label(algorithm: str, policy: str, budget: int) -> str:
+    return f"{algorithm}/{policy}/{budget}"
+
+
+def _fmt_ci(row: dict, stat: str) -> str:
+    return f"{row[stat]:+.2f} [{row[stat + '_lo']:+.2f}, {row[stat + '_hi']:+.2f}]"
+
+
+def run_rm_metrics(cfg: dict, out: Path, quick: bool) -> dict:
+    _check_config(cfg)
+    pc, pol, px, pref, tc, ac = (cfg[s] for s in ("problem", "policies", "proxies", "preferences", "training", "analysis"))
+    q = cfg["quick"]
+    prompts = q["prompts"] if quick else pc["prompts"]
+    per_family = q["per_family"] if quick else px["per_family"]
+    budgets = list(q["budgets"] if quick else tc["budgets"])
+    n_boot = q["bootstrap"] if quick else ac["bootstrap"]
+    steps = budgets[-1]
+    every = math.gcd(*budgets)
+
+    start = time.perf_counter()
+    setting = make_setting(pc, prompts)
+    x, k = setting.true_reward.shape
+    uniform = np.full((x, k), -math.log(k))
+    off_prefs = preference_set(sample_responses(np.random.default_rng([pref["seed"], 0]), uniform,
+                                                pref["responses"]), setting.true_reward)
+    trainers = {a: _trainer(a, tc, steps, every) for a in ALGORITHMS}
+    phi, r_true = jnp.asarray(setting.features), jnp.asarray(setting.true_reward)
+
+    per_policy, proxy_rows, info = {}, [], {}
+    for pi_idx, (name, c) in enumerate(zip(pol["names"], pol["theta_style"], strict=True)):
+        theta0 = initial_theta(pc, c)
+        logp0 = _log_probs(setting, theta0)
+        p0 = np.exp(logp0)
+        on_prefs = preference_set(
+            sample_responses(np.random.default_rng([pref["seed"], pi_idx + 1]), logp0, pref["responses"]),
+            setting.true_reward)
+        pop = proxy_population(px, setting, logp0, per_family)
+        n = len(pop.family)
+        metric_vals = {
+            "off-policy": _metric_values(pop, setting, logp0, np.zeros_like(theta0), off_prefs),
+            "on-policy": _metric_values(pop, setting, logp0, theta0, on_prefs),
+        }
+        # The true reward itself runs as one more member of the batch (a reference, not
+        # part of the population), so that nothing recompiles.
+        batch = jnp.asarray(np.concatenate([pop.rewards, setting.true_reward[None]]))
+        keys = jax.random.split(jax.random.fold_in(jax.random.key(tc["seed"]), pi_idx), n + 1)
+        runs, ref = {}, {}
+        for a in ALGORITHMS:
+            traj, t_hit, status = (np.asarray(v) for v in trainers[a](jnp.asarray(theta0), phi, r_true, batch, keys))
+            runs[a] = (traj[:n].astype(float), t_hit[:n].astype(float), status[:n])
+            ref[a] = (traj[n:].astype(float), t_hit[n:].astype(float))
+        v0 = float(np.sum(p0 * setting.true_reward, axis=-1).mean())
+        info[name] = {
+            "p_best": float(p0[:, 0].mean()), "p_mediocre": float((p0 * setting.mediocre).sum(-1).mean()),
+            "v0": v0, "on_pairs": int(on_prefs.mask.sum()), "on_ovm_prompts": len(on_prefs.ovm_prompts),
+            "reference": {a: (ref[a][0][0], float(ref[a][1][0])) for a in ALGORITHMS},
+        }
+        outcomes = {}
+        for a, (traj, _, status) in runs.items():
+            ok = status == Status.OK
+            for b in budgets:
+                outcomes[(a, b)] = np.where(ok, traj[:, b // every] - traj[:, 0], np.nan)
+        per_policy[name] = {"pop": pop, "metrics": metric_vals, "outcomes": outcomes, "runs": runs}
+        for i in range(n):
+            row = {"policy": name, "proxy": i, "family": pop.family[i], "size": float(pop.size[i]),
+                   "prompt_fraction": float(pop.fraction[i]),
+                   "rms_error": float(np.sqrt(np.mean((pop.rewards[i] - setting.true_reward) ** 2)))}
+            for s in PAIR_SETS:
+                for mname in METRICS:
+                    row[f"{mname}@{s}"] = metric_vals[s][mname][i]
+            for a, (_, t_hit, status) in runs.items():
+                for b in budgets:
+                    row[f"gain_{a}_{b}"] = float(outcomes[(a, b)][i])
+                row[f"time_to_target_{a}"] = float(t_hit[i])
+                row[f"status_{a}"] = Status.name(status[i])
+            proxy_rows.append(row)
+    sim_time = time.perf_counter() - start
+
+    # Correlations across the population, with bootstrap intervals.
+    t_corr = time.perf_counter()
+    rows, by_family = [], []
+    for pi_idx, name in enumerate(pol["names"]):
+        d = per_policy[name]
+        family = d["pop"].family
+        valid = np.all([np.isfinite(y) for y in d["outcomes"].values()], axis=0)
+        valid &= np.all([np.isfinite(v) for m in d["metrics"].values() for v in m.values()], axis=0)
+        d["excluded"] = int((~valid).sum())  # failed runs are reported, never correlated
+        counts = bootstrap_counts(int(valid.sum()), n_boot, ac["seed"] + pi_idx)
+        xs = {(s, m): _Resampled(d["metrics"][s][m][valid], counts) for s in PAIR_SETS for m in METRICS}
+        for a in ALGORITHMS:
+            for b in budgets:
+                y = d["outcomes"][(a, b)]
+                ys = _Resampled(y[valid], counts)
+                for s in PAIR_SETS:
+                    for mname in METRICS:
+                        row = {"metric": mname, "pairs": s, "method": _label(a, name, b)}
+                        row.update(_correlate(xs[(s, mname)], ys, counts, ac["confidence"]))
+                        rows.append({c: row[c] for c in CSV_COLUMNS})
+                        xv = d["metrics"][s][mname]
+                        for fam in px["families"]:
+                            sel = valid & (family == fam)
+                            by_family.append({"metric": mname, "pairs": s, "method": _label(a, name, b), "family": fam,
+                                              "spearman": float(spearman(xv[sel], y[sel])),
+                                              "kendall": float(kendall(xv[sel], y[sel]))})
+    corr_time = time.perf_counter() - t_corr
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "correlations.csv", rows)
+    write_csv(out / "correlations_by_family.csv", by_family)
+    write_csv(out / "proxies.csv", proxy_rows)
+    figures = _figures(out, per_policy, rows, pol["names"], budgets, px["families"])
+    _print_report(cfg, quick, setting, info, per_policy, rows, by_family, budgets, n_boot, sim_time, corr_time)
+    print(f"Results in {out.resolve()}/:")
+    for p in ["correlations.csv", "correlations_by_family.csv", "proxies.csv", *[f.name for f in figures]]:
+        print(f"  {p}")
+    return {"rows": rows, "by_family": by_family, "proxies": proxy_rows, "figures": figures, "info": info}
+
+
+def _settings(names, budgets):
+    return [(a, name, b) for name in names for a in ALGORITHMS for b in budgets]
+
+
+def _print_report(cfg, quick, setting, info, per_policy, rows, by_family, budgets, n_boot, sim_time, corr_time):
+    pc, tc, ac, px = cfg["problem"], cfg["training"], cfg["analysis"], cfg["proxies"]
+    x, k = setting.true_reward.shape
+    names = cfg["policies"]["names"]
+    n_total = sum(len(per_policy[nm]["pop"].family) for nm in names)
+    per_family = len(per_policy[names[0]]["pop"].family) // len(px["families"])
+    print(f"RM metrics vs policy-gradient outcome{' (quick)' if quick else ''}: {x} prompts x {k} outputs "
+          f"(1 best, {pc['mediocre']} mediocre), log-linear policy with {pc['features']} shared features; "
+          f"{per_family} proxies in each of {len(px['families'])} families ({', '.join(px['families'])}), "
+          f"{len(names)} initial policies; SGD (exact gradient) and RLOO ({tc['rloo_samples']} samples per prompt) "
+          f"at lr {tc['learning_rate']:g} for {budgets[-1]} steps; outcome = true-reward gain after "
+          f"{' and '.join(str(b) for b in budgets)} steps. Preference sets: {cfg['preferences']['responses']} "
+          f"responses per prompt, all pairs (off-policy: uniform; on-policy: from the initial policy).")
+    for nm in names:
+        inf, d = info[nm], per_policy[nm]
+        print(f"\nInitial policy {nm!r}: p(y*) = {inf['p_best']:.3f}, p(mediocre) = {inf['p_mediocre']:.3f}, "
+              f"V_G(0) = {inf['v0']:.3f}; on-policy set: {inf['on_pairs']} pairs, {inf['on_ovm_prompts']} "
+              f"one-vs-many prompts.")
+        every = math.gcd(*budgets)
+        shown = []
+        for a in ALGORITHMS:
+            traj, t_ref = inf["reference"][a]
+            _, t_hit, status = d["runs"][a]
+            for b in budgets:
+                g, rg = d["outcomes"][(a, b)], traj[b // every] - traj[0]
+                shown.append({"method": a, "budget": b, "true": f"{rg:+.3f}",
+                              "range": f"{np.nanmin(g):+.3f} .. {np.nanmax(g):+.3f}",
+                              "median": f"{np.nanmedian(g):+.3f}", "beat": f"{np.mean(g > rg):.0%}",
+                              "agree": f"{spearman(g, d['outcomes'][('exact', b)]):+.3f}" if a != "exact" else "",
+                              "time": ""})
+            reached = np.isfinite(t_hit)
+            t_txt = f"median step {np.median(t_hit[reached]):.0f}" if reached.any() else "never"
+            t_true = "never" if math.isinf(t_ref) else f"step {t_ref:.0f}"
+            failed = int((status != Status.OK).sum())
+            shown[-1]["time"] = (f"{reached.mean():.0%} of proxies, {t_txt} (true reward: {t_true})"
+                                 + (f"; {failed} runs failed (left out)" if failed else ""))
+        print(table(shown, [("method", "method"), ("budget", "steps"), ("true", "gain on r_G"),
+                            ("range", "gain on proxies: range"), ("median", "median"),
+                            ("beat", "beat r_G"), ("agree", "Spearman with exact"),
+                            ("time", f"reach {tc['target']:g} of the way to the best")]))
+
+    settings = _settings(names, budgets)
+    lookup = {(r["metric"], r["pairs"], r["method"]): r for r in rows}
+    short = {"reward_variance": "reward_var", "rate_tabular": "rate_tab", "rate_loglinear": "rate_ll"}
+    for s in PAIR_SETS:
+        print(f"\nSpearman correlation with the true-reward gain across the population, metrics on the {s} "
+              f"preference set (rows: method/initial policy/budget in steps; 95% CIs from {n_boot} bootstrap "
+              "resamples in correlations.csv):")
+        shown = []
+        for a, nm, b in settings:
+            label = _label(a, nm, b)
+            shown.append({"setting": label, **{m: f"{lookup[(m, s, label)]['spearman']:+.2f}" for m in METRICS}})
+        print(table(shown, [("setting", "setting"), *((m, short.get(m, m)) for m in METRICS)]))
+
+    thr = ac["predictive"]
+    print(f"\nBest predictor per setting (by Spearman; a metric 'predicts' when its CI lower bound exceeds {thr:g}):")
+    failing = []
+    for a, nm, b in settings:
+        label = _label(a, nm, b)
+        cand = [lookup[(m, s, label)] for s in PAIR_SETS for m in METRICS]
+        cand = [r for r in cand if np.isfinite(r["spearman"])]
+        cand.sort(key=lambda r: -r["spearman"])
+        best = cand[0]
+        acc_rows = [r for r in cand if r["metric"] in METRICS[:8]]
+        best_acc = acc_rows[0] if acc_rows else None
+        plain = lookup[("acc", "off-policy", label)]
+        good = [r for r in cand if r["spearman_lo"] > thr]
+        misleading = [r for r in cand if r["spearman_hi"] < -thr]
+        if not good:
+            failing.append(label)
+        print(f"  {label}: best {best['metric']} ({best['pairs']}) Spearman {_fmt_ci(best, 'spearman')}, "
+              f"Kendall {_fmt_ci(best, 'kendall')}, Pearson {_fmt_ci(best, 'pearson')}"
+              + (f"; best accuracy-type {best_acc['metric']} ({best_acc['pairs']}) {_fmt_ci(best_acc, 'spearman')}"
+                 if best_acc is not None and best_acc is not best else "")
+              + f"; plain acc (off-policy) {_fmt_ci(plain, 'spearman')}; {len(good)} of {len(cand)} predict"
+              + (f", {len(misleading)} mislead (CI below {-thr:g}: "
+                 + ", ".join(f"{r['metric']} ({r['pairs']}) {r['spearman']:+.2f}" for r in misleading) + ")"
+                 if misleading else "") + ".")
+    if failing:
+        print(f"  No metric predicts (CI lower bound > {thr:g}) in: {', '.join(failing)}.")
+    else:
+        print(f"  In every setting at least one metric predicts (CI lower bound > {thr:g}).")
+
+    print(f"\nWithin one family (Spearman, point estimates; correlations_by_family.csv): families where no metric "
+          f"reaches {thr:g}:")
+    fam_lookup: dict = {}
+    for r in by_family:
+        fam_lookup.setdefault((r["method"], r["family"]), []).append(r)
+    for a, nm, b in settings:
+        label = _label(a, nm, b)
+        bad = []
+        for fam in px["families"]:
+            vals = [r["spearman"] for r in fam_lookup[(label, fam)] if np.isfinite(r["spearman"])]
+            best = max(vals) if vals else math.nan
+            if not best >= thr:
+                bad.append(f"{fam} (best {best:+.2f})")
+        print(f"  {label}: " + (", ".join(bad) if bad else "none"))
+    print(f"\nSimulated {n_total} proxies x {len(ALGORITHMS)} methods in {sim_time:.1f} s, correlations in "
+          f"{corr_time:.1f} s (compilation included).")
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _figures(out: Path, per_policy: dict, rows: list[dict], names, budgets, families) -> list[Path]:
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    paths = []
+    lookup = {(r["metric"], r["pairs"], r["method"]): r for r in rows}
+    settings = _settings(names, budgets)
+
+    # Heat map of Spearman correlations: metric x pair set (rows) by setting (columns).
+    labels = [_label(*s) for s in settings]
+    mat = np.array([[lookup[(m, s, lab)]["spearman"] for lab in labels] for s in PAIR_SETS for m in METRICS])
+    fig, ax = plt.subplots(figsize=(0.62 * len(labels) + 4.2, 0.26 * mat.shape[0] + 1.9))
+    fig.subplots_adjust(left=0.19, right=0.955, bottom=0.2, top=0.94)
+    im = ax.imshow(mat, cmap="RdBu", vmin=-1, vmax=1, aspect="auto")
+    for (i, j), v in np.ndenumerate(mat):
+        ax.text(j, i, "n/a" if not np.isfinite(v) else f"{v:+.2f}", ha="center", va="center", fontsize=7,
+                color="white" if np.isfinite(v) and abs(v) > 0.6 else "black")
+    ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=8)
+    ax.set_yticks(range(mat.shape[0]), [f"{m} ({s})" for s in PAIR_SETS for m in METRICS], fontsize=8)
+    ax.axhline(len(METRICS) - 0.5, color="black", lw=1)
+    ax.set_xlabel("PG method / initial policy / budget (steps)")
+    fig.colorbar(im, ax=ax, label="Spearman correlation with the true-reward gain", fraction=0.04, pad=0.01)
+    ax.set_title("Which metric predicts the true-reward gain of policy gradient on the proxy?", fontsize=10)
+    paths.append(out / "correlation_heatmap.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    # Correlation against the budget, at every recorded step (point estimates).
+    shown = ("acc", "hacc_w", "ovm_hacc", "reward_variance", "rate_tabular", "rate_loglinear")
+    every = math.gcd(*budgets)
+    fig, axes = plt.subplots(len(PAIR_SETS), len(names), figsize=(5.2 * len(names), 3.4 * len(PAIR_SETS) + 0.6),
+                             sharex=True, sharey=True, squeeze=False)
+    fig.subplots_adjust(left=0.07, right=0.99, bottom=0.14, top=0.92, wspace=0.06, hspace=0.25)
+    for j, nm in enumerate(names):
+        d = per_policy[nm]
+        traj = d["runs"]["exact"][0]
+        steps = np.arange(1, traj.shape[1]) * every
+        for i, s in enumerate(PAIR_SETS):
+            ax = axes[i, j]
+            for k, m in enumerate(shown):
+                xv = d["metrics"][s][m]
+                rho = [spearman(xv, traj[:, t] - traj[:, 0]) for t in range(1, traj.shape[1])]
+                ax.plot(steps, rho, color=f"C{k}", lw=1.5, label=m)
+            ax.axhline(0, color="black", lw=0.6)
+            for b in budgets:
+                ax.axvline(b, color="grey", lw=0.6, ls=":")
+            ax.set_xscale("log")
+            ax.set_ylim(-1, 1)
+            ax.set_title(f"initial policy {nm!r}, metrics on the {s} set", fontsize=9)
+            if i == len(PAIR_SETS) - 1:
+                ax.set_xlabel("budget (SGD steps, exact gradient)")
+            if j == 0:
+                ax.set_ylabel("Spearman(metric, gain)")
+            ax.grid(alpha=0.3)
+    handles, labs = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labs, loc="lower center", ncol=len(shown), fontsize=8, frameon=False)
+    fig.suptitle("How well each metric predicts the true-reward gain, as a function of the training budget",
+                 fontsize=10)
+    paths.append(out / "correlation_vs_budget.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    # Scatter grid: one row per (initial policy, preference set), one column per metric;
+    # the outcome is the exact-gradient gain at the last budget.
+    colors = {f: f"C{i}" for i, f in enumerate(families)}
+    b = budgets[-1]
+    grid = [(nm, s) for nm in names for s in PAIR_SETS]
+    fig, axes = plt.subplots(len(grid), len(METRICS), figsize=(1.9 * len(METRICS), 1.9 * len(grid) + 0.9),
+                             sharey="row", squeeze=False)
+    fig.subplots_adjust(left=0.045, right=0.995, bottom=0.1, top=0.92, wspace=0.12, hspace=0.55)
+    for i, (nm, s) in enumerate(grid):
+        d = per_policy[nm]
+        y = d["outcomes"][("exact", b)]
+        fam = d["pop"].family
+        for j, m in enumerate(METRICS):
+            ax = axes[i, j]
+            xv = d["metrics"][s][m]
+            for f in families:
+                sel = fam == f
+                ax.plot(xv[sel], y[sel], ".", ms=2.5, alpha=0.6, color=colors[f])
+            r = lookup[(m, s, _label("exact", nm, b))]
+            ax.set_title(f"rho_s {r['spearman']:+.2f}  tau {r['kendall']:+.2f}", fontsize=7, pad=2)
+            ax.set_xlabel(f"{m} ({s})", fontsize=7, labelpad=1)
+            ax.xaxis.set_major_locator(MaxNLocator(3))
+            ax.yaxis.set_major_locator(MaxNLocator(4))
+            ax.tick_params(labelsize=6, pad=1)
+            if j == 0:
+                ax.set_ylabel(f"{nm}: gain@{b}", fontsize=7)
+    handles = [Line2D([], [], ls="", marker="o", color=colors[f], label=f) for f in families]
+    fig.legend(handles=handles, loc="lower center", ncol=len(families), fontsize=8, frameon=False)
+    fig.suptitle(f"Metric (x) vs true-reward gain of exact-gradient SGD after {b} steps (y), one point per proxy "
+                 f"reward model; rho_s: Spearman, tau: Kendall", fontsize=10)
+    paths.append(out / "scatter.png")
+    fig.savefig(paths[-1], dpi=100)
+    plt.close(fig)
+    return paths

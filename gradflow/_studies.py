@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import _config as C, _studies_design as SD, _studies_sampled as S
+from . import _config as C, _studies_design as SD, _studies_rm as RM, _studies_sampled as S
 from ._analysis import StallCriteria, time_to_reward
 from ._dynamics import GradientAscent, GradientFlow
 from ._problem import TabularSoftmax
@@ -244,6 +244,13 @@ STUDIES: dict[str, Study] = {
         "probability; flow, RLOO, GRPO; tabular and log-linear)",
         SD.PARTIAL_CREDIT_SCHEMA,
         SD.run_partial_credit,
+    ),
+    "rm-metrics": Study(
+        "rm-metrics",
+        "which reward-model metric (accuracy, harm-aware, weighted, one-vs-many, teacher scores) predicts "
+        "the true-reward gain of policy gradient, over 896 proxy rewards",
+        RM.RM_METRICS_SCHEMA,
+        RM.run_rm_metrics,
     ),
     "feature-similarity": Study(
         "feature-similarity",

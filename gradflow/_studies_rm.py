@@ -1,25 +1,35 @@
 """The `rm-metrics` study: which reward-model metric predicts what policy gradient does?
 
-A synthetic RLHF setting (see `docs/rm-metrics.md`):
+A synthetic RLHF setting (documented with its results in `docs/rm-metrics.md`):
 
 - `X` prompts with `K` candidate outputs each. In every prompt output 0 is the best
   (`r_G = best_reward`), outputs `1..m` are *mediocre* (good, not best:
   `r_G ~ U(mediocre_reward)`) and the others bad (`r_G ~ U(bad_reward)`).
 - A log-linear policy `pi(y|x) = softmax_y <theta, phi(x, y)>` with one parameter vector
-  `theta` shared by all prompts. Features are drawn once, per (prompt, output):
-  `phi(x, y) = sigma z(x, y) + a r_G(x, y) e_0 + b 1[y mediocre] e_1`, `z ~ N(0, I_d)`:
-  a noisy *quality* direction `e_0` and a *style* direction `e_1` that mediocre outputs
-  share. An initial policy is `theta_0 = c e_1`: `c` large piles the mass onto the
-  mediocre outputs (peaked), `c` small keeps it spread (flat).
+  `theta` shared by all prompts. The features are drawn once, per (prompt, output):
+  `phi(x, y) = sigma z(x, y) + a r_G(x, y) e_0 + b 1[y mediocre] e_1`, `z ~ N(0, I_d)`,
+  so the `d` feature dimensions mean the same thing in every prompt: a noisy *quality*
+  direction `e_0`, a *style* direction `e_1` that the mediocre outputs share, and noise
+  directions. An initial policy is `theta_0 = c e_1` (`policies.theta_style`): a large
+  `c` piles the mass onto the mediocre outputs (peaked), a small one keeps it spread (flat).
 - A population of proxy rewards in families whose errors differ in size (a per-proxy
-  scale) and structure (see `FAMILIES`).
-- For every initial policy and proxy: every metric of `gradflow.metrics` on an
-  *off-policy* preference set (outputs drawn uniformly) and on an *on-policy* one (drawn
-  from the initial policy); then exact-gradient SGD and RLOO on the proxy for a fixed
-  budget, recording the true-reward gain at each budget and the time to reach a
-  normalised target. Each method is one `jax.jit` of a `jax.vmap` over the population.
+  scale) and structure (`FAMILIES`); see `proxy_population`.
+- Two preference sets per initial policy, both `M` distinct responses per prompt and all
+  their pairs, ordered by `r_G`: *off-policy* (responses drawn uniformly) and
+  *on-policy* (drawn from the initial policy without replacement). On both, the
+  accuracy-type metrics of `gradflow.metrics` use the initial policy (pair weights
+  `pi(y_w) pi(y_l)`, the exact mean proxy reward `V_P(x)` of the harm-aware variants); the
+  teacher scores (reward variance, the instantaneous true-reward rate in its tabular form
+  from log-probabilities and in its exact log-linear form) are taken under the set's
+  sampling distribution: uniform (`theta = 0`) off-policy, the initial policy on-policy.
+- Exact-gradient SGD and RLOO on every proxy for `max(budgets)` steps, recording the
+  true-reward gain after each budget and the step at which the true reward first covers
+  the fraction `target` of the way from its initial to its best value. Each method is one
+  `jax.jit` of a `jax.vmap` over the population (plus the true reward as a reference run).
 - The Pearson, Spearman and Kendall (tau-b) correlation of each metric with the gain
-  across the population, with percentile-bootstrap confidence intervals.
+  across the population, with percentile-bootstrap confidence intervals. In
+  `correlations.csv` the column `method` reads `<algorithm>/<initial policy>/<budget>`
+  (e.g. `exact/peaked/150`): one row per metric x preference set x method.
 
 The correlation functions are NumPy (SciPy is not a runtime dependency); they take an
 optional matrix of bootstrap *counts* (how often each proxy is drawn into a resample),
@@ -101,7 +111,8 @@ RM_METRICS_SCHEMA = {
         "seed": C.Field("int", default=0),
     },
     "policies": {
-        "names": C.Field("strs", lambda x: C.nonempty(x) or (None if len(set(x)) == len(x) else "distinct names")),
+        "names": C.Field("strs", lambda x: C.nonempty(x) or (
+            None if len(set(x)) == len(x) and all(n and "/" not in n for n in x) else "distinct names without '/'")),
         "theta_style": C.Field("floats", C.nonempty),
     },
     "proxies": {
@@ -144,7 +155,7 @@ RM_METRICS_SCHEMA = {
 
 
 def _check_config(cfg: dict) -> None:
-    pc, pol, px, tr = cfg["problem"], cfg["policies"], cfg["proxies"], cfg["training"]
+    pc, pol, px = cfg["problem"], cfg["policies"], cfg["proxies"]
     if pc["mediocre"] > pc["outputs"] - 2:
         raise ValueError(
             f"config key `problem.mediocre`: expected at most outputs - 2 = {pc['outputs'] - 2} (one best and "
@@ -172,7 +183,6 @@ def _check_config(cfg: dict) -> None:
             f"config key `preferences.responses`: expected at most `problem.outputs` ({pc['outputs']}); "
             f"got {cfg['preferences']['responses']}."
         )
-    del tr
 
 
 # ----------------------------------------------------------------------- correlations
@@ -689,13 +699,15 @@ def _print_report(cfg, quick, setting, info, per_policy, rows, by_family, budget
           f"{per_family} proxies in each of {len(px['families'])} families ({', '.join(px['families'])}), "
           f"{len(names)} initial policies; SGD (exact gradient) and RLOO ({tc['rloo_samples']} samples per prompt) "
           f"at lr {tc['learning_rate']:g} for {budgets[-1]} steps; outcome = true-reward gain after "
-          f"{' and '.join(str(b) for b in budgets)} steps. Preference sets: {cfg['preferences']['responses']} "
+          f"{', '.join(str(b) for b in budgets[:-1])}{' and ' if len(budgets) > 1 else ''}{budgets[-1]} steps. Preference sets: {cfg['preferences']['responses']} "
           f"responses per prompt, all pairs (off-policy: uniform; on-policy: from the initial policy).")
     for nm in names:
         inf, d = info[nm], per_policy[nm]
         print(f"\nInitial policy {nm!r}: p(y*) = {inf['p_best']:.3f}, p(mediocre) = {inf['p_mediocre']:.3f}, "
               f"V_G(0) = {inf['v0']:.3f}; on-policy set: {inf['on_pairs']} pairs, {inf['on_ovm_prompts']} "
-              f"one-vs-many prompts.")
+              f"one-vs-many prompts."
+              + (f" {d['excluded']} proxies left out of the correlations (a failed run or a non-finite metric)."
+                 if d["excluded"] else ""))
         every = math.gcd(*budgets)
         shown = []
         for a in ALGORITHMS:

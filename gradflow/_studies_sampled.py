@@ -15,11 +15,11 @@ import optax
 from . import _config as C
 from ._analysis import StallCriteria, time_to_reward
 from ._dynamics import GradientAscent
-from ._estimators import GRPO, PPO, RLOO, Reinforce
+from ._estimators import Reinforce
 from ._problem import LogLinear, TabularSoftmax
 from ._seeds import SeedSummary, summarize_seeds
 from ._solve import SaveAt, Solution, solve
-from ._study_utils import fmt, stalling_probs, table, write_csv
+from ._study_utils import fmt, make_method, stalling_probs, table, write_csv
 
 _PROBLEM = {
     "true_reward": C.Field("floats", C.nonempty),
@@ -215,20 +215,6 @@ ESTIMATORS_SCHEMA = {
 }
 
 
-def make_estimator(name: str, ec: dict, steps: int):
-    """The method called `name` in an `[estimators]` config section."""
-    opt, k = optax.sgd(ec["learning_rate"]), ec["samples"]
-    if name == "reinforce":
-        return Reinforce(opt, steps, samples=k, baseline=ec["reinforce_baseline"])
-    if name == "rloo":
-        return RLOO(opt, steps, samples=k)
-    if name == "grpo":
-        return GRPO(opt, steps, samples=k, normalize_std=ec["grpo_normalize_std"])
-    if name == "ppo":
-        return PPO(opt, steps, samples=k, epochs=ec["ppo_epochs"], clip=ec["ppo_clip"])
-    raise ValueError(f"config key `estimators.names`: unknown estimator {name!r}; expected one of {ESTIMATOR_NAMES}.")
-
-
 def run_estimators(cfg: dict, out: Path, quick: bool) -> dict:
     import matplotlib.pyplot as plt
 
@@ -247,7 +233,11 @@ def run_estimators(cfg: dict, out: Path, quick: bool) -> dict:
     start = time.perf_counter()
     rows, summaries, exacts = [], {}, {}
     for name in ec["names"]:
-        run = _seed_solver(make_estimator(name, ec, steps), jnp.asarray(r_true), targets, every)
+        method = make_method(name, learning_rate=ec["learning_rate"], steps=steps, samples=ec["samples"],
+                             reinforce_baseline=ec["reinforce_baseline"],
+                             grpo_normalize_std=ec["grpo_normalize_std"], ppo_epochs=ec["ppo_epochs"],
+                             ppo_clip=ec["ppo_clip"])
+        run = _seed_solver(method, jnp.asarray(r_true), targets, every)
         for trained, r in (("true", r_true), ("proxy", r_proxy)):
             exacts[trained] = exacts.get(trained) or exact(logits, jnp.asarray(r))
             s = summarize_seeds(run(logits, jnp.asarray(r), keys), targets)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import optax
 
 from . import _config as C
 
@@ -56,3 +57,36 @@ def stalling_probs(p_best: float, p_mediocre: float, n_outputs: int) -> np.ndarr
             "below 1, leaving mass for the other outputs."
         )
     return np.array([p_best, p_mediocre] + [rest / (n_outputs - 2)] * (n_outputs - 2))
+
+
+METHOD_NAMES = ("sgd", "flow", "reinforce", "rloo", "grpo", "ppo")
+
+
+def make_method(
+    name: str,
+    *,
+    learning_rate: float = 0.1,
+    steps: int = 50000,
+    samples: int = 4,
+    reinforce_baseline: str = "none",
+    grpo_normalize_std: bool = True,
+    ppo_epochs: int = 4,
+    ppo_clip: float = 0.2,
+):
+    """The method a config calls `name` (`sgd` is exact-gradient SGD, `flow` the
+    adaptive gradient flow; the others are the sampled estimators, with SGD)."""
+    from ._dynamics import GradientAscent, GradientFlow
+    from ._estimators import GRPO, PPO, RLOO, Reinforce
+
+    opt = optax.sgd(learning_rate)
+    builders = {
+        "sgd": lambda: GradientAscent(opt, steps),
+        "flow": lambda: GradientFlow(),
+        "reinforce": lambda: Reinforce(opt, steps, samples=samples, baseline=reinforce_baseline),
+        "rloo": lambda: RLOO(opt, steps, samples=samples),
+        "grpo": lambda: GRPO(opt, steps, samples=samples, normalize_std=grpo_normalize_std),
+        "ppo": lambda: PPO(opt, steps, samples=samples, epochs=ppo_epochs, clip=ppo_clip),
+    }
+    if name not in builders:
+        raise ValueError(f"unknown method {name!r}; expected one of {list(builders)}.")
+    return builders[name]()

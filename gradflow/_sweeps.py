@@ -17,16 +17,13 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from . import _config as C, perturb, sweep
 from ._categorize import LABELS, _predict, classify, proxy_row
-from ._dynamics import GradientAscent, GradientFlow
-from ._estimators import GRPO, PPO, RLOO, Reinforce
 from ._problem import TabularSoftmax
 from ._solve import Status
+from ._study_utils import METHOD_NAMES, make_method
 
-METHODS = ("sgd", "flow", "reinforce", "rloo", "grpo", "ppo")
 FAMILIES = ("grid_2d", "shift_grid", "demote", "gaussian", "with_accuracy", "swaps")
 
 SWEEP_SCHEMA = {
@@ -36,7 +33,7 @@ SWEEP_SCHEMA = {
         "output_names": C.Field("strs", default=[]),
     },
     "method": {
-        "name": C.Field("str", C.one_of(*METHODS)),
+        "name": C.Field("str", C.one_of(*METHOD_NAMES)),
         "learning_rate": C.Field("float", C.positive, default=0.1),
         "steps": C.Field("int", C.positive, default=50000),
         "t1": C.Field("float", C.positive, default=5000.0),
@@ -100,16 +97,8 @@ def build(cfg: dict, quick: bool = False):
 
     steps = cfg["quick"]["steps"] if quick else mc["steps"]
     t1 = cfg["quick"]["t1"] if quick else mc["t1"]
-    opt = optax.sgd(mc["learning_rate"])
     name = mc["name"]
-    method = {
-        "sgd": lambda: GradientAscent(opt, steps),
-        "flow": lambda: GradientFlow(),
-        "reinforce": lambda: Reinforce(opt, steps, samples=mc["samples"]),
-        "rloo": lambda: RLOO(opt, steps, samples=mc["samples"]),
-        "grpo": lambda: GRPO(opt, steps, samples=mc["samples"]),
-        "ppo": lambda: PPO(opt, steps, samples=mc["samples"]),
-    }[name]()
+    method = make_method(name, learning_rate=mc["learning_rate"], steps=steps, samples=mc["samples"])
     key = jax.random.key(mc["seed"]) if name in ("reinforce", "rloo", "grpo", "ppo") else None
 
     fam, grid = pc["family"], None

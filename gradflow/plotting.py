@@ -27,6 +27,19 @@ def _positive(t: np.ndarray, *ys: np.ndarray):
     return (t[keep], *(y[keep] for y in ys))
 
 
+def _finish(ax, *, xlabel: str, ylabel: str, title: str | None, legend: bool, logx: bool) -> None:
+    """The common finish of every time plot: axis scale and labels, title, legend, grid."""
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    if legend:
+        ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+
+
 def plot_true_reward(
     solutions: Mapping[str, Solution],
     *,
@@ -71,15 +84,8 @@ def plot_true_reward(
                        label=f"stall of {label}")
     for level in targets:
         ax.axhline(level, color="grey", lw=0.8, ls=":", label=f"target {level:g}")
-    if logx:
-        ax.set_xscale("log")
-    ax.set_xlabel("time (flow time; SGD: learning rate x steps)")
-    ax.set_ylabel("expected true reward")
-    if title:
-        ax.set_title(title)
-    if legend:
-        ax.legend(fontsize="small")
-    ax.grid(alpha=0.3)
+    _finish(ax, xlabel="time (flow time; SGD: learning rate x steps)",
+            ylabel="expected true reward", title=title, legend=legend, logx=logx)
     return fig
 
 
@@ -119,15 +125,9 @@ def plot_probs(
             tt, p = _positive(t, np.asarray(sol.probs[:, prompt, k]))
             ax.plot(tt, p, ls=styles[j % len(styles)], color=colors[c % len(colors)],
                     label=f"p({name}), {label}")
-    if logx:
-        ax.set_xscale("log")
     ax.set_ylim(0, 1)
-    ax.set_xlabel("time (flow time; SGD: learning rate x steps)")
-    ax.set_ylabel("probability")
-    if title:
-        ax.set_title(title)
-    ax.legend(fontsize="small")
-    ax.grid(alpha=0.3)
+    _finish(ax, xlabel="time (flow time; SGD: learning rate x steps)",
+            ylabel="probability", title=title, legend=True, logx=logx)
     return fig
 
 
@@ -182,15 +182,8 @@ def plot_seed_band(
         ax.plot(t, v, color=colors[label], ls="--", lw=1.4, label=name)
     for level in targets:
         ax.axhline(level, color="grey", lw=0.8, ls=":", label=f"target {level:g}")
-    if logx:
-        ax.set_xscale("log")
-    ax.set_xlabel("step" if not scales else "time (flow time; SGD: learning rate x steps)")
-    ax.set_ylabel("expected true reward")
-    if title:
-        ax.set_title(title)
-    if legend:
-        ax.legend(fontsize="small")
-    ax.grid(alpha=0.3)
+    _finish(ax, xlabel="step" if not scales else "time (flow time; SGD: learning rate x steps)",
+            ylabel="expected true reward", title=title, legend=legend, logx=logx)
     return fig
 
 
@@ -239,16 +232,9 @@ def plot_time_to_reward_cdf(
         x = (exact_times or {}).get(label)
         if x is not None and np.isfinite(x):
             ax.axvline(x, color=colors[label], ls="--", lw=1.0, label=f"{label}: exact gradient")
-    if logx:
-        ax.set_xscale("log")
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel("step")
-    ax.set_ylabel(f"fraction of seeds with true reward >= {target:g}")
-    if title:
-        ax.set_title(title)
-    if legend:
-        ax.legend(fontsize="small")
-    ax.grid(alpha=0.3)
+    _finish(ax, xlabel="step",
+            ylabel=f"fraction of seeds with true reward >= {target:g}", title=title, legend=legend, logx=logx)
     return fig
 
 

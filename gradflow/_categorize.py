@@ -164,9 +164,9 @@ def categorize(
     - `reward_tolerance`: absolute tolerance on the true reward at the horizon, used when
       neither run reaches the target.
 
-    **Returns:** a [`gradflow.Categorization`][].
-
     - `chunk_size`: proxies per compiled call (see [`gradflow.sweep.run`][]).
+
+    **Returns:** a [`gradflow.Categorization`][].
 
     The proxies run through [`gradflow.sweep.run`][] in memory; to write a large sweep to
     disk and resume it, use `gradflow.sweep.run` with [`gradflow.proxy_row`][] directly

@@ -36,10 +36,10 @@ def proxies(n: int, seed: int = 0) -> np.ndarray:
     return R_TRUE + 0.5 * np.random.default_rng(seed).standard_normal((n, R_TRUE.size))
 
 
-def numpy_sgd(r_proxy: np.ndarray, steps: int, lr: float = 0.1) -> float:
+def numpy_sgd(r_proxy: np.ndarray, steps: int, lr: float = 0.1, p0: np.ndarray = P0) -> float:
     """The same algorithm as gf.GradientAscent(optax.sgd(lr), steps) with time-to-reward,
     as a plain per-run NumPy loop."""
-    theta = np.log(P0)
+    theta = np.log(p0)
     hit = np.inf
     for n in range(steps + 1):
         z = np.exp(theta - theta.max())
@@ -85,7 +85,8 @@ def bench_sgd(n_runs: int, steps: int, n_numpy: int) -> None:
 
 
 def scipy_time(r_proxy: np.ndarray, t1: float, rtol: float, method: str = "LSODA",
-               atol: float = 1e-12) -> float:
+               atol: float = 1e-12, p0: np.ndarray = P0) -> float:
+    """Time to TARGET along the flow on `r_proxy` from `p0`: solve_ivp with a terminal event."""
     def f(t, theta):
         z = np.exp(theta - theta.max())
         p = z / z.sum()
@@ -96,7 +97,7 @@ def scipy_time(r_proxy: np.ndarray, t1: float, rtol: float, method: str = "LSODA
         return (z / z.sum()) @ R_TRUE - TARGET
 
     event.terminal, event.direction = True, 1
-    sol = solve_ivp(f, (0.0, t1), np.log(P0), method=method, rtol=rtol, atol=atol, events=event)
+    sol = solve_ivp(f, (0.0, t1), np.log(p0), method=method, rtol=rtol, atol=atol, events=event)
     return float(sol.t_events[0][0]) if sol.t_events[0].size else np.inf
 
 

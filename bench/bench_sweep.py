@@ -42,7 +42,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy.integrate import solve_ivp
+
+# The per-run NumPy/scipy references are bench_core's (this folder is on sys.path when a
+# script here runs), from this benchmark's initial policy P0.
+from bench_core import numpy_sgd, scipy_time
 
 P0 = np.array([0.10, 0.5, 0.4 / 3, 0.4 / 3, 0.4 / 3])
 R_TRUE = np.array([1.0, 0.8, -1.0, -1.0, -1.0])
@@ -62,40 +65,6 @@ def maxrss_mib() -> float:
     """Peak resident set size of this process so far, MiB (ru_maxrss is KiB on Linux)."""
     scale = 1 / 2**20 if sys.platform == "darwin" else 1 / 2**10
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-
-
-# --- the NumPy side ---------------------------------------------------------------------
-
-
-def numpy_sgd(r_proxy: np.ndarray, steps: int, lr: float = LR) -> float:
-    """The same algorithm as gf.GradientAscent(optax.sgd(lr), steps) with time-to-reward,
-    as a plain per-run NumPy loop: the first step whose policy reaches TARGET, or inf."""
-    theta = np.log(P0)
-    hit = np.inf
-    for n in range(steps + 1):
-        z = np.exp(theta - theta.max())
-        p = z / z.sum()
-        if hit == np.inf and p @ R_TRUE >= TARGET:
-            hit = n
-        theta = theta + lr * p * (r_proxy - p @ r_proxy)
-    return hit
-
-
-def scipy_time(r_proxy: np.ndarray, t1: float, rtol: float, atol: float) -> float:
-    """Time to TARGET along the flow on `r_proxy`: solve_ivp (LSODA) with a terminal event."""
-
-    def f(t, theta):
-        z = np.exp(theta - theta.max())
-        p = z / z.sum()
-        return p * (r_proxy - p @ r_proxy)
-
-    def event(t, theta):
-        z = np.exp(theta - theta.max())
-        return (z / z.sum()) @ R_TRUE - TARGET
-
-    event.terminal, event.direction = True, 1
-    sol = solve_ivp(f, (0.0, t1), np.log(P0), method="LSODA", rtol=rtol, atol=atol, events=event)
-    return float(sol.t_events[0][0]) if sol.t_events[0].size else np.inf
 
 
 # --- the gradflow side, one sweep per fresh process -------------------------------------
@@ -192,7 +161,7 @@ def bench_sgd(tmp: Path, n: int, steps: int, n_numpy: int, chunk_size: int) -> N
     res = sweep("sgd", n, tmp / "sgd", chunk_size, steps=steps)
     rewards = proxies(n_numpy).astype(float)
     t0 = time.perf_counter()
-    ref = np.array([numpy_sgd(r, steps) for r in rewards])
+    ref = np.array([numpy_sgd(r, steps, LR, P0) for r in rewards])
     t_np = (time.perf_counter() - t0) / n_numpy
     hits = first_rows(tmp / "sgd", n_numpy)
     print(f"[1a] SGD lr {LR}, {steps} steps, float32, time to true reward {TARGET}:")
@@ -213,7 +182,7 @@ def bench_flow(tmp: Path, n: int, t1: float, n_scipy: int, chunk_size: int) -> d
     res = sweep("flow", n, tmp / "flow", chunk_size, t1=t1)
     rewards = proxies(n_scipy).astype(float)
     t0 = time.perf_counter()
-    ref = np.array([scipy_time(r, t1, rtol, atol) for r in rewards])
+    ref = np.array([scipy_time(r, t1, rtol, atol=atol, p0=P0) for r in rewards])
     t_sp = (time.perf_counter() - t0) / n_scipy
     hits = first_rows(tmp / "flow", n_scipy)
     print(f"[1b] Adaptive flow (gf.GradientFlow(): Tsit5, rtol {rtol:g}, atol {atol:g}, float32) "

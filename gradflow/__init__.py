@@ -2,6 +2,7 @@
 
 from . import (
     design as design,
+    policies as policies,
     metrics as metrics,
     perturb as perturb,
     rm_eval as rm_eval,
@@ -27,7 +28,6 @@ from ._dynamics import (
     AbstractMethod as AbstractMethod,
     GradientAscent as GradientAscent,
     GradientFlow as GradientFlow,
-    Regularization as Regularization,
 )
 from ._estimators import (
     GRPO as GRPO,
@@ -36,11 +36,20 @@ from ._estimators import (
     AbstractSampledMethod as AbstractSampledMethod,
     Reinforce as Reinforce,
 )
-from ._problem import (
+from ._objective import Regularization as Regularization
+from .policies import (
     AbstractPolicy as AbstractPolicy,
+    AbstractScorePolicy as AbstractScorePolicy,
+    AbstractTokenHead as AbstractTokenHead,
+    Autoregressive as Autoregressive,
     InexactFitWarning as InexactFitWarning,
+    Linearization as Linearization,
     LogLinear as LogLinear,
+    NeuralPolicy as NeuralPolicy,
     TabularSoftmax as TabularSoftmax,
+    TokenFeatures as TokenFeatures,
+    TokenTable as TokenTable,
+    sequence_reward as sequence_reward,
 )
 from ._seeds import SeedSummary as SeedSummary, summarize_seeds as summarize_seeds
 from ._solve import SaveAt as SaveAt, Solution as Solution, Status as Status, solve as solve

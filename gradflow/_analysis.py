@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from ._problem import AbstractPolicy, as_reward, expected
+from ._objective import as_reward, expected
+from .policies import AbstractPolicy
 
 
 class Stall(eqx.Module):

@@ -19,9 +19,9 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from . import _validate as v, sweep
-from ._dynamics import AbstractMethod, Regularization, gradient
-from ._estimators import AbstractSampledMethod
-from ._problem import AbstractPolicy, as_reward, expected
+from ._dynamics import AbstractMethod
+from ._objective import Problem, Regularization, as_reward, gradient, true_reward_rate
+from .policies import AbstractPolicy
 from ._solve import SaveAt, Status, solve
 
 LABELS = ("harmful", "benign", "beneficial")
@@ -120,15 +120,9 @@ def initial_rate(
 ) -> tuple[Float[Array, ""], Float[Array, "prompts outputs"]]:
     """`dV_G/dt` and `d pi/dt` at `t = 0` along the exact gradient of the (regularised)
     objective on `reward`."""
-    params = policy.params
-    g, _ = gradient(params, policy, reward, true_reward, reg.reference(policy), reg)
-
-    def value(th):
-        probs = policy.with_params(th).probs()
-        return expected(probs, true_reward, policy.weights), probs
-
-    _, (rate, dprobs) = jax.jvp(value, (params,), (g,))
-    return rate, dprobs
+    problem = Problem.make(policy, reward, true_reward, reg)
+    g, _ = gradient(policy.params, problem)
+    return true_reward_rate(policy.params, g, problem)
 
 
 def categorize(
@@ -256,9 +250,9 @@ def proxy_row(
     each row its own noise, build the row function inside a function of the key.
     """
     r_true = as_reward("true_reward", true_reward, policy)
-    if key is not None and not isinstance(method, AbstractSampledMethod):
+    if key is not None and not method.needs_key:
         raise ValueError("`key` is only used by the sample-based methods.")
-    reg = getattr(method, "regularization", Regularization())
+    reg = method.regularization
     targets = tuple(float(t) for t in targets)
     kw = dict(true_reward=r_true, method=method, t1=t1, targets=targets, normalized_targets=normalized,
               saveat=_summary_saveat(method))
@@ -315,7 +309,7 @@ def sensitivity(
 
     **Returns:** an array shaped like `reward` (as `(prompts, outputs)`).
     """
-    if isinstance(method, AbstractSampledMethod):
+    if method.needs_key:
         raise ValueError("`method`: sensitivity needs an exact method (GradientFlow or GradientAscent).")
     r = as_reward("reward", reward, policy)
     g = r if true_reward is None else as_reward("true_reward", true_reward, policy)
@@ -338,5 +332,5 @@ def sensitivity(
     # dV_G/dt at t*: the rate of the true reward along the proxy's flow at the end of [0, t*].
     dv_dr = jax.grad(final)(r, t_star)
     end = solve(policy, reward=r, true_reward=g, method=method, t1=t_star, saveat=_summary_saveat(method))
-    rate, _ = initial_rate(policy.with_params(end.params), r, g, getattr(method, "regularization", Regularization()))
+    rate, _ = initial_rate(policy.with_params(end.params), r, g, method.regularization)
     return -dv_dr / rate

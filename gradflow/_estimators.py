@@ -1,138 +1,88 @@
 """Sample-based policy-gradient methods: REINFORCE, RLOO, GRPO and PPO-clip.
 
-Each step draws `k` outputs per prompt from the current policy, `y_1..y_k ~ pi(.|x)`,
-scores them with the training reward and ascends the score-function estimate
+Each step draws `k` outputs per prompt from the current policy, `y_1..y_k ~ pi(.|x)`
+(`policy.sample`), scores them with the training reward and ascends the score-function
+estimate
 
     g_hat = sum_x w_x (1/k) sum_i A_i grad log pi(y_i | x)
 
-with an optax optimiser. In score space (`s = <theta, phi>/tau`, before the pull-back to
-the parameters) `grad_s log pi(y|x) = (e_y - pi(.|x)) / tau`, so the estimate is a
-weighted count of the sampled outputs minus `pi` times the total weight; it is pulled back
-with `jax.vjp` of the scores, exactly as the exact gradient is. The methods differ in the
-advantages `A_i` (see the docs' *Estimators* page for what each one's mean is).
+with an optax optimiser: the cotangent `w_x A_i / k` on the drawn outputs'
+log-probabilities (`policy.log_prob`) pulled back with `jax.vjp`, whatever the
+parameterisation. The methods differ in the advantages `A_i` (see the docs' *Estimators*
+page for what each one's mean is).
 
-Regularisation (the same `gradflow.Regularization` as the exact methods):
+Regularisation (the same `gradflow.Regularization` as the exact methods, term by term as
+in `gradflow._objective`):
 
 - reverse KL and entropy enter through the sampled reward, `r'(y) = r(y) - beta (log pi(y)
   - log pi_ref(y)) - alpha log pi(y)` (the "k1" estimator, as in RLHF's KL-shaped reward);
   since `E_pi[grad log pi] = 0` the score-function estimate with `r'` is unbiased for the
   gradient of the regularised objective;
 - forward KL, `KL(pi_ref || pi)`, is an expectation under the reference, not the policy: its
-  gradient `-beta (pi - pi_ref) / tau` (score space) is known in closed form in the bandit
-  setting and added exactly;
+  gradient is known in closed form in the bandit setting and added exactly;
 - `normalize` divides each prompt's reward by the policy's reward std on that prompt (exact).
+
+The exact baselines (`"mean"`, PPO's value), the normalisation and the tracked true reward
+use the policy's enumerated probabilities; drawing never does for policies that sample
+token by token.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Literal
+from typing import ClassVar, Literal
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
-from jaxtyping import Array, Bool, Float, PRNGKeyArray, PyTree
+from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from . import _validate as v
-from ._dynamics import AbstractDiscreteMethod, Problem, Regularization, check_optimizer
-from ._problem import UNROLL_MAX_OUTPUTS, AbstractPolicy, softmax_outputs, sum_outputs
-
-
-def sample_onehot(
-    key: PRNGKeyArray, probs: Float[Array, "prompts outputs"], k: int
-) -> Float[Array, "prompts k outputs"]:
-    """`k` independent draws per prompt from `probs`, as one-hot rows.
-
-    Inverse-CDF sampling: one uniform `u` per draw selects the output `y` with
-    `cdf(y-1) <= u < cdf(y)` (the last edge is taken as `+inf`, so rounding in the
-    cumulative sum never leaves a draw without an output). Written with flat comparisons
-    so that it stays fast under `vmap`.
-    """
-    n_out = probs.shape[-1]
-    if n_out > UNROLL_MAX_OUTPUTS:
-        cdf = jnp.cumsum(probs, axis=-1)
-    else:
-        parts = [probs[..., :1]]
-        for j in range(1, n_out):
-            parts.append(parts[-1] + probs[..., j : j + 1])
-        cdf = jnp.concatenate(parts, axis=-1)
-    upper = jnp.concatenate([cdf[..., :-1], jnp.full_like(cdf[..., :1], jnp.inf)], axis=-1)
-    lower = jnp.concatenate([jnp.zeros_like(cdf[..., :1]), cdf[..., :-1]], axis=-1)
-    u = jax.random.uniform(key, (probs.shape[0], k, 1), dtype=probs.dtype)
-    return ((u >= lower[:, None, :]) & (u < upper[:, None, :])).astype(probs.dtype)
-
-
-def sum_draws(x: Float[Array, "prompts k ..."]) -> Float[Array, "prompts 1 ..."]:
-    """`x.sum(axis=1, keepdims=True)` over the draws, unrolled for small groups: XLA's CPU
-    reductions over a short middle axis are several times slower under `vmap` than a
-    chain of adds (as for `sum_outputs`)."""
-    if x.shape[1] > UNROLL_MAX_OUTPUTS:
-        return jnp.sum(x, axis=1, keepdims=True)
-    acc = x[:, :1]
-    for i in range(1, x.shape[1]):
-        acc = acc + x[:, i : i + 1]
-    return acc
+from ._dynamics import AbstractDiscreteMethod, check_optimizer
+from ._objective import Problem, Regularization, exact_cotangent
+from ._ops import sum_draws, sum_outputs, take_outputs
 
 
 class Batch(eqx.Module):
-    """One step's samples and what the estimators need about them (per prompt)."""
+    """One step's draws and what the estimators need about them (per prompt)."""
 
-    onehot: Float[Array, "prompts k outputs"]
-    rewards: Float[Array, "prompts k 1"]  # the (shaped) training reward of each draw
+    samples: Int[Array, "prompts k"]  # the drawn outputs
+    rewards: Float[Array, "prompts k"]  # the (shaped) training reward of each draw
     mean: Float[Array, "prompts 1"]  # the policy's exact mean of the shaped reward
-    logp: Float[Array, "prompts k 1"]  # log pi(y_i) of each draw under the sampling policy
+    logp: Float[Array, "prompts k"]  # log pi(y_i) of each draw under the sampling policy
 
 
-def shaped_reward(
-    p: Float[Array, "prompts outputs"],
-    logp: Float[Array, "prompts outputs"],
-    problem: Problem,
-    reg: Regularization,
-) -> Float[Array, "prompts outputs"]:
-    """The per-output reward the sampled estimators see: normalised, with the sampled
-    reverse-KL and entropy terms (see the module docstring)."""
-    r = problem.reward
-    if reg.normalize:
-        centred = r - sum_outputs(p * r)
-        r = r / (jnp.sqrt(sum_outputs(p * centred * centred)) + reg.normalize_eps)
-    r = jax.lax.stop_gradient(r)
-    if not (isinstance(reg.entropy, float) and reg.entropy == 0.0):
-        r = r - reg.entropy * logp
-    if not (isinstance(reg.kl, float) and reg.kl == 0.0) and reg.kl_direction == "reverse":
-        r = r - reg.kl * (logp - problem.log_ref)
+def shaped_reward(p, logp, problem: Problem) -> Float[Array, "prompts outputs"]:
+    """The per-output reward the sampled estimators see: normalised, with the shaping of
+    the regulariser terms that have one (see the module docstring)."""
+    reg = problem.regularization
+    r = jax.lax.stop_gradient(reg.training_reward(p, problem.reward))
+    for term in reg.terms():
+        if term.shaped:
+            r = r - term.coef * term.shaping(logp, problem.log_ref)
     return r
 
 
-def score_estimate(
-    batch: Batch,
-    coef: Float[Array, "prompts k 1"],
-    p: Float[Array, "prompts outputs"],
-    problem: Problem,
-    reg: Regularization,
-) -> Float[Array, "prompts outputs"]:
-    """`sum_x w_x (1/k) sum_i coef_i (e_{y_i} - pi) / tau` in score space, plus the exact
-    forward-KL term when that regulariser is on."""
-    k = batch.onehot.shape[1]
-    counts = sum_draws(coef * batch.onehot)[:, 0]
-    total = sum_draws(coef)[:, 0]
-    g = (counts - p * total) / k
-    if not (isinstance(reg.kl, float) and reg.kl == 0.0) and reg.kl_direction == "forward":
-        g = g - reg.kl * (p - jnp.exp(problem.log_ref))
-    policy = problem.policy
-    return policy.weights[:, None] * g / policy.temperature
+def score_gradient(params, problem: Problem, batch: Batch, coef: Float[Array, "prompts k"]) -> PyTree[Array]:
+    """`sum_x w_x (1/k) sum_i coef_i grad log pi(y_i | x)` by `jax.vjp` of the policy's
+    `log_prob` at the draws, plus the exact gradient of the regulariser terms without a
+    shaping (forward KL)."""
+    k = batch.samples.shape[1]
+    w = problem.policy.weights[:, None]
+    _, pullback = jax.vjp(lambda th: problem.at(th).log_prob(batch.samples), params)
+    (grad,) = pullback((w * coef / k).astype(batch.logp.dtype))
+    return with_unshaped(grad, params, problem)
 
 
-def _scores(params, policy: AbstractPolicy):
-    """Scores, their pull-back, and `(pi, log pi)` at `params`."""
-    scores, pullback = jax.vjp(lambda th: policy.with_params(th).scores(), params)
-    p, logp = softmax_outputs(scores / policy.temperature)
-    return scores, pullback, p, logp
-
-
-def _pull(pullback, g, scores):
-    (grad,) = pullback(g.astype(scores.dtype))
-    return grad
+def with_unshaped(grad: PyTree[Array], params, problem: Problem) -> PyTree[Array]:
+    """`grad` plus the exact gradient of the regulariser terms that are not sampled by
+    shaping (forward KL), when there are any."""
+    if all(term.shaped for term in problem.regularization.terms()):
+        return grad
+    lin = problem.at(params).linearize()
+    exact = lin.pullback(exact_cotangent(lin.probs, lin.log_probs, problem, only_unshaped=True))
+    return jax.tree.map(jnp.add, grad, exact)
 
 
 class AbstractSampledMethod(AbstractDiscreteMethod):
@@ -144,37 +94,37 @@ class AbstractSampledMethod(AbstractDiscreteMethod):
     """
 
     samples: eqx.AbstractVar[int]
+    needs_key: ClassVar[bool] = True
 
     def init(self, params, problem):
         return self.optimizer.init(params), None
 
     @abc.abstractmethod
-    def advantages(self, batch: Batch, baseline: PyTree) -> tuple[Float[Array, "prompts k 1"], PyTree]:
+    def advantages(self, batch: Batch, baseline: PyTree) -> tuple[Float[Array, "prompts k"], PyTree]:
         """`(A_i, new baseline state)` for the draws of `batch`."""
 
-    def draw(self, params, key, problem: Problem):
-        """Sample a batch at `params`; also returns the scores, their pull-back, `pi`, and
-        the exact true reward at `params`."""
-        policy = problem.policy
-        scores, pullback, p, logp = _scores(params, policy)
-        r = shaped_reward(p, logp, problem, self.regularization)
-        onehot = sample_onehot(key, jax.lax.stop_gradient(p), self.samples)
+    def draw(self, params, key, problem: Problem) -> tuple[Batch, Float[Array, ""]]:
+        """Sample a batch at `params`; also returns the exact true reward at `params`."""
+        policy = problem.at(params)
+        logp = policy.log_probs()
+        p = policy.probs()
+        r = shaped_reward(p, logp, problem)
+        samples = policy.sample(key, self.samples)
         batch = Batch(
-            onehot=onehot,
-            rewards=sum_outputs(onehot * r[:, None, :]),
+            samples=samples,
+            rewards=take_outputs(r, samples),
             mean=sum_outputs(p * r),
-            logp=sum_outputs(onehot * logp[:, None, :]),
+            logp=take_outputs(logp, samples),
         )
         value = jnp.sum(policy.weights[:, None] * sum_outputs(p * problem.true_reward))
-        return batch, (scores, pullback, p), value
+        return jax.lax.stop_gradient(batch), value
 
     def estimate(self, params, state, key, problem: Problem):
         """One gradient estimate at `params` (in parameter space), the new baseline state
         and the exact true reward at `params`."""
-        batch, (scores, pullback, p), value = self.draw(params, key, problem)
+        batch, value = self.draw(params, key, problem)
         coef, baseline = self.advantages(batch, state[1])
-        g = score_estimate(batch, coef, p, problem, self.regularization)
-        return _pull(pullback, g, scores), baseline, value
+        return score_gradient(params, problem, batch, coef), baseline, value
 
     def update(self, params, state, key, problem):
         grad, baseline, value = self.estimate(params, state, key, problem)
@@ -192,7 +142,7 @@ def _check_sampled(method, min_samples: int) -> None:
         )
 
 
-def _group_mean(x: Float[Array, "prompts k 1"]) -> Float[Array, "prompts 1 1"]:
+def _group_mean(x: Float[Array, "prompts k"]) -> Float[Array, "prompts 1"]:
     return sum_draws(x) / x.shape[1]
 
 
@@ -231,14 +181,14 @@ class Reinforce(AbstractSampledMethod):
     def init(self, params, problem):
         running = None
         if self.baseline == "running":
-            running = jnp.zeros((problem.reward.shape[0], 1, 1), problem.reward.dtype)
+            running = jnp.zeros((problem.reward.shape[0], 1), problem.reward.dtype)
         return self.optimizer.init(params), running
 
     def advantages(self, batch, baseline):
         if self.baseline == "none":
             return batch.rewards, baseline
         if self.baseline == "mean":
-            return batch.rewards - batch.mean[:, None, :], baseline
+            return batch.rewards - batch.mean, baseline
         new = self.baseline_decay * baseline + (1 - self.baseline_decay) * _group_mean(batch.rewards)
         return batch.rewards - baseline, new
 
@@ -347,30 +297,31 @@ class PPO(AbstractSampledMethod):
             raise ValueError(f"`clip` (the clip range) must be positive; got {self.clip}.")
 
     def advantages(self, batch, baseline):
-        return batch.rewards - batch.mean[:, None, :], baseline
+        return batch.rewards - batch.mean, baseline
 
     def surrogate_coef(
-        self, batch: Batch, adv: Float[Array, "prompts k 1"], logp_new: Float[Array, "prompts k 1"]
-    ) -> Float[Array, "prompts k 1"]:
+        self, batch: Batch, adv: Float[Array, "prompts k"], logp_new: Float[Array, "prompts k"]
+    ) -> Float[Array, "prompts k"]:
         """The weight of `grad log pi_theta(y_i)` in the surrogate's gradient:
         `rho_i A_i` where the unclipped branch is active, 0 where the clip holds it."""
         ratio = jnp.exp(logp_new - batch.logp)
-        active: Bool[Array, "prompts k 1"] = jnp.where(
+        active: Bool[Array, "prompts k"] = jnp.where(
             adv >= 0, ratio <= 1 + self.clip, ratio >= 1 - self.clip
         )
         return jnp.where(active, ratio * adv, 0.0)
 
     def update(self, params, state, key, problem):
-        batch, _, value = self.draw(params, key, problem)
-        batch = jax.lax.stop_gradient(batch)
+        batch, value = self.draw(params, key, problem)
         adv, _ = self.advantages(batch, None)
+        w = problem.policy.weights[:, None]
+        k = batch.samples.shape[1]
 
         def epoch(_, carry):
             params, opt_state = carry
-            scores, pullback, p, logp = _scores(params, problem.policy)
-            coef = self.surrogate_coef(batch, adv, sum_outputs(batch.onehot * logp[:, None, :]))
-            g = score_estimate(batch, coef, p, problem, self.regularization)
-            return self._apply(_pull(pullback, g, scores), params, opt_state)
+            logp_new, pullback = jax.vjp(lambda th: problem.at(th).log_prob(batch.samples), params)
+            coef = self.surrogate_coef(batch, adv, logp_new)
+            (grad,) = pullback((w * coef / k).astype(logp_new.dtype))
+            return self._apply(with_unshaped(grad, params, problem), params, opt_state)
 
         params, opt_state = jax.lax.fori_loop(0, self.epochs, epoch, (params, state[0]))
         return params, (opt_state, None), value

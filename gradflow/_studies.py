@@ -19,7 +19,7 @@ import optax
 from . import _config as C, _studies_design as SD, _studies_rm as RM, _studies_sampled as S
 from ._analysis import StallCriteria, time_to_reward
 from ._dynamics import GradientAscent, GradientFlow
-from ._problem import TabularSoftmax
+from .policies import TabularSoftmax
 from ._solve import SaveAt, Solution, Status, solve
 from ._study_utils import Study, fmt, stalling_probs, table, write_csv
 from ._sweeps import SWEEP_SCHEMA, plot_dir, run_sweep

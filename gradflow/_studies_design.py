@@ -26,7 +26,7 @@ import optax
 from . import _config as C
 from ._dynamics import GradientFlow
 from ._estimators import GRPO, RLOO
-from ._problem import LogLinear
+from .policies import LogLinear
 from ._solve import SaveAt, Status, solve
 from ._study_utils import table, write_csv
 from .design import (

@@ -52,7 +52,7 @@ from . import _config as C, metrics as gm, perturb
 from ._analysis import true_reward_rate
 from ._dynamics import GradientAscent
 from ._estimators import RLOO
-from ._problem import LogLinear
+from .policies import LogLinear
 from ._solve import SaveAt, Status, solve
 from ._study_utils import table, write_csv
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import _config as C, perturb, sweep
 from ._categorize import LABELS, _predict, classify, proxy_row
-from ._problem import TabularSoftmax
+from .policies import TabularSoftmax
 from ._solve import Status
 from ._study_utils import METHOD_NAMES, make_method
 

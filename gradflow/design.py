@@ -54,8 +54,7 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from . import _validate as v
 from ._dynamics import AbstractMethod, GradientFlow
-from ._estimators import AbstractSampledMethod
-from ._problem import AbstractPolicy, LogLinear, TabularSoftmax
+from .policies import AbstractPolicy, LogLinear, TabularSoftmax
 from ._seeds import summarize_seeds
 from ._solve import SaveAt, Solution, Status, solve
 
@@ -569,8 +568,8 @@ def recommend(
     policy = problem.policy(p_success, p_partial, parameterisation=parameterisation, mix=mix)
     rewards = {"binary": problem.reward("binary"), "partial": problem.reward(partial, weights=weights, values=values)}
     true = problem.true_reward()
-    sampled = isinstance(method, AbstractSampledMethod)
-    flow = isinstance(method, GradientFlow)
+    sampled = method.needs_key
+    flow = method.continuous
     if flow:
         horizon = 100.0 * problem.counts[-1] / ps if t1 is None else float(v.positive_scalar("t1", t1))
         ts = jnp.minimum(jnp.geomspace(horizon * 1e-6, horizon, 400), horizon)  # float32 rounding of the end

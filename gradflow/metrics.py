@@ -34,7 +34,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from . import _validate as v
-from ._problem import _weights
+from .policies._base import prompt_weights as _weights
 
 __all__ = [
     "pair_weights",

@@ -74,7 +74,7 @@ def take_outputs(table: Float[Array, "... outputs"], index: Int[Array, "... k"])
     if n > UNROLL_MAX_OUTPUTS:
         return jnp.take_along_axis(table, index, axis=-1)
     t = table[..., None, :]
-    onehot = index[..., None] == jnp.arange(n)
+    onehot = index[..., None] == jnp.arange(n).reshape((1,) * index.ndim + (n,))
     return sum_outputs(jnp.where(onehot, t, jnp.zeros((), table.dtype)))[..., 0]
 
 
@@ -85,7 +85,5 @@ def inverse_cdf(
     cdf(y)`. The last edge counts as `+inf`, so rounding in the cumulative sum never
     leaves a draw without an output."""
     edges = cumsum_outputs(probs)[..., None, :-1]  # (..., 1, outputs - 1)
-    below = (u[..., None] >= edges).astype(jnp.int32)
-    if below.shape[-1] == 0:
-        return jnp.zeros(u.shape, jnp.int32)
-    return sum_outputs(below)[..., 0]
+    below = (u[..., None] >= edges).astype(probs.dtype)  # counted exactly in floats
+    return sum_outputs(below)[..., 0].astype(jnp.int32)

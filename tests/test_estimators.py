@@ -30,8 +30,8 @@ import pytest
 from helpers import sgd, tol
 
 import gradflow as gf
-from gradflow._dynamics import Problem, gradient
-from gradflow._estimators import Batch, _scores, sample_onehot, score_estimate
+from gradflow._estimators import Batch, score_gradient
+from gradflow._objective import Problem, gradient
 from gradflow._solve import _as_key
 
 Z = 5.0  # standard errors allowed between a Monte Carlo mean and its expectation
@@ -68,9 +68,10 @@ def _estimates(method, params, state, key, problem, n):
 
 @eqx.filter_jit
 def _exact(params, problem, reg):
-    """The exact gradient (`gradflow._dynamics.gradient`) at `params`."""
+    """The exact gradient (`gradflow._objective.gradient`) at `params`, under the
+    regularisation `reg` (with the problem's `log pi_ref`)."""
     p = problem
-    return gradient(params, p.policy, p.reward, p.true_reward, p.log_ref, reg)[0]
+    return gradient(params, Problem(p.policy, p.reward, p.true_reward, p.log_ref, reg))[0]
 
 
 # ---------------------------------------------------------------------------------------
@@ -151,7 +152,7 @@ def _unbiased_case(method, params, state, key, problem):
     plain = _exact(params, problem, gf.Regularization())
     one_key = jax.random.fold_in(key, _N_UNBIASED)
     _, new_state, _ = method.estimate(params, state, one_key, problem)
-    batch, _, _ = method.draw(params, one_key, problem)
+    batch, _ = method.draw(params, one_key, problem)
     return samples, exact, plain, new_state, batch.rewards
 
 
@@ -163,12 +164,12 @@ def _unbiased_results():
     for name, problem_name, reg_name in _UNBIASED_CASES:
         policy, reward, params = _PROBLEMS[problem_name]
         method = _method(name, reg_name)
-        problem = Problem(policy, reward, reward, method.regularization.reference(policy))
+        problem = Problem.make(policy, reward, reward, method.regularization)
         state = method.init(params, problem)
         if name == "reinforce_running":
-            assert state[1].shape == (reward.shape[0], 1, 1)
+            assert state[1].shape == (reward.shape[0], 1)
             np.testing.assert_array_equal(state[1], 0.0)  # the moving average starts at 0
-            state = (state[0], jnp.asarray(_RUNNING_B[problem_name], jnp.float32)[:, None, None])
+            state = (state[0], jnp.asarray(_RUNNING_B[problem_name], jnp.float32)[:, None])
         args.append((method, params, state, jax.random.key(len(args)), problem))
     outs = eqx.filter_jit(lambda args: [_unbiased_case(*a) for a in args])(args)
     return {case: (a[2], out) for case, a, out in zip(_UNBIASED_CASES, args, outs, strict=True)}
@@ -215,7 +216,7 @@ def test_grpo_two_outputs_closed_form():
     ra, rb = 1.0, -1.0  # d = 2: GRPO's mean is ~ 1/(2 sqrt2) = 0.35 of the exact gradient
     policy = gf.TabularSoftmax.from_probs(jnp.asarray([pa, 1 - pa]))
     reward = jnp.asarray([[ra, rb]])
-    problem = Problem(policy, reward, reward, policy.log_probs())
+    problem = Problem.make(policy, reward, reward, _GRPO2.regularization)
     d = abs(ra - rb)
     adv = np.sign(ra - rb) * (d / 2) / (d / np.sqrt(2) + _GRPO2.eps)
     e = np.asarray([[1.0, -1.0]])
@@ -245,34 +246,36 @@ _GRPO3_CENTRED_ENT = gf.GRPO(_OPT, 1, samples=3, normalize_std=False,
 def _enum_problem(method, dtype=jnp.float32):
     policy = gf.TabularSoftmax.from_probs(jnp.asarray(_ENUM_P, dtype), temperature=_ENUM_TAU)
     reward = jnp.asarray([_ENUM_R], dtype)
-    return policy, Problem(policy, reward, reward, method.regularization.reference(policy))
+    return policy, Problem.make(policy, reward, reward, method.regularization)
 
 
 @eqx.filter_jit
 def _enumerated_mean(method, problem):
-    """The exact expectation of `method`'s score-space estimate at the problem's policy: all
-    K^k ordered groups, built as `Batch`es by hand, weighted by their probability."""
+    """The exact expectation of `method`'s gradient estimate (`score_gradient`, parameter
+    space) at the problem's policy: all K^k ordered groups, built as `Batch`es by hand,
+    weighted by their probability."""
     policy = problem.policy
-    n_out, k = policy.shape[1], method.samples
+    (n_prompts, n_out), k = policy.shape, method.samples
     p = policy.probs()
     logp = policy.log_probs()
     # The shaped reward the batch would carry (here only the entropy term can shape it).
     r = problem.reward - method.regularization.entropy * logp
-    groups = np.asarray(list(itertools.product(range(n_out), repeat=k)))  # (K^k, k)
-    onehot = jnp.asarray(np.eye(n_out)[groups][:, None], p.dtype)  # (K^k, 1, k, K)
-    weight = jnp.prod(jnp.sum(onehot * p[None, :, None, :], axis=-1), axis=(1, 2))
+    groups = jnp.asarray(list(itertools.product(range(n_out), repeat=k)), jnp.int32)  # (K^k, k)
+    # Every prompt draws the same group: its probability is the product over prompts and draws.
+    weight = jnp.prod(p[:, groups], axis=(0, 2))  # (K^k,)
 
-    def one(oh):
+    def one(group):
+        samples = jnp.broadcast_to(group, (n_prompts, k))
         batch = Batch(
-            onehot=oh,
-            rewards=jnp.sum(oh * r[:, None, :], axis=-1, keepdims=True),
+            samples=samples,
+            rewards=jnp.take_along_axis(r, samples, axis=-1),
             mean=jnp.sum(p * r, axis=-1, keepdims=True),
-            logp=jnp.sum(oh * logp[:, None, :], axis=-1, keepdims=True),
+            logp=jnp.take_along_axis(logp, samples, axis=-1),
         )
         coef, _ = method.advantages(batch, None)
-        return score_estimate(batch, coef, p, problem, method.regularization)
+        return score_gradient(policy.params, problem, batch, coef)
 
-    g = jax.vmap(one)(onehot)
+    g = jax.vmap(one)(groups)
     return jnp.sum(weight[:, None, None] * g, axis=0), jnp.sum(weight)
 
 
@@ -347,25 +350,29 @@ _PPO_SURR = gf.PPO(_OPT, 1, samples=4, clip=0.2)
 
 @eqx.filter_jit
 def _surrogate_check(old, theta, batch, problem):
-    """The library's surrogate gradient (coefficients, score-space estimate, pull-back)
-    and `jax.grad` of the clipped surrogate written out independently."""
+    """The library's surrogate gradient (as in `PPO.update`: the drawn outputs'
+    log-probabilities by `policy.log_prob`, the coefficients, the pull-back of `w coef / k`
+    by `jax.vjp`), the same through `score_gradient`, and `jax.grad` of the clipped
+    surrogate written out independently."""
     eps = _PPO_SURR.clip
     adv, _ = _PPO_SURR.advantages(batch, None)
+    k = batch.samples.shape[1]
 
     def logp_draws(th):
         logp = old.with_params(th).log_probs()
-        return jnp.sum(batch.onehot * logp[:, None, :], axis=-1, keepdims=True)
+        return jnp.take_along_axis(logp, batch.samples, axis=-1)
 
     def surrogate(th):
         rho = jnp.exp(logp_draws(th) - batch.logp)
         per = jnp.minimum(rho * adv, jnp.clip(rho, 1 - eps, 1 + eps) * adv)
-        return jnp.sum(old.weights * jnp.mean(per[..., 0], axis=1))
+        return jnp.sum(old.weights * jnp.mean(per, axis=1))
 
-    coef = _PPO_SURR.surrogate_coef(batch, adv, logp_draws(theta))
-    scores, pullback, p, _ = _scores(theta, old)
-    (grad,) = pullback(score_estimate(batch, coef, p, problem, _PPO_SURR.regularization))
+    logp_new, pullback = jax.vjp(lambda th: old.with_params(th).log_prob(batch.samples), theta)
+    coef = _PPO_SURR.surrogate_coef(batch, adv, logp_new)
+    (grad,) = pullback(old.weights[:, None] * coef / k)
+    via_score = score_gradient(theta, problem, batch, coef)
     rho = jnp.exp(logp_draws(theta) - batch.logp)
-    return rho, adv, coef, grad, jax.grad(surrogate)(theta)
+    return rho, adv, coef, grad, via_score, jax.grad(surrogate)(theta)
 
 
 def test_ppo_surrogate_gradient_matches_autodiff():
@@ -383,31 +390,31 @@ def test_ppo_surrogate_gradient_matches_autodiff():
     old = gf.LogLinear.from_probs(feats, jnp.asarray(p_old, jnp.float32), **kw)
     new = gf.LogLinear.from_probs(feats, jnp.asarray(p_new, jnp.float32), **kw)
     reward = jnp.asarray([[1.0, -1.0, 0.2], [-1.0, 1.0, 0.3]], jnp.float32)
-    problem = Problem(old, reward, reward, old.log_probs())
+    problem = Problem.make(old, reward, reward, _PPO_SURR.regularization)
     # The batch drawn at pi_old: every output once, output 2 twice (k = 4).
     draws = np.asarray([0, 1, 2, 2])
-    onehot = np.broadcast_to(np.eye(3)[draws], (2, 4, 3))
     r, q, logq = _f64(reward), _f64(old.probs()), _f64(old.log_probs())
 
     def f32(x):
         return jnp.asarray(x, jnp.float32)
 
     batch = Batch(
-        onehot=f32(onehot),
-        rewards=f32(np.sum(onehot * r[:, None, :], axis=-1, keepdims=True)),
+        samples=jnp.asarray(np.broadcast_to(draws, (2, 4)), jnp.int32),
+        rewards=f32(r[:, draws]),
         mean=f32(np.sum(q * r, axis=-1, keepdims=True)),
-        logp=f32(np.sum(onehot * logq[:, None, :], axis=-1, keepdims=True)),
+        logp=f32(logq[:, draws]),
     )
-    rho, adv, coef, grad, expect = _surrogate_check(old, new.params, batch, problem)
-    rho, a = _f64(rho)[..., 0], _f64(adv)[..., 0]
+    rho, adv, coef, grad, via_score, expect = _surrogate_check(old, new.params, batch, problem)
+    rho, a = _f64(rho), _f64(adv)
     np.testing.assert_allclose(rho, np.broadcast_to([1.65, 0.4, 1.1, 1.1], (2, 4)), rtol=1e-4)
     clipped = ((a > 0) & (rho > 1 + eps)) | ((a < 0) & (rho < 1 - eps))
     outside = (rho > 1 + eps) | (rho < 1 - eps)
     assert clipped.sum() == 2 and (outside & ~clipped).sum() == 2 and (~outside).sum() == 4
     assert np.min(np.abs(np.abs(rho - 1) - eps)) > 0.05  # no ties at the clip edges
-    np.testing.assert_array_equal(_f64(coef)[..., 0][clipped], 0.0)
-    np.testing.assert_allclose(_f64(coef)[..., 0][~clipped], (rho * a)[~clipped], rtol=1e-5)
+    np.testing.assert_array_equal(_f64(coef)[clipped], 0.0)
+    np.testing.assert_allclose(_f64(coef)[~clipped], (rho * a)[~clipped], rtol=1e-5)
     np.testing.assert_allclose(grad, expect, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(via_score, expect, rtol=1e-5, atol=1e-6)
     assert np.max(np.abs(_f64(expect))) > 0.05
 
 
@@ -428,33 +435,39 @@ def test_ppo_clip_matters_and_ppo_learns():
 # ---------------------------------------------------------------------------------------
 
 
-_sample = jax.jit(sample_onehot, static_argnums=2)  # one compilation, not one per op
+@eqx.filter_jit  # one compilation per (dtype, outputs, n), not one per op
+def _sample(policy, key, n):
+    return policy.sample(key, n)
 
 
 @pytest.mark.parametrize("n_out", [5, 20])  # 20 > UNROLL_MAX_OUTPUTS: the jnp.cumsum path
-def test_sample_onehot_frequencies(dtype, n_out):
+def test_sample_frequencies(dtype, n_out):
+    # `TabularSoftmax.sample` is the default `AbstractPolicy.sample`: one uniform per draw
+    # (in the policy's dtype) mapped to an output by `gradflow._ops.inverse_cdf`.
     n = 100_000
     rng = np.random.default_rng(n_out)
     rows = rng.dirichlet(np.ones(n_out), size=2)
     rows[:, 0] = 1e-3  # a tiny probability
     rows[:, 1:] *= (1 - 1e-3) / rows[:, 1:].sum(axis=1, keepdims=True)
     probs = np.concatenate([rows, rows[:1]])  # prompt 2 repeats prompt 0 (independence)
-    draws = _sample(jax.random.key(n_out), jnp.asarray(probs, dtype), n)
-    assert draws.shape == (3, n, n_out) and draws.dtype == dtype
-    d = _f64(draws)
-    assert np.all((d == 0) | (d == 1))
-    np.testing.assert_array_equal(d.sum(axis=-1), 1.0)
+    policy = gf.TabularSoftmax.from_probs(jnp.asarray(probs, dtype))
+    assert policy.probs().dtype == dtype
+    draws = _sample(policy, jax.random.key(n_out), n)
+    assert draws.shape == (3, n) and jnp.issubdtype(draws.dtype, jnp.integer)
+    d = np.asarray(draws)
+    assert np.all((d >= 0) & (d < n_out))  # every draw is an output
+    onehot = (d[..., None] == np.arange(n_out)).astype(np.float64)  # (3, n, n_out)
     # Frequencies: each is a mean of n Bernoulli(p) draws, se = sqrt(p (1 - p) / n).
-    freq = d.mean(axis=1)
+    freq = onehot.mean(axis=1)
     se = np.sqrt(probs * (1 - probs) / n)
     np.testing.assert_array_less(np.abs(freq - probs), Z * se)
-    assert np.all(d[:, :, 0].sum(axis=1) > 0)  # the 1e-3 output is drawn (~100 times)
+    assert np.all(onehot[:, :, 0].sum(axis=1) > 0)  # the 1e-3 output is drawn (~100 times)
     # Independence: prompts 0 and 2 have the same probabilities but their own uniforms,
     # and successive draws are independent: both agree with probability sum_y p_y^2 (a
     # shared uniform would make them agree always).
     q = float(np.sum(probs[0] ** 2))
-    same_prompt = np.mean(np.sum(d[0] * d[2], axis=-1))
-    same_draw = np.mean(np.sum(d[0, 1:] * d[0, :-1], axis=-1))
+    same_prompt = np.mean(d[0] == d[2])
+    same_draw = np.mean(d[0, 1:] == d[0, :-1])
     se = np.sqrt(q * (1 - q) / n)
     assert abs(same_prompt - q) < Z * se  # n independent pairs
     # Successive pairs overlap (1-dependent indicators): their mean's variance is at most

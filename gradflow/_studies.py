@@ -16,7 +16,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import _config as C, _studies_design as SD, _studies_rm as RM, _studies_sampled as S
+from . import (
+    _config as C,
+    _studies_design as SD,
+    _studies_policies as SP,
+    _studies_rm as RM,
+    _studies_sampled as S,
+)
 from ._analysis import StallCriteria, time_to_reward
 from ._dynamics import GradientAscent, GradientFlow
 from .policies import TabularSoftmax
@@ -257,6 +263,13 @@ STUDIES: dict[str, Study] = {
         "log-linear policy: how the feature similarity of y* and y_med decides the stall",
         S.FEATURE_SIMILARITY_SCHEMA,
         S.run_feature_similarity,
+    ),
+    "token-credit": Study(
+        "token-credit",
+        "stalling at the token level: flat softmax vs per-prefix table vs shared bigram parameters from the "
+        "same initial sequence distribution",
+        SP.TOKEN_CREDIT_SCHEMA,
+        SP.run_token_credit,
     ),
 }
 

@@ -1,0 +1,271 @@
+"""Studies beyond the flat softmax: `token-credit` (the stalling problem at the token
+level, under three parameterisations of the same initial sequence distribution) and
+`neural-policy` (an MLP over random features against the tabular policy). Registered in
+`gradflow._studies.STUDIES`."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from . import _config as C, perturb
+from ._analysis import StallCriteria, time_to_reward
+from ._categorize import categorize
+from ._dynamics import GradientFlow
+from ._solve import SaveAt, Solution, solve
+from ._study_utils import fmt, table, write_csv
+from .policies import Autoregressive, NeuralPolicy, TabularSoftmax
+
+LABEL_COLORS = {"harmful": "#d62728", "benign": "#bdbdbd", "beneficial": "#2ca02c", "failed": "black"}
+PARAMETERISATIONS = ("flat", "prefix", "bigram")
+
+
+def _label_code(labels: np.ndarray) -> np.ndarray:
+    order = list(LABEL_COLORS)
+    return np.vectorize(order.index)(labels)
+
+
+def _trajectory(policy, reward, true_reward, t1, target) -> Solution:
+    ts = jnp.concatenate([jnp.zeros(1), jnp.geomspace(1e-2, t1, 300)])
+    ts = ts.at[-1].set(t1)
+    return solve(policy, reward=reward, true_reward=true_reward, method=GradientFlow(), t1=t1,
+                 saveat=SaveAt(ts=ts), targets=(target,), stall=StallCriteria(target=target))
+
+
+# ------------------------------------------------------------------------- token-credit
+
+def _scenario_fields() -> dict[str, C.Field]:
+    return {
+        "mediocre": C.Field("ints", C.nonempty),
+        "start": C.Field("floats", lambda x: C.nonempty(x) or C.probability(x)),
+        "transition": C.Field("floats", lambda x: C.nonempty(x) or C.probability(x)),
+    }
+
+
+TOKEN_CREDIT_SCHEMA = {
+    "problem": {
+        "vocab": C.Field("int", C.positive),
+        "length": C.Field("int", C.positive),
+        "best": C.Field("ints", C.nonempty),
+        "best_reward": C.Field("float"),
+        "mediocre_reward": C.Field("float"),
+        "other_reward": C.Field("float"),
+    },
+    "separate": _scenario_fields(),
+    "shared": _scenario_fields(),
+    "flow": {"t1": C.Field("float", C.positive)},
+    "analysis": {
+        "target": C.Field("float"),
+        "error_shift": C.Field("float", C.positive),
+        "map_points": C.Field("int", C.positive),
+        "error_sequences": C.Field("int", C.positive),
+    },
+    "quick": {
+        "t1": C.Field("float", C.positive),
+        "map_points": C.Field("int", C.positive),
+        "error_sequences": C.Field("int", C.positive),
+    },
+}
+
+SCENARIOS = ("separate", "shared")
+
+
+def _index(tokens: list[int], vocab: int) -> int:
+    return int(sum(t * vocab ** (len(tokens) - 1 - i) for i, t in enumerate(tokens)))
+
+
+def bigram_theta(start: np.ndarray, transition: np.ndarray) -> np.ndarray:
+    """The bigram parameters (see `Autoregressive.builtin_features("bigram")`) of the
+    Markov chain with first-token probabilities `start` and `transition[a, b] = P(b | a)`."""
+    vocab = start.size
+    theta = np.zeros((vocab + 1) * vocab)
+    theta[: vocab * vocab] = np.log(transition).reshape(-1)
+    theta[vocab * vocab :] = np.log(start)
+    return theta
+
+
+def _check_token_config(cfg: dict) -> tuple[int, int]:
+    prob = cfg["problem"]
+    vocab, length = prob["vocab"], prob["length"]
+    if vocab < 2 or vocab**length > 4096:
+        raise ValueError(f"config: `problem.vocab`**`problem.length` must be between 4 and 4096 sequences "
+                         f"(vocab >= 2); got {vocab}^{length}.")
+    seqs = {"problem.best": prob["best"]} | {f"{s}.mediocre": cfg[s]["mediocre"] for s in SCENARIOS}
+    for key, seq in seqs.items():
+        if len(seq) != length or not all(0 <= t < vocab for t in seq):
+            raise ValueError(f"config key `{key}`: expected {length} tokens in [0, {vocab}); got {seq}.")
+    for s in SCENARIOS:
+        if cfg[s]["mediocre"] == prob["best"]:
+            raise ValueError(f"config key `{s}.mediocre`: must differ from `problem.best`.")
+        start, trans = np.array(cfg[s]["start"]), np.array(cfg[s]["transition"])
+        if start.size != vocab or abs(start.sum() - 1) > 1e-6:
+            raise ValueError(f"config key `{s}.start`: expected {vocab} probabilities summing to 1; got {start.tolist()}.")
+        if trans.size != vocab * vocab or np.any(np.abs(trans.reshape(vocab, vocab).sum(1) - 1) > 1e-6):
+            raise ValueError(f"config key `{s}.transition`: expected a {vocab}x{vocab} row-major matrix whose rows "
+                             f"sum to 1; got {trans.tolist()}.")
+    target = cfg["analysis"]["target"]
+    lo, hi = min(prob["other_reward"], prob["mediocre_reward"]), prob["best_reward"]
+    if not lo < target < hi:
+        raise ValueError(f"config key `analysis.target`: expected a level in ({lo:g}, {hi:g}) (between the "
+                         f"worst reward and the best); got {target}.")
+    return vocab, length
+
+
+def token_policies(vocab: int, length: int, start, transition) -> dict[str, object]:
+    """The same initial sequence distribution (a bigram Markov chain) under the three
+    parameterisations: `flat` (a softmax over the sequences), `prefix` (a table per
+    prefix) and `bigram` (shared bigram parameters)."""
+    theta = bigram_theta(np.asarray(start), np.asarray(transition).reshape(vocab, vocab))
+    bigram = Autoregressive.shared(vocab, length, "bigram", jnp.asarray(theta, jnp.float32))
+    probs = bigram.probs()[0]
+    return {
+        "flat": TabularSoftmax.from_probs(probs),
+        "prefix": Autoregressive.from_sequence_probs(probs, vocab=vocab, length=length),
+        "bigram": bigram,
+    }
+
+
+def run_token_credit(cfg: dict, out: Path, quick: bool) -> dict:
+    prob, an = cfg["problem"], cfg["analysis"]
+    vocab, length = _check_token_config(cfg)
+    t1 = cfg["quick"]["t1"] if quick else cfg["flow"]["t1"]
+    points = cfg["quick"]["map_points"] if quick else an["map_points"]
+    n_err = cfg["quick"]["error_sequences"] if quick else an["error_sequences"]
+    target, shift = an["target"], an["error_shift"]
+    best = _index(prob["best"], vocab)
+    n = vocab**length
+    med_values = np.linspace(prob["other_reward"], prob["best_reward"] + 0.4, points)
+    best_values = np.linspace(prob["mediocre_reward"] - 0.6, prob["best_reward"] + 1.0, points)
+
+    start_clock = time.perf_counter()
+    rows, runs, maps = [], {}, {}
+    for scen in SCENARIOS:
+        sc = cfg[scen]
+        med = _index(sc["mediocre"], vocab)
+        r_true = np.full(n, prob["other_reward"])
+        r_true[best], r_true[med] = prob["best_reward"], prob["mediocre_reward"]
+        r_true = jnp.asarray(r_true, jnp.float32)
+        demote = r_true.at[med].set(prob["other_reward"])
+        policies = token_policies(vocab, length, sc["start"], sc["transition"])
+        # Canonical errors: the demotion of the mediocre sequence, then the reward of y*,
+        # y_med and the most likely other sequences (`error_sequences` in all) moved by
+        # -shift and +shift.
+        likely = np.argsort(-np.asarray(policies["flat"].probs()[0]), kind="stable")
+        chosen = ([best, med] + [int(i) for i in likely if i not in (best, med)])[: max(2, min(n_err, n))]
+        bump = jnp.zeros((len(chosen), n)).at[jnp.arange(len(chosen)), jnp.asarray(chosen)].set(shift)
+        shifts = jnp.concatenate([r_true - bump, r_true + bump])
+        grid = perturb.grid_2d(r_true, (med, best), med_values, best_values)
+        proxies = jnp.concatenate([demote[None], shifts, grid])
+        n_canon = shifts.shape[0]
+        for name, policy in policies.items():
+            cat = categorize(policy, r_true, proxies, method=GradientFlow(), t1=t1, target=target)
+            sol_true = _trajectory(policy, r_true, r_true, t1, target)
+            sol_proxy = _trajectory(policy, demote, r_true, t1, target)
+            runs[(scen, name, "true")], runs[(scen, name, "proxy")] = sol_true, sol_proxy
+            canon = slice(1, 1 + n_canon)
+            labels = cat.label[canon]
+            ok = labels != "failed"
+            p0 = np.asarray(policy.probs()[0])
+            t_true, t_proxy = float(time_to_reward(sol_true, target)), float(time_to_reward(sol_proxy, target))
+            rows.append({
+                "scenario": scen,
+                "parameterisation": name,
+                "p_best_initial": float(p0[best]),
+                "p_mediocre_initial": float(p0[med]),
+                "stalls": bool(np.isfinite(float(sol_true.stall.duration))),
+                "stall_level": float(sol_true.stall.level),
+                "stall_start": float(sol_true.stall.start),
+                "stall_duration": float(sol_true.stall.duration),
+                f"time_to_{target:g}_true": t_true,
+                f"time_to_{target:g}_demote": t_proxy,
+                "demote_label": str(cat.label[0]),
+                "harmful": int(np.sum(labels == "harmful")),
+                "benign": int(np.sum(labels == "benign")),
+                "beneficial": int(np.sum(labels == "beneficial")),
+                "failed": int(np.sum(~ok)),
+                "agreement": float(np.mean(cat.predicted[canon][ok] == labels[ok])) if ok.any() else math.nan,
+            })
+            maps[(scen, name)] = cat.label[1 + n_canon:].reshape(points, points)
+    elapsed = time.perf_counter() - start_clock
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "summary.csv", rows)
+    tt, td = f"time_to_{target:g}_true", f"time_to_{target:g}_demote"
+    shown = [{**r, "stalls": "yes" if r["stalls"] else "no", "stall_level": fmt(r["stall_level"]),
+              "stall_duration": fmt(r["stall_duration"]), tt: fmt(r[tt]), td: fmt(r[td]),
+              "p_best_initial": f"{r['p_best_initial']:.3f}", "p_mediocre_initial": f"{r['p_mediocre_initial']:.3f}",
+              "agreement": f"{r['agreement']:.2f}",
+              "counts": f"{r['harmful']}/{r['benign']}/{r['beneficial']}"} for r in rows]
+    columns = [("scenario", "scenario"), ("parameterisation", "param."), ("p_best_initial", "p(y*)"),
+               ("p_mediocre_initial", "p(y_med)"), ("stalls", "stalls"), ("stall_level", "level"),
+               ("stall_duration", "length"), (tt, f"t({target:g}) true"), (td, f"t({target:g}) demote"),
+               ("demote_label", "demotion is"), ("counts", "harm/benign/benef."), ("agreement", "lens agrees")]
+    print(f"Token credit: vocab {vocab}, length {length} ({n} sequences); y* = {prob['best']} "
+          f"(reward {prob['best_reward']:g}), y_med = {cfg['separate']['mediocre']} (separate) or "
+          f"{cfg['shared']['mediocre']} (shared prefix) at {prob['mediocre_reward']:g}, others "
+          f"{prob['other_reward']:g}; exact flow to t = {t1:g}{' (quick)' if quick else ''}.")
+    print("The same initial sequence distribution under each parameterisation; canonical errors: the "
+          f"reward of y*, y_med and the most likely sequences ({min(max(2, n_err), n)} in all) moved by "
+          f"+-{shift:g}.")
+    print(table(shown, columns))
+    figures = _token_figures(runs, maps, med_values, best_values, prob, target, out)
+    print(f"Solved {len(rows) * (len(proxies) + 3)} runs in {elapsed:.1f} s (compilation included).")
+    print(f"Results in {out.resolve()}/:")
+    for path in [out / "summary.csv", *figures]:
+        print(f"  {path.name}")
+    return {"rows": rows, "figures": figures, "solutions": runs, "maps": maps}
+
+
+def _token_figures(runs, maps, med_values, best_values, prob, target, out: Path) -> list[Path]:
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    colors = {"flat": "C0", "prefix": "C1", "bigram": "C2"}
+    fig, axes = plt.subplots(1, len(SCENARIOS), figsize=(12, 4.5), layout="constrained", sharey=True)
+    for ax, scen in zip(axes, SCENARIOS, strict=True):
+        for name in PARAMETERISATIONS:
+            for kind, ls in (("true", "-"), ("proxy", "--")):
+                sol = runs[(scen, name, kind)]
+                t, vals = np.asarray(sol.ts), np.asarray(sol.true_reward)
+                keep = t > 0
+                label = f"{name}, trained on {'true reward' if kind == 'true' else 'demoting proxy'}"
+                ax.plot(t[keep], vals[keep], ls=ls, color=colors[name], lw=1.6, label=label)
+        ax.axhline(target, color="grey", lw=0.8, ls=":")
+        ax.set(xscale="log", xlabel="flow time", title=f"y_med {'shares a prefix with' if scen == 'shared' else 'apart from'} y*")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("expected true reward")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize="small")
+    fig.suptitle("Token-level stalling: true reward vs time under three parameterisations")
+    paths = [out / "true_reward.png"]
+    fig.savefig(paths[0], dpi=120)
+    plt.close(fig)
+
+    cmap = ListedColormap(list(LABEL_COLORS.values()))
+    fig, axes = plt.subplots(len(SCENARIOS), 3, figsize=(12, 7.5), layout="constrained", sharex=True, sharey=True)
+    for i, scen in enumerate(SCENARIOS):
+        for j, name in enumerate(PARAMETERISATIONS):
+            ax = axes[i, j]
+            ax.pcolormesh(best_values, med_values, _label_code(maps[(scen, name)]), cmap=cmap, vmin=-0.5,
+                          vmax=len(LABEL_COLORS) - 0.5, shading="nearest")
+            ax.plot(prob["best_reward"], prob["mediocre_reward"], marker="*", color="black", ms=10, ls="none")
+            ax.set_title(f"{name}, y_med {'shared prefix' if scen == 'shared' else 'apart'}", fontsize="medium")
+            if i == len(SCENARIOS) - 1:
+                ax.set_xlabel("proxy reward of y*")
+            if j == 0:
+                ax.set_ylabel("proxy reward of y_med")
+    handles = [Patch(color=c, label=k) for k, c in LABEL_COLORS.items()]
+    handles.append(plt.Line2D([], [], marker="*", color="black", ls="none", ms=10, label="the true reward"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=5, fontsize="small")
+    fig.suptitle(f"Categorisation of proxy rewards (time to true reward {target:g}, exact flow)")
+    paths.append(out / "categorization_map.png")
+    fig.savefig(paths[1], dpi=120)
+    plt.close(fig)
+    return paths

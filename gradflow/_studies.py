@@ -271,6 +271,13 @@ STUDIES: dict[str, Study] = {
         SP.TOKEN_CREDIT_SCHEMA,
         SP.run_token_credit,
     ),
+    "neural-policy": Study(
+        "neural-policy",
+        "an MLP policy over random features on the stalling problem: are the canonical errors categorised as "
+        "under the tabular policy?",
+        SP.NEURAL_POLICY_SCHEMA,
+        SP.run_neural_policy,
+    ),
 }
 
 

@@ -269,3 +269,166 @@ def _token_figures(runs, maps, med_values, best_values, prob, target, out: Path)
     fig.savefig(paths[1], dpi=120)
     plt.close(fig)
     return paths
+
+
+# ------------------------------------------------------------------------ neural-policy
+
+NEURAL_POLICY_SCHEMA = {
+    "problem": {
+        "initial_probs": C.Field("floats", lambda x: C.nonempty(x) or C.probability(x)),
+        "true_reward": C.Field("floats", C.nonempty),
+    },
+    "model": {
+        "feature_dim": C.Field("int", C.positive),
+        "width": C.Field("int", C.positive),
+        "depth": C.Field("int", C.positive),
+        "activation": C.Field("str", C.one_of("tanh", "softplus", "gelu", "silu")),
+        "seed": C.Field("int", default=0),
+        "fit_steps": C.Field("int", C.positive),
+    },
+    "flow": {"t1": C.Field("float", C.positive)},
+    "analysis": {"target": C.Field("float"), "error_shift": C.Field("float", C.positive)},
+    "quick": {"t1": C.Field("float", C.positive)},
+}
+
+ACTIVATIONS = {"tanh": jnp.tanh, "softplus": jax.nn.softplus, "gelu": jax.nn.gelu, "silu": jax.nn.silu}
+
+
+def fit_neural_policy(model, features, probs, steps: int) -> tuple[NeuralPolicy, float]:
+    """Train `model` (Adam on `KL(probs || pi)`) so that the neural policy starts from
+    `probs`; returns the policy and its total-variation distance from `probs`."""
+    policy = NeuralPolicy(model, features)
+    target = jnp.asarray(probs)[None]
+    opt = optax.adam(1e-2)
+
+    def loss(params):
+        logp = policy.with_params(params).log_probs()
+        return jnp.sum(target * (jnp.log(target) - logp))
+
+    @jax.jit
+    def fit(params):
+        def step(carry, _):
+            params, state = carry
+            updates, state = opt.update(jax.grad(loss)(params), state, params)
+            return (optax.apply_updates(params, updates), state), None
+
+        return jax.lax.scan(step, (params, opt.init(params)), None, length=steps)[0][0]
+
+    fitted = policy.with_params(fit(policy.params))
+    return fitted, float(0.5 * jnp.sum(jnp.abs(fitted.probs() - target)))
+
+
+def canonical_errors(r_true: np.ndarray, shift: float, best: int, mediocre: int) -> dict[str, np.ndarray]:
+    """Named proxy rewards of the stalling problem: the classic errors and every output's
+    reward moved by `-shift` and `+shift`."""
+    k = r_true.size
+    lowest = float(r_true.min())
+    errors = {
+        "demote y_med": r_true.copy(),
+        "swap y* and y_med": r_true.copy(),
+        "demote y*": r_true.copy(),
+        "promote a bad output": r_true.copy(),
+    }
+    errors["demote y_med"][mediocre] = lowest
+    errors["swap y* and y_med"][[best, mediocre]] = r_true[[mediocre, best]]
+    errors["demote y*"][best] = r_true[mediocre] - shift
+    bad = next(i for i in range(k) if i not in (best, mediocre))
+    errors["promote a bad output"][bad] = r_true[mediocre]
+    for i in range(k):
+        for sign in (-1, 1):
+            r = r_true.copy()
+            r[i] += sign * shift
+            errors[f"output {i} {'+' if sign > 0 else '-'}{shift:g}"] = r
+    return errors
+
+
+def run_neural_policy(cfg: dict, out: Path, quick: bool) -> dict:
+    import matplotlib.pyplot as plt
+
+    prob, mc, an = cfg["problem"], cfg["model"], cfg["analysis"]
+    probs, r_true = np.array(prob["initial_probs"]), np.array(prob["true_reward"])
+    k = probs.size
+    if abs(probs.sum() - 1) > 1e-6 or r_true.size != k or k < 3:
+        raise ValueError("config: `problem.initial_probs` must sum to 1 and match `problem.true_reward` in length "
+                         f"(at least 3 outputs); got {probs.tolist()} and {r_true.size} rewards.")
+    target, t1 = an["target"], cfg["quick"]["t1"] if quick else cfg["flow"]["t1"]
+    if not r_true.min() < target < r_true.max():
+        raise ValueError(f"config key `analysis.target`: expected a level in ({r_true.min():g}, {r_true.max():g}); "
+                         f"got {target}.")
+    best = int(np.argmax(r_true))
+    mediocre = int(np.argsort(-r_true, kind="stable")[1])
+    key_feat, key_model = jax.random.split(jax.random.key(mc["seed"]))
+    features = jax.random.normal(key_feat, (k, mc["feature_dim"]))
+    model = eqx.nn.MLP(mc["feature_dim"], "scalar", mc["width"], mc["depth"], activation=ACTIVATIONS[mc["activation"]],
+                       key=key_model)
+
+    start = time.perf_counter()
+    neural, residual = fit_neural_policy(model, features, probs, mc["fit_steps"])
+    policies = {"tabular": TabularSoftmax.from_probs(jnp.asarray(probs)), "neural": neural}
+    errors = canonical_errors(r_true, an["error_shift"], best, mediocre)
+    proxies = jnp.asarray(np.stack(list(errors.values())), jnp.float32)
+    rt = jnp.asarray(r_true, jnp.float32)
+    cats, runs = {}, {}
+    for name, policy in policies.items():
+        cats[name] = categorize(policy, rt, proxies, method=GradientFlow(), t1=t1, target=target)
+        runs[(name, "true")] = _trajectory(policy, rt, rt, t1, target)
+        runs[(name, "demote")] = _trajectory(policy, proxies[0], rt, t1, target)
+    elapsed = time.perf_counter() - start
+
+    rows = []
+    for i, err in enumerate(errors):
+        row = {"error": err}
+        for name, cat in cats.items():
+            row[f"{name}_label"] = str(cat.label[i])
+            row[f"{name}_time_ratio"] = float(cat.time_ratio[i])
+            row[f"{name}_predicted"] = str(cat.predicted[i])
+        row["same_label"] = row["tabular_label"] == row["neural_label"]
+        rows.append(row)
+    same = sum(r["same_label"] for r in rows)
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "summary.csv", rows)
+    shown = [{**r, "tabular_time_ratio": fmt(r["tabular_time_ratio"]), "neural_time_ratio": fmt(r["neural_time_ratio"]),
+              "same_label": "yes" if r["same_label"] else "NO"} for r in rows]
+    columns = [("error", "error"), ("tabular_label", "tabular"), ("tabular_time_ratio", "ratio"),
+               ("neural_label", "neural"), ("neural_time_ratio", "ratio"), ("neural_predicted", "neural lens"),
+               ("same_label", "same")]
+    print(f"Neural policy: an MLP ({mc['depth']} x {mc['width']}, {mc['activation']}) over random "
+          f"{mc['feature_dim']}-d features, fitted to the initial probabilities {probs.tolist()} (total variation "
+          f"{residual:.1e}); exact flow to t = {t1:g}{' (quick)' if quick else ''}, time to true reward {target:g}.")
+    print(table(shown, columns))
+    ref = {name: cat.reference_time for name, cat in cats.items()}
+    print(f"Trained on the true reward, time to {target:g}: tabular {fmt(ref['tabular'])}, neural {fmt(ref['neural'])}. "
+          f"{same} of {len(rows)} canonical errors get the same label under both policies; the instantaneous lens "
+          f"agrees with the neural policy's labels on {cats['neural'].agreement:.0%} of them.")
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
+    for (name, kind), sol in runs.items():
+        t, vals = np.asarray(sol.ts), np.asarray(sol.true_reward)
+        keep = t > 0
+        axes[0].plot(t[keep], vals[keep], color="C0" if name == "tabular" else "C1", ls="-" if kind == "true" else "--",
+                     lw=1.6, label=f"{name}, trained on {'true reward' if kind == 'true' else 'proxy demoting y_med'}")
+    axes[0].axhline(target, color="grey", lw=0.8, ls=":")
+    axes[0].set(xscale="log", xlabel="flow time", ylabel="expected true reward", title="true reward vs time")
+    axes[0].grid(alpha=0.3)
+    axes[0].legend(fontsize="small", loc="lower right")
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    grid = np.stack([_label_code(np.array([r[f"{name}_label"] for r in rows])) for name in policies], axis=1)
+    axes[1].imshow(grid, cmap=ListedColormap(list(LABEL_COLORS.values())), vmin=-0.5,
+                   vmax=len(LABEL_COLORS) - 0.5, aspect="auto")
+    axes[1].set_xticks(range(len(policies)), [f"{name} policy" for name in policies])
+    axes[1].set_yticks(range(len(rows)), [r["error"] for r in rows], fontsize="small")
+    axes[1].set_title(f"label of each error ({same} of {len(rows)} the same)")
+    axes[1].legend(handles=[Patch(color=c, label=k) for k, c in LABEL_COLORS.items()], fontsize="small",
+                   loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    fig.suptitle("Does an MLP policy categorise reward errors as the tabular policy does?")
+    figures = [out / "neural_policy.png"]
+    fig.savefig(figures[0], dpi=120)
+    plt.close(fig)
+    print(f"Solved {2 * (len(rows) + 3)} runs in {elapsed:.1f} s (compilation and the fit included).")
+    print(f"Results in {out.resolve()}/:")
+    for path in [out / "summary.csv", *figures]:
+        print(f"  {path.name}")
+    return {"rows": rows, "figures": figures, "solutions": runs, "categorizations": cats, "fit_residual": residual}

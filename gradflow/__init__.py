@@ -2,9 +2,9 @@
 
 from . import (
     design as design,
-    policies as policies,
     metrics as metrics,
     perturb as perturb,
+    policies as policies,
     rm_eval as rm_eval,
     sweep as sweep,
 )
@@ -37,6 +37,8 @@ from ._estimators import (
     Reinforce as Reinforce,
 )
 from ._objective import Regularization as Regularization
+from ._seeds import SeedSummary as SeedSummary, summarize_seeds as summarize_seeds
+from ._solve import SaveAt as SaveAt, Solution as Solution, Status as Status, solve as solve
 from .policies import (
     AbstractPolicy as AbstractPolicy,
     AbstractScorePolicy as AbstractScorePolicy,
@@ -51,7 +53,5 @@ from .policies import (
     TokenTable as TokenTable,
     sequence_reward as sequence_reward,
 )
-from ._seeds import SeedSummary as SeedSummary, summarize_seeds as summarize_seeds
-from ._solve import SaveAt as SaveAt, Solution as Solution, Status as Status, solve as solve
 
 __version__ = "0.1.0"

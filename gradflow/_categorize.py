@@ -21,8 +21,8 @@ from jaxtyping import Array, Float
 from . import _validate as v, sweep
 from ._dynamics import AbstractMethod
 from ._objective import Problem, Regularization, as_reward, gradient, true_reward_rate
-from .policies import AbstractPolicy
 from ._solve import SaveAt, Status, solve
+from .policies import AbstractPolicy
 
 LABELS = ("harmful", "benign", "beneficial")
 

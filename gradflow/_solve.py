@@ -113,7 +113,8 @@ def solve(
 
     **Arguments:**
 
-    - `policy`: the initial policy ([`gradflow.TabularSoftmax`][], [`gradflow.LogLinear`][]).
+    - `policy`: the initial policy: any [`gradflow.AbstractPolicy`][] ([`gradflow.TabularSoftmax`][],
+      [`gradflow.LogLinear`][], [`gradflow.NeuralPolicy`][], [`gradflow.Autoregressive`][], ...).
     - `reward`: the training (proxy) reward, shape `(outputs,)` or `(prompts, outputs)`.
     - `true_reward`: the ground-truth reward tracked along the run (same shapes);
       defaults to `reward`.

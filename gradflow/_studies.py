@@ -25,10 +25,10 @@ from . import (
 )
 from ._analysis import StallCriteria, time_to_reward
 from ._dynamics import GradientAscent, GradientFlow
-from .policies import TabularSoftmax
 from ._solve import SaveAt, Solution, Status, solve
 from ._study_utils import Study, fmt, stalling_probs, table, write_csv
 from ._sweeps import SWEEP_SCHEMA, plot_dir, run_sweep
+from .policies import TabularSoftmax
 
 # --------------------------------------------------------------------------- stalling
 

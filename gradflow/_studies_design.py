@@ -26,7 +26,6 @@ import optax
 from . import _config as C
 from ._dynamics import GradientFlow
 from ._estimators import GRPO, RLOO
-from .policies import LogLinear
 from ._solve import SaveAt, Status, solve
 from ._study_utils import table, write_csv
 from .design import (
@@ -36,6 +35,7 @@ from .design import (
     no_update,
     time_ratio,
 )
+from .policies import LogLinear
 
 SAMPLED_NAMES = ("rloo", "grpo")
 PARAMETERISATIONS = ("tabular", "log-linear")

@@ -160,7 +160,7 @@ def run_token_credit(cfg: dict, out: Path, quick: bool) -> dict:
         likely = np.argsort(-np.asarray(policies["flat"].probs()[0]), kind="stable")
         chosen = ([best, med] + [int(i) for i in likely if i not in (best, med)])[: max(2, min(n_err, n))]
         bump = jnp.zeros((len(chosen), n)).at[jnp.arange(len(chosen)), jnp.asarray(chosen)].set(shift)
-        shifts = jnp.concatenate([r_true - bump, r_true + bump])
+        shifts = jnp.concatenate([r_true[None] - bump, r_true[None] + bump])
         grid = perturb.grid_2d(r_true, (med, best), med_values, best_values)
         proxies = jnp.concatenate([demote[None], shifts, grid])
         n_canon = shifts.shape[0]

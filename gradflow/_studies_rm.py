@@ -52,9 +52,9 @@ from . import _config as C, metrics as gm, perturb
 from ._analysis import true_reward_rate
 from ._dynamics import GradientAscent
 from ._estimators import RLOO
-from .policies import LogLinear
 from ._solve import SaveAt, Status, solve
 from ._study_utils import table, write_csv
+from .policies import LogLinear
 
 FAMILIES = (
     "noise",             # r_G + s eps on every output

@@ -16,10 +16,10 @@ from . import _config as C
 from ._analysis import StallCriteria, time_to_reward
 from ._dynamics import GradientAscent
 from ._estimators import Reinforce
-from .policies import LogLinear, TabularSoftmax
 from ._seeds import SeedSummary, summarize_seeds
 from ._solve import SaveAt, Solution, solve
 from ._study_utils import fmt, make_method, stalling_probs, table, write_csv
+from .policies import LogLinear, TabularSoftmax
 
 _PROBLEM = {
     "true_reward": C.Field("floats", C.nonempty),

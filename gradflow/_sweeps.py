@@ -20,9 +20,9 @@ import numpy as np
 
 from . import _config as C, perturb, sweep
 from ._categorize import LABELS, _predict, classify, proxy_row
-from .policies import TabularSoftmax
 from ._solve import Status
 from ._study_utils import METHOD_NAMES, make_method
+from .policies import TabularSoftmax
 
 FAMILIES = ("grid_2d", "shift_grid", "demote", "gaussian", "with_accuracy", "swaps")
 

@@ -54,9 +54,9 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from . import _validate as v
 from ._dynamics import AbstractMethod, GradientFlow
-from .policies import AbstractPolicy, LogLinear, TabularSoftmax
 from ._seeds import summarize_seeds
 from ._solve import SaveAt, Solution, Status, solve
+from .policies import AbstractPolicy, LogLinear, TabularSoftmax
 
 __all__ = [
     "ConstraintSatisfaction",

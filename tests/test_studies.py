@@ -214,3 +214,45 @@ def test_cli_sweep_rejects_bad_configs(tmp_path, capsys):
     path.write_text("\n".join(lines).replace("True", "true").replace("False", "false"))
     assert cli.main(["sweep", str(path), "--quick", "--out", str(tmp_path / "o"), "--no-plot"]) == 2
     assert "proxies.outputs" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def quick_token_credit(tmp_path_factory):
+    out = tmp_path_factory.mktemp("token-credit")
+    return out, run_study("token-credit", out=out, quick=True)
+
+
+def test_token_credit_quick_shows_stalling_at_the_token_level(quick_token_credit):
+    """Every parameterisation starts from the same sequence distribution; on the true
+    reward each stalls near y_med's 0.8 within the quick horizon, and the proxy that
+    demotes y_med reaches 0.9 (beneficial)."""
+    out, result = quick_token_credit
+    for name in ("summary.csv", "true_reward.png", "categorization_map.png"):
+        assert (out / name).stat().st_size > 0
+    rows = result["rows"]
+    assert sorted({r["parameterisation"] for r in rows}) == ["bigram", "flat", "prefix"]
+    header = (out / "summary.csv").read_text().splitlines()[0].split(",")
+    assert "parameterisation" in header
+    for scen in ("separate", "shared"):
+        same = [r for r in rows if r["scenario"] == scen]
+        assert len(same) == 3
+        # The same initial distribution under the three parameterisations.
+        np.testing.assert_allclose([r["p_best_initial"] for r in same], same[0]["p_best_initial"], rtol=1e-4)
+        np.testing.assert_allclose([r["p_mediocre_initial"] for r in same], same[0]["p_mediocre_initial"], rtol=1e-4)
+    for r in rows:
+        assert r["stalls"] and abs(r["stall_level"] - 0.8) < 0.08, r
+        assert math.isinf(r["time_to_0.9_true"]) and math.isfinite(r["time_to_0.9_demote"]), r
+        assert r["demote_label"] == "beneficial"
+        assert r["failed"] == 0 and 0 <= r["agreement"] <= 1
+    for labels in result["maps"].values():
+        assert labels.shape == (5, 5) and set(np.unique(labels)) <= {"harmful", "benign", "beneficial"}
+
+
+def test_neural_policy_quick_categorises_errors(tmp_path):
+    result = run_study("neural-policy", out=tmp_path, quick=True)
+    assert (tmp_path / "summary.csv").stat().st_size > 0 and (tmp_path / "neural_policy.png").stat().st_size > 0
+    assert result["fit_residual"] < 1e-3  # the MLP starts from the tabular policy's distribution
+    rows = {r["error"]: r for r in result["rows"]}
+    # Demoting the likely mediocre output speeds both policies up: beneficial under both.
+    assert rows["demote y_med"]["tabular_label"] == rows["demote y_med"]["neural_label"] == "beneficial"
+    assert all(r["neural_label"] != "failed" and r["tabular_label"] != "failed" for r in rows.values())

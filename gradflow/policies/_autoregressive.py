@@ -23,7 +23,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
+from jaxtyping import Array, Float, Int, PyTree
 
 from .. import _validate as v
 from .._ops import inverse_cdf, softmax_outputs, take_outputs
@@ -69,7 +69,7 @@ class AbstractTokenHead(eqx.Module):
         """Scores at the consecutive nodes `start .. start + count - 1` (static)."""
 
     @abc.abstractmethod
-    def at(self, nodes: Int[Array, "prompts *rest"]) -> Float[Array, "prompts *rest vocab"]:
+    def at(self, nodes: Int[Array, "prompts ..."]) -> Float[Array, "prompts ... vocab"]:
         """Scores at the given nodes, per prompt."""
 
 
@@ -328,8 +328,9 @@ class Autoregressive(AbstractPolicy):
     def log_prob(self, samples):
         """The sum of the drawn tokens' log-probabilities (no enumeration)."""
         vocab, length = self.vocab, self.length
-        offsets = np.array([_offset(vocab, level) for level in range(length)])
-        shift = vocab ** np.arange(length, 0, -1)  # prefix of length l = index // V^(L - l)
+        lead = (1,) * samples.ndim
+        offsets = np.array([_offset(vocab, level) for level in range(length)]).reshape(lead + (length,))
+        shift = (vocab ** np.arange(length, 0, -1)).reshape(lead + (length,))  # prefix l: index // V^(L-l)
         idx = samples[..., None]
         nodes = jnp.asarray(offsets, jnp.int32) + idx // jnp.asarray(shift, jnp.int32)
         tokens = (idx // jnp.asarray(shift // vocab, jnp.int32)) % vocab

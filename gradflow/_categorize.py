@@ -16,7 +16,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, PRNGKeyArray
 
 from . import _validate as v, sweep
 from ._dynamics import AbstractMethod
@@ -252,25 +252,40 @@ def proxy_row(
     r_true = as_reward("true_reward", true_reward, policy)
     if key is not None and not method.needs_key:
         raise ValueError("`key` is only used by the sample-based methods.")
-    reg = method.regularization
-    targets = tuple(float(t) for t in targets)
-    kw = dict(true_reward=r_true, method=method, t1=t1, targets=targets, normalized_targets=normalized,
-              saveat=_summary_saveat(method))
-    if key is not None:
-        kw["key"] = key
+    spec = _RowSpec(policy, r_true, method, t1, key, tuple(float(t) for t in targets), normalized, attracts)
+    # A `jax.tree_util.Partial` of a module-level function is a pytree (its arrays are leaves) and
+    # still hashable for `jax.jit`: sweeps of the same structure (a new true reward, new policy
+    # parameters) reuse one compilation.
+    return jax.tree_util.Partial(_row, spec)
 
-    def row(reward):
-        r = jnp.broadcast_to(reward, r_true.shape)  # a 1-D reward is shared by every prompt
-        sol = solve(policy, reward=r, **kw)
-        rate, dprobs = initial_rate(policy, r, r_true, reg)
-        out = {f"time_to_{t:g}": sol.target_times[i] for i, t in enumerate(targets)}
-        out.update(final_true_reward=sol.final_true_reward, status=sol.status, stall_level=sol.stall.level,
-                   stall_duration=sol.stall.duration, rate=rate)
-        if attracts:
-            out["attracts"] = dprobs > 0
-        return out
 
-    return row
+class _RowSpec(eqx.Module):
+    """What [`gradflow.proxy_row`][]'s row function needs besides the reward."""
+
+    policy: AbstractPolicy
+    true_reward: Float[Array, "prompts outputs"]
+    method: AbstractMethod
+    t1: Float[Array, ""] | float | None
+    key: PRNGKeyArray | None
+    targets: tuple[float, ...] = eqx.field(static=True)
+    normalized: bool = eqx.field(static=True)
+    attracts: bool = eqx.field(static=True)
+
+
+
+def _row(spec: _RowSpec, reward) -> dict:
+    r_true = spec.true_reward
+    r = jnp.broadcast_to(reward, r_true.shape)  # a 1-D reward is shared by every prompt
+    kw = {} if spec.key is None else {"key": spec.key}
+    sol = solve(spec.policy, reward=r, true_reward=r_true, method=spec.method, t1=spec.t1, targets=spec.targets,
+                normalized_targets=spec.normalized, saveat=_summary_saveat(spec.method), **kw)
+    rate, dprobs = initial_rate(spec.policy, r, r_true, spec.method.regularization)
+    out = {f"time_to_{t:g}": sol.target_times[i] for i, t in enumerate(spec.targets)}
+    out.update(final_true_reward=sol.final_true_reward, status=sol.status, stall_level=sol.stall.level,
+               stall_duration=sol.stall.duration, rate=rate)
+    if spec.attracts:
+        out["attracts"] = dprobs > 0
+    return out
 
 
 def _summary_saveat(method) -> SaveAt:

@@ -16,10 +16,11 @@ import numpy as np
 import optax
 
 from . import _config as C, perturb
-from ._analysis import StallCriteria, time_to_reward
-from ._categorize import categorize
+from ._analysis import StallCriteria
+from ._categorize import _predict, categorize, classify, initial_rate
 from ._dynamics import GradientFlow
-from ._solve import SaveAt, Solution, solve
+from ._objective import Regularization
+from ._solve import SaveAt, Solution, Status, solve
 from ._study_utils import fmt, table, write_csv
 from .policies import Autoregressive, NeuralPolicy, TabularSoftmax
 
@@ -30,6 +31,25 @@ PARAMETERISATIONS = ("flat", "prefix", "bigram")
 def _label_code(labels: np.ndarray) -> np.ndarray:
     order = list(LABEL_COLORS)
     return np.vectorize(order.index)(labels)
+
+
+TOLERANCE, REWARD_TOLERANCE = 0.05, 1e-3  # gf.categorize's defaults
+
+
+@eqx.filter_jit
+def _token_runs(policy, params, rewards, trues, ts, target):
+    """The exact flow from each `params` on each reward, tracking its true reward (the
+    trajectory on `ts`, the time to `target`, the longest stall), and the instantaneous
+    rate `dV_G/dt` at `t = 0`."""
+
+    def one(p, r, g):
+        start = policy.with_params(p)
+        sol = solve(start, reward=r, true_reward=g, method=GradientFlow(), t1=ts[-1], saveat=SaveAt(ts=ts),
+                    targets=(target,), stall=StallCriteria(target=target))
+        rate, _ = initial_rate(start, r[None], g[None], Regularization())
+        return sol, rate
+
+    return jax.vmap(one)(params, rewards, trues)
 
 
 def _trajectory(policy, reward, true_reward, t1, target) -> Solution:
@@ -145,54 +165,71 @@ def run_token_credit(cfg: dict, out: Path, quick: bool) -> dict:
     best_values = np.linspace(prob["mediocre_reward"] - 0.6, prob["best_reward"] + 1.0, points)
 
     start_clock = time.perf_counter()
-    rows, runs, maps = [], {}, {}
+    # Per scenario: the three policies and the rewards trained on: the true reward (the
+    # reference), the demotion of y_med, the canonical errors (the reward of y*, y_med and
+    # the most likely other sequences moved by -shift and +shift) and the map's grid.
+    setups = {}
     for scen in SCENARIOS:
         sc = cfg[scen]
         med = _index(sc["mediocre"], vocab)
         r_true = np.full(n, prob["other_reward"])
         r_true[best], r_true[med] = prob["best_reward"], prob["mediocre_reward"]
         r_true = jnp.asarray(r_true, jnp.float32)
-        demote = r_true.at[med].set(prob["other_reward"])
         policies = token_policies(vocab, length, sc["start"], sc["transition"])
-        # Canonical errors: the demotion of the mediocre sequence, then the reward of y*,
-        # y_med and the most likely other sequences (`error_sequences` in all) moved by
-        # -shift and +shift.
         likely = np.argsort(-np.asarray(policies["flat"].probs()[0]), kind="stable")
         chosen = ([best, med] + [int(i) for i in likely if i not in (best, med)])[: max(2, min(n_err, n))]
         bump = jnp.zeros((len(chosen), n)).at[jnp.arange(len(chosen)), jnp.asarray(chosen)].set(shift)
-        shifts = jnp.concatenate([r_true[None] - bump, r_true[None] + bump])
-        grid = perturb.grid_2d(r_true, (med, best), med_values, best_values)
-        proxies = jnp.concatenate([demote[None], shifts, grid])
-        n_canon = shifts.shape[0]
-        for name, policy in policies.items():
-            cat = categorize(policy, r_true, proxies, method=GradientFlow(), t1=t1, target=target)
-            sol_true = _trajectory(policy, r_true, r_true, t1, target)
-            sol_proxy = _trajectory(policy, demote, r_true, t1, target)
-            runs[(scen, name, "true")], runs[(scen, name, "proxy")] = sol_true, sol_proxy
+        rewards = jnp.concatenate([
+            r_true[None], r_true.at[med].set(prob["other_reward"])[None], r_true[None] - bump, r_true[None] + bump,
+            perturb.grid_2d(r_true, (med, best), med_values, best_values),
+        ])
+        setups[scen] = (med, r_true, policies, rewards, 2 * len(chosen))
+    ts = jnp.concatenate([jnp.zeros(1), jnp.geomspace(1e-2, t1, 300)]).at[-1].set(t1)
+
+    rows, runs, maps = [], {}, {}
+    for name in PARAMETERISATIONS:
+        # One compiled, vmapped call per parameterisation for both scenarios and every reward.
+        params = jax.tree.map(lambda *x: jnp.concatenate(x), *[
+            jax.tree.map(lambda a, k=setups[s][3].shape[0]: jnp.broadcast_to(a, (k,) + a.shape),
+                         setups[s][2][name].params) for s in SCENARIOS])
+        rewards = jnp.concatenate([setups[s][3] for s in SCENARIOS])
+        trues = jnp.concatenate([jnp.broadcast_to(setups[s][1], setups[s][3].shape) for s in SCENARIOS])
+        sols, rates = _token_runs(setups[SCENARIOS[0]][2][name], params, rewards, trues, ts, target)
+        first = 0
+        for scen in SCENARIOS:
+            med, _, policies, rewards_s, n_canon = setups[scen]
+            block = jax.tree.map(lambda a, lo=first, hi=first + rewards_s.shape[0]: np.asarray(a[lo:hi]), (sols, rates))
+            first += rewards_s.shape[0]
+            sol, rate = block
+            t, final = sol.target_times[:, 0], sol.true_reward[:, -1]
+            label, _ = classify(t[1:], t[0], final[1:], final[0], sol.status[1:] != Status.OK, TOLERANCE,
+                                REWARD_TOLERANCE)
+            predicted = _predict(rate[1:], float(rate[0]), TOLERANCE)
+            runs[(scen, name, "true")], runs[(scen, name, "proxy")] = (
+                jax.tree.map(lambda a, i=i: a[i], sol) for i in (0, 1))
             canon = slice(1, 1 + n_canon)
-            labels = cat.label[canon]
-            ok = labels != "failed"
-            p0 = np.asarray(policy.probs()[0])
-            t_true, t_proxy = float(time_to_reward(sol_true, target)), float(time_to_reward(sol_proxy, target))
+            labels, ok = label[canon], label[canon] != "failed"
+            p0 = np.asarray(policies[name].probs()[0])
             rows.append({
                 "scenario": scen,
                 "parameterisation": name,
                 "p_best_initial": float(p0[best]),
                 "p_mediocre_initial": float(p0[med]),
-                "stalls": bool(np.isfinite(float(sol_true.stall.duration))),
-                "stall_level": float(sol_true.stall.level),
-                "stall_start": float(sol_true.stall.start),
-                "stall_duration": float(sol_true.stall.duration),
-                f"time_to_{target:g}_true": t_true,
-                f"time_to_{target:g}_demote": t_proxy,
-                "demote_label": str(cat.label[0]),
+                "stalls": bool(np.isfinite(sol.stall.duration[0])),
+                "stall_level": float(sol.stall.level[0]),
+                "stall_start": float(sol.stall.start[0]),
+                "stall_duration": float(sol.stall.duration[0]),
+                f"time_to_{target:g}_true": float(t[0]),
+                f"time_to_{target:g}_demote": float(t[1]),
+                "demote_label": str(label[0]),
                 "harmful": int(np.sum(labels == "harmful")),
                 "benign": int(np.sum(labels == "benign")),
                 "beneficial": int(np.sum(labels == "beneficial")),
                 "failed": int(np.sum(~ok)),
-                "agreement": float(np.mean(cat.predicted[canon][ok] == labels[ok])) if ok.any() else math.nan,
+                "agreement": float(np.mean(predicted[canon][ok] == labels[ok])) if ok.any() else math.nan,
             })
-            maps[(scen, name)] = cat.label[1 + n_canon:].reshape(points, points)
+            maps[(scen, name)] = label[1 + n_canon:].reshape(points, points)
+    rows.sort(key=lambda r: SCENARIOS.index(r["scenario"]))  # stable: parameterisations in order
     elapsed = time.perf_counter() - start_clock
 
     out.mkdir(parents=True, exist_ok=True)
@@ -216,7 +253,7 @@ def run_token_credit(cfg: dict, out: Path, quick: bool) -> dict:
           f"+-{shift:g}.")
     print(table(shown, columns))
     figures = _token_figures(runs, maps, med_values, best_values, prob, target, out)
-    print(f"Solved {len(rows) * (len(proxies) + 3)} runs in {elapsed:.1f} s (compilation included).")
+    print(f"Solved {sum(len(setups[s][3]) for s in SCENARIOS) * len(PARAMETERISATIONS)} runs in {elapsed:.1f} s (compilation included).")
     print(f"Results in {out.resolve()}/:")
     for path in [out / "summary.csv", *figures]:
         print(f"  {path.name}")

@@ -27,6 +27,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import equinox as eqx
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -128,6 +129,14 @@ def read(out: str | Path) -> dict[str, np.ndarray]:
     return {k: v[order] for k, v in columns.items()}
 
 
+@eqx.filter_jit
+def _batched(fn, chunk):
+    """`jax.vmap(fn)` over a chunk, compiled once per structure: a row function that is a
+    pytree (such as `gradflow.proxy_row`'s) passes its arrays as arguments, so a new sweep of
+    the same structure reuses the compilation; a plain function is keyed by identity."""
+    return jax.vmap(fn)(chunk)
+
+
 def run(
     fn: Callable,
     inputs,
@@ -214,7 +223,6 @@ def run(
             os.replace(tmp, path)
         todo &= ~done_rows(out, n)
 
-    batched = jax.jit(jax.vmap(fn))
     chunks = _chunks(todo, rows_per_chunk)
     bar = None
     if progress:
@@ -225,7 +233,7 @@ def run(
     for a, b in chunks:
         idx = np.minimum(np.arange(a, a + size), b - 1)  # pad by repeating the last row
         chunk = jax.tree.map(lambda x, idx=idx: jax.device_put(x[idx], sharding), inputs)
-        rows_out = jax.device_get(batched(chunk))
+        rows_out = jax.device_get(_batched(fn, chunk))
         columns = {k: np.asarray(val)[: b - a] for k, val in rows_out.items()}
         if post is not None:
             columns = post(columns)

@@ -36,7 +36,7 @@ def _policies(dtype, prompts=2):
     feats = jax.random.normal(k2, (prompts, V**L, 4), dtype)
     mlp = eqx.nn.MLP(4, "scalar", 8, 2, activation=jnp.tanh, key=k3, dtype=dtype)
     neural = gf.NeuralPolicy(mlp, feats, weights=w, temperature=0.9)
-    own = gf.Autoregressive(gf.TokenFeatures(jax.random.normal(k4, (prompts, (V**L - 1) // (V - 1), V, 5), dtype),
+    own = gf.Autoregressive(gf.TokenFeatures(jax.random.normal(k4, (prompts, V, (V**L - 1) // (V - 1), 5), dtype),
                                              jnp.ones(5, dtype)), V, L, weights=w)
     return {"prefix": prefix, "bigram": bigram, "neural": neural, "features": own}
 
@@ -57,7 +57,9 @@ def test_sequences_lexicographic_and_probs_normalised(dtype):
 def test_probs_are_products_of_token_softmaxes():
     # Independent oracle: pi(y) = prod_l softmax(table[node(y_<l)] / tau)[y_l], in NumPy.
     policy = _policies(jnp.float32)["bigram"]
-    table = np.asarray(policy.head.features[0] @ policy.head.theta) / float(policy.temperature)
+    table = gf.Autoregressive.builtin_features("bigram", V, L) @ np.asarray(policy.head.theta)
+    table = table / float(policy.temperature)  # (nodes, V), lexicographic nodes
+    np.testing.assert_allclose(policy.node_scores()[0], table * float(policy.temperature), rtol=1e-5, atol=1e-6)
     offsets = [(V**lvl - 1) // (V - 1) for lvl in range(L)]
     expect = []
     for seq in np.asarray(policy.sequences()):
@@ -77,6 +79,18 @@ def test_from_sequence_probs_reproduces_its_input(dtype):
     one = gf.Autoregressive.from_sequence_probs(jnp.asarray(probs[0], dtype), vocab=V, length=L,
                                                 temperature=2.0)
     np.testing.assert_allclose(one.probs()[0], probs[0], rtol=tol(dtype, 2e-5, 1e-12))
+
+
+def test_token_table_round_trip_and_layout():
+    # from_nodes takes the lexicographic node table; node_scores gives it back; the
+    # internal layout is token-major with digit-reversed nodes inside each level.
+    table = np.random.default_rng(4).normal(size=((V**L - 1) // (V - 1), V))
+    policy = gf.Autoregressive(gf.TokenTable.from_nodes(table), V, L)
+    np.testing.assert_allclose(policy.node_scores()[0], table, rtol=1e-6)
+    internal = np.asarray(policy.head.table[0])  # (V, nodes)
+    # Level 2 prefix (y_1, y_2) = (1, 2): lexicographic node 1 + V + (1 V + 2), internal
+    # node 1 + V + (1 + 2 V).
+    np.testing.assert_allclose(internal[:, 1 + V + 1 + 2 * V], table[1 + V + V + 2], rtol=1e-6)
 
 
 def test_bigram_features_make_the_score_depend_on_the_previous_token_only():

@@ -27,7 +27,7 @@ from jaxtyping import Array, Float, Int, PyTree
 
 from .. import _validate as v
 from .._ops import inverse_cdf, softmax_outputs, take_outputs
-from ._base import AbstractPolicy, prompt_weights
+from ._base import AbstractPolicy, Linearization, prompt_weights
 
 MAX_SEQUENCES = 2**20
 """The most sequences (`V^L`) per prompt an [`gradflow.Autoregressive`][] policy may
@@ -46,9 +46,41 @@ def _offset(vocab: int, level: int) -> int:
     return num_nodes(vocab, level) if level > 0 else 0
 
 
+def _level_order(vocab: int, level: int) -> np.ndarray:
+    """For the prefixes of length `level`: internal index `r` (digit-reversed, the first
+    token least significant) -> lexicographic index `h` (the first token most significant)."""
+    r = np.arange(vocab**level)
+    digits = (r[:, None] // vocab ** np.arange(level)) % vocab  # digit j = token j
+    return (digits * vocab ** np.arange(level - 1, -1, -1)).sum(1).astype(np.int64)
+
+
+def node_order(vocab: int, length: int) -> np.ndarray:
+    """Internal node `j` -> lexicographic node `order[j]` (levels in order, each
+    digit-reversed inside; see `AbstractTokenHead`)."""
+    return np.concatenate([_offset(vocab, lvl) + _level_order(vocab, lvl) for lvl in range(length)])
+
+
+def _length_of(vocab: int, nodes: int, name: str) -> int:
+    length = 1
+    while num_nodes(vocab, length) < nodes:
+        length += 1
+    if num_nodes(vocab, length) != nodes:
+        raise ValueError(f"`{name}` must have (V^L - 1) / (V - 1) prefix nodes for some length L (vocab "
+                         f"V = {vocab}); got {nodes}.")
+    return length
+
+
 class AbstractTokenHead(eqx.Module):
-    """Next-token scores at the nodes of the prefix tree (see the module docstring for
-    the numbering), for each prompt."""
+    """Next-token scores at the nodes of the prefix tree, per prompt.
+
+    Internally a head lays its scores out *token-major*, shape `(prompts, vocab, nodes)`,
+    with the nodes level by level and, inside level `l`, in *digit-reversed* order (the
+    prefix `(y_1, ..., y_l)` at index `sum_j y_j V^(j-1)`). Then every per-token operation
+    of a level is elementwise on contiguous vectors and extending the prefixes by one token
+    is a concatenation, which is what makes the exact methods fast (`Autoregressive`
+    reorders to lexicographic order at its interface). `node_order` maps internal nodes to
+    lexicographic ones.
+    """
 
     @property
     @abc.abstractmethod
@@ -65,12 +97,12 @@ class AbstractTokenHead(eqx.Module):
         """`(prompts, nodes, vocab)`."""
 
     @abc.abstractmethod
-    def block(self, start: int, count: int) -> Float[Array, "prompts count vocab"]:
-        """Scores at the consecutive nodes `start .. start + count - 1` (static)."""
+    def scores(self) -> Float[Array, "prompts vocab nodes"]:
+        """Scores at every node, in the internal layout."""
 
     @abc.abstractmethod
     def at(self, nodes: Int[Array, "prompts ..."]) -> Float[Array, "prompts ... vocab"]:
-        """Scores at the given nodes, per prompt."""
+        """Scores at the given (internal) nodes, per prompt."""
 
 
 class TokenTable(AbstractTokenHead):
@@ -78,14 +110,25 @@ class TokenTable(AbstractTokenHead):
 
     **Arguments:**
 
-    - `table`: shape `(nodes, vocab)` (one prompt) or `(prompts, nodes, vocab)`.
+    - `table`: in the internal layout (see [`gradflow.AbstractTokenHead`][]), shape
+      `(vocab, nodes)` (one prompt) or `(prompts, vocab, nodes)`. To give the scores with
+      the nodes in lexicographic order, use [`gradflow.TokenTable.from_nodes`][].
     """
 
-    table: Float[Array, "prompts nodes vocab"]
+    table: Float[Array, "prompts vocab nodes"]
 
     def __init__(self, table):
         table = v.as_float_array("table", table, ndim=(2, 3))
         self.table = table[None] if table.ndim == 2 else table
+
+    @classmethod
+    def from_nodes(cls, table) -> TokenTable:
+        """The head with the given scores, shape `(nodes, vocab)` or `(prompts, nodes,
+        vocab)`, the nodes level by level and lexicographic inside each level."""
+        table = v.as_float_array("table", table, ndim=(2, 3))
+        table = table[None] if table.ndim == 2 else table
+        order = node_order(table.shape[-1], _length_of(table.shape[-1], table.shape[1], "table"))
+        return cls(jnp.swapaxes(table[:, order], 1, 2))
 
     @property
     def params(self):
@@ -96,13 +139,13 @@ class TokenTable(AbstractTokenHead):
 
     @property
     def table_shape(self):
-        return tuple(self.table.shape)
+        return (self.table.shape[0], self.table.shape[2], self.table.shape[1])
 
-    def block(self, start, count):
-        return self.table[:, start : start + count]
+    def scores(self):
+        return self.table
 
     def at(self, nodes):
-        return jax.vmap(lambda t, n: t[n])(self.table, nodes)
+        return jax.vmap(lambda t, n: jnp.moveaxis(t[:, n], 0, -1))(self.table, nodes)
 
 
 class TokenFeatures(AbstractTokenHead):
@@ -110,12 +153,13 @@ class TokenFeatures(AbstractTokenHead):
 
     **Arguments:**
 
-    - `features`: `phi`, shape `(nodes, vocab, dim)` (the same for every prompt) or
-      `(prompts, nodes, vocab, dim)`; see [`gradflow.Autoregressive.builtin_features`][].
+    - `features`: `phi` in the internal layout (see [`gradflow.AbstractTokenHead`][]),
+      shape `(vocab, nodes, dim)` (the same for every prompt) or `(prompts, vocab, nodes,
+      dim)`; [`gradflow.Autoregressive.shared`][] takes them in lexicographic order.
     - `theta`: shape `(dim,)`, shared by every prefix and prompt.
     """
 
-    features: Float[Array, "prompts nodes vocab dim"]
+    features: Float[Array, "prompts vocab nodes dim"]
     theta: Float[Array, " dim"]
 
     def __init__(self, features, theta):
@@ -137,13 +181,31 @@ class TokenFeatures(AbstractTokenHead):
 
     @property
     def table_shape(self):
-        return tuple(self.features.shape[:3])
+        x, vocab, nodes, _ = self.features.shape
+        return (x, nodes, vocab)
 
-    def block(self, start, count):
-        return self.features[:, start : start + count] @ self.theta
+    def scores(self):
+        return self.features @ self.theta
 
     def at(self, nodes):
-        return jax.vmap(lambda f, n: f[n])(self.features, nodes) @ self.theta
+        return jax.vmap(lambda f, n: jnp.moveaxis(f[:, n] @ self.theta, 0, -1))(self.features, nodes)
+
+
+def _token_softmax(s: Float[Array, "prompts vocab n"]):
+    """Per token `v`: `(softmax, log_softmax)` over the vocabulary axis, as lists of
+    contiguous `(prompts, n)` slices (elementwise, no short-axis reduction)."""
+    rows = [s[:, i] for i in range(s.shape[1])]
+    top = rows[0]
+    for row in rows[1:]:
+        top = jnp.maximum(top, row)
+    top = jax.lax.stop_gradient(top)
+    z = [row - top for row in rows]
+    e = [jnp.exp(x) for x in z]
+    total = e[0]
+    for x in e[1:]:
+        total = total + x
+    log_total = jnp.log(total)
+    return [x / total for x in e], [x - log_total for x in z]
 
 
 class Autoregressive(AbstractPolicy):
@@ -154,7 +216,8 @@ class Autoregressive(AbstractPolicy):
     **Arguments:**
 
     - `head`: a [`gradflow.TokenTable`][] (tabular per prefix) or
-      [`gradflow.TokenFeatures`][] (shared parameters), with one row per prefix node.
+      [`gradflow.TokenFeatures`][] (shared parameters), with one score per prefix node
+      and token.
     - `vocab`: `V >= 2`; `length`: `L >= 1`; `V^L` at most `MAX_SEQUENCES` (2^20).
     - `weights`: prompt weights (uniform when `None`); `temperature`: `tau > 0`, applied
       to every token's softmax.
@@ -163,6 +226,11 @@ class Autoregressive(AbstractPolicy):
     [`gradflow.Autoregressive.from_sequence_probs`][] or
     [`gradflow.Autoregressive.shared`][]. With `length = 1` this is
     [`gradflow.TabularSoftmax`][] over the `V` tokens.
+
+    The exact gradient has a closed-form pull-back (`linearize`): for a cotangent `c` on
+    the sequences' log-probabilities, the score of token `v` after prefix `h` gets
+    `(C(h v) - pi(v | h) C(h)) / tau`, with `C(h)` the sum of `c` over the sequences that
+    start with `h`, accumulated up the prefix tree level by level.
     """
 
     head: AbstractTokenHead
@@ -198,7 +266,7 @@ class Autoregressive(AbstractPolicy):
         """
         vocab, length = _check_size(vocab, length)
         prompts = v.positive_int("prompts", prompts)
-        table = jnp.zeros((prompts, num_nodes(vocab, length), vocab))
+        table = jnp.zeros((prompts, vocab, num_nodes(vocab, length)))
         return cls(TokenTable(table), vocab, length, weights=weights, temperature=temperature)
 
     @classmethod
@@ -230,7 +298,7 @@ class Autoregressive(AbstractPolicy):
             cond = prefix.reshape(p.shape[0], vocab**level, vocab)
             levels.append(jnp.log(cond) - jnp.log(cond.sum(-1, keepdims=True)))
         table = tau * jnp.concatenate(levels, axis=1)
-        return cls(TokenTable(table), vocab, length, weights=weights, temperature=tau)
+        return cls(TokenTable.from_nodes(table), vocab, length, weights=weights, temperature=tau)
 
     @classmethod
     def shared(cls, vocab: int, length: int, features="bigram", theta=None, *, prompts: int = 1,
@@ -255,8 +323,14 @@ class Autoregressive(AbstractPolicy):
         prompts = v.positive_int("prompts", prompts)
         if feats.ndim == 3:
             feats = jnp.broadcast_to(feats, (prompts,) + feats.shape)
+        if feats.shape[1:3] != (num_nodes(vocab, length), vocab):
+            raise ValueError(
+                f"`features` must have shape (nodes, vocab, dim) or (prompts, nodes, vocab, dim) with "
+                f"nodes = {num_nodes(vocab, length)}, vocab = {vocab}; got {tuple(jnp.shape(features))}."
+            )
         theta = jnp.zeros(feats.shape[-1], feats.dtype) if theta is None else theta
-        return cls(TokenFeatures(feats, theta), vocab, length, weights=weights, temperature=temperature)
+        internal = jnp.swapaxes(feats[:, node_order(vocab, length)], 1, 2)
+        return cls(TokenFeatures(internal, theta), vocab, length, weights=weights, temperature=temperature)
 
     @staticmethod
     def builtin_features(name: str, vocab: int, length: int) -> np.ndarray:
@@ -298,43 +372,90 @@ class Autoregressive(AbstractPolicy):
         """Every sequence, shape `(V^L, L)`, in the order of the outputs."""
         return sequences(self.vocab, self.length)
 
-    def log_probs(self):
-        """`log pi` of every sequence: the per-token log-softmaxes, accumulated level by
-        level down the prefix tree."""
-        prompts = self.head.table_shape[0]
-        acc = jnp.zeros((prompts, 1), self.temperature.dtype)
+    def node_scores(self) -> Float[Array, "prompts nodes vocab"]:
+        """The next-token scores at every prefix node, levels in order and lexicographic
+        inside each level (the layout of [`gradflow.TokenTable.from_nodes`][])."""
+        order = np.argsort(node_order(self.vocab, self.length))
+        return jnp.swapaxes(self.head.scores(), 1, 2)[:, order]
+
+    def _lexicographic(self, x: Float[Array, "prompts sequences"]) -> Float[Array, "prompts sequences"]:
+        """Digit-reversed sequence order <-> lexicographic order (an involution: reversing
+        the token axes)."""
+        prompts, length = x.shape[0], self.length
+        axes = (0,) + tuple(range(length, 0, -1))
+        return x.reshape((prompts,) + (self.vocab,) * length).transpose(axes).reshape(x.shape)
+
+    def _forward(self, scores):
+        """Level by level down the prefix tree, in the internal order: the sequences'
+        log-probabilities and probabilities, and each level's next-token probabilities."""
+        prompts, vocab = scores.shape[0], self.vocab
+        logp = jnp.zeros((prompts, 1), scores.dtype)
+        p = jnp.ones((prompts, 1), scores.dtype)
+        levels = []
         for level in range(self.length):
-            count = self.vocab**level
-            s = self.head.block(_offset(self.vocab, level), count) / self.temperature
-            _, lp = softmax_outputs(s)
-            acc = (acc[:, :, None] + lp).reshape(prompts, count * self.vocab)
-        return acc
+            start = _offset(vocab, level)
+            pi, lp = _token_softmax(scores[:, :, start : start + vocab**level] / self.temperature)
+            logp = jnp.concatenate([logp + x for x in lp], axis=1)  # prefix + token v at v * V^l
+            p = jnp.concatenate([p * x for x in pi], axis=1)
+            levels.append(pi)
+        return logp, p, levels
+
+    def log_probs(self):
+        return self._lexicographic(self._forward(self.head.scores())[0])
+
+    def probs(self):
+        return self._lexicographic(self._forward(self.head.scores())[1])
+
+    def linearize(self) -> Linearization:
+        scores, head_pullback = jax.vjp(lambda hp: self.head.with_params(hp).scores(), self.head.params)
+        logp, p, levels = self._forward(scores)
+        vocab = self.vocab
+
+        def pullback(c):
+            acc = self._lexicographic(c.astype(scores.dtype))  # C(h v) at the deepest level
+            grads = []
+            for level in reversed(range(self.length)):
+                n = vocab**level
+                blocks = [acc[:, i * n : (i + 1) * n] for i in range(vocab)]  # C(h v), per v
+                acc = blocks[0]
+                for block in blocks[1:]:
+                    acc = acc + block  # C(h)
+                pi = levels[level]
+                grads.append(jnp.stack([b - q * acc for b, q in zip(blocks, pi, strict=True)], axis=1))
+            g = jnp.concatenate(grads[::-1], axis=2) / self.temperature
+            return head_pullback(g)[0]
+
+        return Linearization(self._lexicographic(logp), self._lexicographic(p), pullback)
 
     def sample(self, key, n):
         """Token by token (a `lax.scan` over positions); never touches all `V^L`
         sequences. Position `l` draws from `fold_in(key, l)`."""
         prompts, vocab = self.head.table_shape[0], self.vocab
         offsets = jnp.asarray([_offset(vocab, level) for level in range(self.length)], jnp.int32)
+        powers = jnp.asarray([vocab**level for level in range(self.length)], jnp.int32)
 
-        def step(prefix, level):
-            s = self.head.at(offsets[level] + prefix) / self.temperature
+        def step(carry, level):
+            internal, index = carry  # the prefix's internal node index and its lexicographic index
+            s = self.head.at(offsets[level] + internal) / self.temperature
             p, _ = softmax_outputs(jax.lax.stop_gradient(s))
-            u = jax.random.uniform(jax.random.fold_in(key, level), prefix.shape + (1,), dtype=p.dtype)
-            return prefix * vocab + inverse_cdf(p, u)[..., 0], None
+            u = jax.random.uniform(jax.random.fold_in(key, level), internal.shape + (1,), dtype=p.dtype)
+            token = inverse_cdf(p, u)[..., 0]
+            return (internal + token * powers[level], index * vocab + token), None
 
-        prefix, _ = jax.lax.scan(step, jnp.zeros((prompts, n), jnp.int32), jnp.arange(self.length))
-        return prefix
+        zeros = jnp.zeros((prompts, n), jnp.int32)
+        (_, index), _ = jax.lax.scan(step, (zeros, zeros), jnp.arange(self.length))
+        return index
 
     def log_prob(self, samples):
         """The sum of the drawn tokens' log-probabilities (no enumeration)."""
         vocab, length = self.vocab, self.length
         lead = (1,) * samples.ndim
+        shift = (vocab ** np.arange(length - 1, -1, -1)).reshape(lead + (length,))
+        tokens = (samples[..., None] // jnp.asarray(shift, jnp.int32)) % vocab  # token l
+        weight = jnp.asarray((vocab ** np.arange(length)).reshape(lead + (length,)), jnp.int32)
+        internal = jnp.cumsum(tokens * weight, axis=-1) - tokens * weight  # prefix before token l
         offsets = np.array([_offset(vocab, level) for level in range(length)]).reshape(lead + (length,))
-        shift = (vocab ** np.arange(length, 0, -1)).reshape(lead + (length,))  # prefix l: index // V^(L-l)
-        idx = samples[..., None]
-        nodes = jnp.asarray(offsets, jnp.int32) + idx // jnp.asarray(shift, jnp.int32)
-        tokens = (idx // jnp.asarray(shift // vocab, jnp.int32)) % vocab
-        _, lp = softmax_outputs(self.head.at(nodes) / self.temperature)
+        _, lp = softmax_outputs(self.head.at(jnp.asarray(offsets, jnp.int32) + internal) / self.temperature)
         return jnp.sum(take_outputs(lp, tokens[..., None])[..., 0], axis=-1)
 
 

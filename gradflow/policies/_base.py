@@ -42,6 +42,18 @@ def prompt_weights(weights, n_prompts: int) -> Float[Array, " prompts"]:
     )
 
 
+def output_features(features) -> Float[Array, "prompts outputs dim"]:
+    """Validated features of the outputs, shape `(outputs, dim)` (one prompt) or
+    `(prompts, outputs, dim)`, promoted to the latter."""
+    arr = v.as_float_array("features", features, ndim=(2, 3))
+    if arr.shape[-2] < 2:
+        raise ValueError(
+            f"`features` needs at least 2 outputs, shape (outputs, dim) or (prompts, outputs, dim); "
+            f"got shape {tuple(arr.shape)}."
+        )
+    return arr[None] if arr.ndim == 2 else arr
+
+
 class Linearization(eqx.Module):
     """A policy's log-probabilities at its parameters, with their pull-back.
 

@@ -9,7 +9,7 @@ import jax
 from jaxtyping import Array, Float, PyTree
 
 from .. import _validate as v
-from ._base import AbstractScorePolicy, prompt_weights
+from ._base import AbstractScorePolicy, output_features, prompt_weights
 
 
 class NeuralPolicy(AbstractScorePolicy):
@@ -34,13 +34,7 @@ class NeuralPolicy(AbstractScorePolicy):
     temperature: Float[Array, ""]
 
     def __init__(self, model, features, weights=None, temperature=1.0):
-        features = v.as_float_array("features", features, ndim=(2, 3))
-        self.features = features[None] if features.ndim == 2 else features
-        if self.features.shape[1] < 2:
-            raise ValueError(
-                f"`features` needs at least 2 outputs, shape (outputs, dim) or (prompts, outputs, "
-                f"dim); got shape {tuple(features.shape)}."
-            )
+        self.features = output_features(features)
         if not callable(model):
             raise ValueError(f"`model` must be a callable equinox Module (features -> score); got {model!r}.")
         try:

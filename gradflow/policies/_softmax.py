@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .. import _validate as v
-from ._base import AbstractScorePolicy, prompt_weights
+from ._base import AbstractScorePolicy, output_features, prompt_weights
 
 
 class InexactFitWarning(UserWarning):
@@ -85,16 +85,13 @@ class LogLinear(AbstractScorePolicy):
     temperature: Float[Array, ""]
 
     def __init__(self, features, theta, weights=None, temperature=1.0):
-        features = v.as_float_array("features", features, ndim=(2, 3))
-        self.features = features[None] if features.ndim == 2 else features
+        self.features = output_features(features)
         self.theta = v.as_float_array("theta", theta, ndim=(1,))
         if self.theta.shape[0] != self.features.shape[-1]:
             raise ValueError(
                 f"`theta` must have shape ({self.features.shape[-1]},) to match the feature "
-                f"dimension of `features` {tuple(features.shape)}; got {tuple(self.theta.shape)}."
+                f"dimension of `features` {tuple(jnp.shape(features))}; got {tuple(self.theta.shape)}."
             )
-        if self.features.shape[1] < 2:
-            raise ValueError(f"`features` needs at least 2 outputs; got shape {tuple(features.shape)}.")
         self.weights = prompt_weights(weights, self.features.shape[0])
         self.temperature = v.positive_scalar("temperature", temperature)
 

@@ -234,6 +234,12 @@ def run_token_credit(cfg: dict, out: Path, quick: bool) -> dict:
 
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "summary.csv", rows)
+    write_csv(out / "map.csv", [
+        {"scenario": scen, "parameterisation": name, "proxy_reward_mediocre": float(a),
+         "proxy_reward_best": float(b), "label": str(labels[i, j])}
+        for (scen, name), labels in maps.items()
+        for i, a in enumerate(med_values) for j, b in enumerate(best_values)
+    ])
     tt, td = f"time_to_{target:g}_true", f"time_to_{target:g}_demote"
     shown = [{**r, "stalls": "yes" if r["stalls"] else "no", "stall_level": fmt(r["stall_level"]),
               "stall_duration": fmt(r["stall_duration"]), tt: fmt(r[tt]), td: fmt(r[td]),
@@ -255,7 +261,7 @@ def run_token_credit(cfg: dict, out: Path, quick: bool) -> dict:
     figures = _token_figures(runs, maps, med_values, best_values, prob, target, out)
     print(f"Solved {sum(len(setups[s][3]) for s in SCENARIOS) * len(PARAMETERISATIONS)} runs in {elapsed:.1f} s (compilation included).")
     print(f"Results in {out.resolve()}/:")
-    for path in [out / "summary.csv", *figures]:
+    for path in [out / "summary.csv", out / "map.csv", *figures]:
         print(f"  {path.name}")
     return {"rows": rows, "figures": figures, "solutions": runs, "maps": maps}
 

@@ -227,8 +227,9 @@ def test_token_credit_quick_shows_stalling_at_the_token_level(quick_token_credit
     reward each stalls near y_med's 0.8 within the quick horizon, and the proxy that
     demotes y_med reaches 0.9 (beneficial)."""
     out, result = quick_token_credit
-    for name in ("summary.csv", "true_reward.png", "categorization_map.png"):
+    for name in ("summary.csv", "map.csv", "true_reward.png", "categorization_map.png"):
         assert (out / name).stat().st_size > 0
+    assert len((out / "map.csv").read_text().splitlines()) == 1 + 6 * 5 * 5
     rows = result["rows"]
     assert sorted({r["parameterisation"] for r in rows}) == ["bigram", "flat", "prefix"]
     header = (out / "summary.csv").read_text().splitlines()[0].split(",")

@@ -7,8 +7,8 @@ estimate
     g_hat = sum_x w_x (1/k) sum_i A_i grad log pi(y_i | x)
 
 with an optax optimiser: the cotangent `w_x A_i / k` on the drawn outputs'
-log-probabilities (`policy.log_prob`) pulled back with `jax.vjp`, whatever the
-parameterisation. The methods differ in the advantages `A_i` (see the docs' *Estimators*
+log-probabilities pulled back by the policy (`policy.linearize_draws`: `jax.vjp` of
+`log_prob`, or a closed form), whatever the parameterisation. The methods differ in the advantages `A_i` (see the docs' *Estimators*
 page for what each one's mean is).
 
 Regularisation (the same `gradflow.Regularization` as the exact methods, term by term as
@@ -70,9 +70,8 @@ def score_gradient(params, problem: Problem, batch: Batch, coef: Float[Array, "p
     shaping (forward KL)."""
     k = batch.samples.shape[1]
     w = problem.policy.weights[:, None]
-    _, pullback = jax.vjp(lambda th: problem.at(th).log_prob(batch.samples), params)
-    (grad,) = pullback((w * coef / k).astype(batch.logp.dtype))
-    return with_unshaped(grad, params, problem)
+    _, pullback = problem.at(params).linearize_draws(batch.samples)
+    return with_unshaped(pullback(w * coef / k), params, problem)
 
 
 def with_unshaped(grad: PyTree[Array], params, problem: Problem) -> PyTree[Array]:
@@ -318,10 +317,9 @@ class PPO(AbstractSampledMethod):
 
         def epoch(_, carry):
             params, opt_state = carry
-            logp_new, pullback = jax.vjp(lambda th: problem.at(th).log_prob(batch.samples), params)
+            logp_new, pullback = problem.at(params).linearize_draws(batch.samples)
             coef = self.surrogate_coef(batch, adv, logp_new)
-            (grad,) = pullback((w * coef / k).astype(logp_new.dtype))
-            return self._apply(with_unshaped(grad, params, problem), params, opt_state)
+            return self._apply(with_unshaped(pullback(w * coef / k), params, problem), params, opt_state)
 
         params, opt_state = jax.lax.fori_loop(0, self.epochs, epoch, (params, state[0]))
         return params, (opt_state, None), value

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from .. import _validate as v
-from .._ops import inverse_cdf, softmax_outputs, take_outputs
+from .._ops import inverse_cdf, softmax_outputs, sum_draws, sum_outputs, take_outputs
 
 
 def prompt_weights(weights, n_prompts: int) -> Float[Array, " prompts"]:
@@ -121,6 +121,13 @@ class AbstractPolicy(eqx.Module):
         """`log pi(y_i | x)` of drawn outputs (indices as returned by `sample`)."""
         return take_outputs(self.log_probs(), samples)
 
+    def linearize_draws(self, samples: Int[Array, "prompts n"]):
+        """`log_prob(samples)` and its pull-back, as `jax.vjp` returns them: a cotangent
+        `a` on the draws maps to `sum_{x,i} a_{x,i} grad_theta log pi(y_i | x)`. The sampled
+        methods' gradient is this pull-back (default: `jax.vjp` of `log_prob`)."""
+        logp, pullback = jax.vjp(lambda th: self.with_params(th).log_prob(samples), self.params)
+        return logp, lambda a: pullback(a.astype(logp.dtype))[0]
+
 
 class AbstractScorePolicy(AbstractPolicy):
     """A softmax over scores: `pi(y | x) = softmax_y(score(x, y) / tau)`.
@@ -149,3 +156,21 @@ class AbstractScorePolicy(AbstractPolicy):
         p, logp = softmax_outputs(scores / tau)
 
         return Linearization(logp, p, lambda c: pullback((c / tau).astype(scores.dtype))[0])
+
+    def linearize_draws(self, samples):
+        """Closed form: `d log pi(y_i) / d s = (e_{y_i} - pi) / tau`, so a cotangent `a` on
+        the draws pulls back as `J_s^T (counts - pi total) / tau`, with `counts` the
+        `a`-weighted count of each output among the draws and `total = sum_i a_i`."""
+        scores, pullback = jax.vjp(lambda th: self.with_params(th).scores(), self.params)
+        tau = self.temperature
+        p, logp = softmax_outputs(scores / tau)
+        n_out = scores.shape[-1]
+        onehot = (samples[..., None] == jnp.arange(n_out).reshape((1, 1, n_out))).astype(p.dtype)
+        drawn = sum_outputs(onehot * logp[:, None, :])[..., 0]
+
+        def pull(a):
+            a = a.astype(p.dtype)[..., None]
+            counts, total = sum_draws(a * onehot)[:, 0], sum_draws(a)[:, 0]
+            return pullback(((counts - p * total) / tau).astype(scores.dtype))[0]
+
+        return drawn, pull

@@ -52,8 +52,10 @@ def numpy_sgd(r_proxy: np.ndarray, steps: int, lr: float = 0.1, p0: np.ndarray =
     return hit
 
 
-def bench_sgd(n_runs: int, steps: int, n_numpy: int) -> None:
-    policy = gf.TabularSoftmax.from_probs(jnp.asarray(P0, jnp.float32))
+def _sgd_side_by_side(title: str, policy, numpy_run, n_runs: int, steps: int, n_numpy: int, seed: int,
+                      target: str = "") -> None:
+    """gf.GradientAscent(optax.sgd(0.1), steps) with time-to-reward, vmapped over `n_runs`
+    noisy proxies, against `numpy_run(r_proxy)` one run at a time."""
     method = gf.GradientAscent(optax.sgd(0.1), steps)
     r_true = jnp.asarray(R_TRUE, jnp.float32)
 
@@ -65,7 +67,7 @@ def bench_sgd(n_runs: int, steps: int, n_numpy: int) -> None:
             return gf.time_to_reward(sol, TARGET)
         return jax.vmap(one)(rewards)
 
-    rewards = proxies(n_runs)
+    rewards = proxies(n_runs, seed)
     rj = jnp.asarray(rewards, jnp.float32)
     batch(rj).block_until_ready()  # compile
     t0 = time.perf_counter()
@@ -73,17 +75,23 @@ def bench_sgd(n_runs: int, steps: int, n_numpy: int) -> None:
     t_jax = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    ref = [numpy_sgd(rewards[i], steps) for i in range(n_numpy)]
+    ref = [numpy_run(rewards[i]) for i in range(n_numpy)]
     t_np = (time.perf_counter() - t0) / n_numpy
     with np.errstate(invalid="ignore"):  # inf - inf where both never reach: no difference
         diff = np.nan_to_num(np.abs(hits[:n_numpy] - np.asarray(ref)), nan=0.0)
     jax_rate, np_rate = n_runs / t_jax, 1 / t_np
-    print(f"[1] SGD lr 0.1, {steps} steps, time to true reward {TARGET}:")
+    print(f"{title}, {steps} steps, time to true reward {TARGET}:")
     print(f"    gradflow vmap over {n_runs} proxies: {t_jax:.2f} s -> {jax_rate:.1f} runs/s")
     print(f"    NumPy per-run loop ({n_numpy} runs timed): {t_np:.3f} s/run -> {np_rate:.3f} runs/s")
-    print(f"    ratio: {jax_rate / np_rate:.0f}x   (target >= 330x)")
+    print(f"    ratio: {jax_rate / np_rate:.0f}x{target}")
     print(f"    crossing steps vs NumPy (float32 vs float64): max |diff| {diff.max():.0f} steps "
           f"(runs: {', '.join(f'{h:g}' for h in hits[:n_numpy])} vs {', '.join(f'{h:g}' for h in ref)})")
+
+
+def bench_sgd(n_runs: int, steps: int, n_numpy: int) -> None:
+    policy = gf.TabularSoftmax.from_probs(jnp.asarray(P0, jnp.float32))
+    _sgd_side_by_side("[1] SGD lr 0.1", policy, lambda r: numpy_sgd(r, steps), n_runs, steps, n_numpy, 0,
+                      "   (target >= 330x)")
 
 
 def scipy_time(r_proxy: np.ndarray, t1: float, rtol: float, method: str = "LSODA",
@@ -194,36 +202,9 @@ def bench_loglinear(n_runs: int, steps: int, n_numpy: int) -> None:
     for j in range(2, 5):
         phi[j, j] = 1.0
     policy = gf.LogLinear.from_probs(jnp.asarray(phi, jnp.float32), jnp.asarray(P0, jnp.float32))
-    method = gf.GradientAscent(optax.sgd(0.1), steps)
-    r_true = jnp.asarray(R_TRUE, jnp.float32)
-
-    @jax.jit
-    def batch(rewards):
-        def one(r):
-            sol = gf.solve(policy, reward=r, true_reward=r_true, method=method,
-                           saveat=gf.SaveAt(every=steps), targets=(TARGET,))
-            return gf.time_to_reward(sol, TARGET)
-        return jax.vmap(one)(rewards)
-
-    rewards = proxies(n_runs, seed=2)
-    rj = jnp.asarray(rewards, jnp.float32)
-    batch(rj).block_until_ready()  # compile
-    t0 = time.perf_counter()
-    hits = np.asarray(batch(rj).block_until_ready())
-    t_jax = time.perf_counter() - t0
     theta0 = np.asarray(policy.theta, np.float64)
-    t0 = time.perf_counter()
-    ref = [numpy_loglinear_sgd(rewards[i], phi, theta0, steps) for i in range(n_numpy)]
-    t_np = (time.perf_counter() - t0) / n_numpy
-    with np.errstate(invalid="ignore"):
-        diff = np.nan_to_num(np.abs(hits[:n_numpy] - np.asarray(ref)), nan=0.0)
-    jax_rate, np_rate = n_runs / t_jax, 1 / t_np
-    print(f"[4] Log-linear SGD lr 0.1, {steps} steps, time to true reward {TARGET}:")
-    print(f"    gradflow vmap over {n_runs} proxies: {t_jax:.2f} s -> {jax_rate:.1f} runs/s")
-    print(f"    NumPy per-run loop ({n_numpy} runs timed): {t_np:.3f} s/run -> {np_rate:.3f} runs/s")
-    print(f"    ratio: {jax_rate / np_rate:.0f}x")
-    print(f"    crossing steps vs NumPy (float32 vs float64): max |diff| {diff.max():.0f} steps "
-          f"(runs: {', '.join(f'{h:g}' for h in hits[:n_numpy])} vs {', '.join(f'{h:g}' for h in ref)})")
+    _sgd_side_by_side("[4] Log-linear SGD lr 0.1", policy, lambda r: numpy_loglinear_sgd(r, phi, theta0, steps),
+                      n_runs, steps, n_numpy, 2)
 
 
 def main() -> None:

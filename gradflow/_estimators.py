@@ -40,7 +40,7 @@ from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from . import _validate as v
 from ._dynamics import AbstractDiscreteMethod, check_optimizer
-from ._objective import Problem, Regularization, exact_cotangent
+from ._objective import Problem, Regularization, terms_cotangent
 from ._ops import sum_draws, sum_outputs, take_outputs
 
 
@@ -77,11 +77,12 @@ def score_gradient(params, problem: Problem, batch: Batch, coef: Float[Array, "p
 def with_unshaped(grad: PyTree[Array], params, problem: Problem) -> PyTree[Array]:
     """`grad` plus the exact gradient of the regulariser terms that are not sampled by
     shaping (forward KL), when there are any."""
-    if all(term.shaped for term in problem.regularization.terms()):
+    unshaped = [term for term in problem.regularization.terms() if not term.shaped]
+    if not unshaped:
         return grad
     lin = problem.at(params).linearize()
-    exact = lin.pullback(exact_cotangent(lin.probs, lin.log_probs, problem, only_unshaped=True))
-    return jax.tree.map(jnp.add, grad, exact)
+    cot = terms_cotangent(jnp.zeros_like(lin.probs), lin.probs, lin.log_probs, problem, unshaped)
+    return jax.tree.map(jnp.add, grad, lin.pullback(cot))
 
 
 class AbstractSampledMethod(AbstractDiscreteMethod):

@@ -211,22 +211,19 @@ def objective(params: PyTree[Array], problem: Problem) -> tuple[Float[Array, ""]
     return jnp.sum(w * per_prompt), aux
 
 
-def exact_cotangent(p, logp, problem: Problem, only_unshaped: bool = False) -> Float[Array, "prompts outputs"]:
+def exact_cotangent(p, logp, problem: Problem) -> Float[Array, "prompts outputs"]:
     """`dJ/d log pi` in closed form (centred), per prompt weighted by `w_x`:
 
         w_x [ pi (r~ - V~) - sum_t c_t dR_t/d log pi ]
+    """
+    r = problem.regularization.training_reward(p, problem.reward)
+    g = p * (r - sum_outputs(p * r))
+    return terms_cotangent(g, p, logp, problem, problem.regularization.terms())
 
-    With `only_unshaped`, only the regulariser terms that the sampled estimators add
-    exactly (those without a `shaping`)."""
-    reg = problem.regularization
-    if only_unshaped:
-        g = jnp.zeros_like(p)
-    else:
-        r = reg.training_reward(p, problem.reward)
-        g = p * (r - sum_outputs(p * r))
-    for term in reg.terms():
-        if only_unshaped and term.shaped:
-            continue
+
+def terms_cotangent(g, p, logp, problem: Problem, terms) -> Float[Array, "prompts outputs"]:
+    """`w_x [ g - sum_t c_t dR_t/d log pi ]` over the given regulariser `terms`."""
+    for term in terms:
         g = g - term.coef * term.cotangent(p, logp, problem.log_ref)
     return problem.policy.weights[:, None] * g
 
@@ -241,7 +238,7 @@ def gradient(params: PyTree[Array], problem: Problem) -> tuple[PyTree[Array], Di
     return grad, diagnostics(p, problem, optax.tree.norm(grad))
 
 
-def diagnostics(p, problem: Problem, grad_norm, probs: bool = True) -> Diagnostics:
+def diagnostics(p, problem: Problem, grad_norm) -> Diagnostics:
     """The recorded quantities at probabilities `p`."""
     w = problem.policy.weights[:, None]
     mean = sum_outputs(p * problem.reward)
@@ -251,7 +248,7 @@ def diagnostics(p, problem: Problem, grad_norm, probs: bool = True) -> Diagnosti
         true_reward=jnp.sum(w * sum_outputs(p * problem.true_reward)),
         reward_variance=jnp.sum(w * sum_outputs(p * centred * centred)),
         grad_norm=grad_norm,
-        probs=p if probs else None,
+        probs=p,
     )
 
 

@@ -38,7 +38,8 @@ from ._estimators import (
 )
 from ._objective import Regularization as Regularization
 from ._seeds import SeedSummary as SeedSummary, summarize_seeds as summarize_seeds
-from ._solve import SaveAt as SaveAt, Solution as Solution, Status as Status, solve as solve
+from ._solve import SaveAt as SaveAt, Solution as Solution, solve as solve
+from ._status import Status as Status, status_code as status_code, status_name as status_name
 from .policies import (
     AbstractPolicy as AbstractPolicy,
     AbstractScorePolicy as AbstractScorePolicy,

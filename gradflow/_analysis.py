@@ -10,9 +10,10 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from ._objective import as_reward, expected
+from ._status import Status
 from .policies import AbstractPolicy
 
 
@@ -78,7 +79,13 @@ class StallCriteria(eqx.Module):
 
 
 class Tracker(eqx.Module):
-    """Online state: first crossing of each target and the current plateau."""
+    """Online state: first crossing of each target and the current plateau.
+
+    A caller that can refine event times (the flow) passes the piece of the curve that
+    ends at each point (`here`, any pytree: for the flow the solver step's dense
+    interpolant); the tracker keeps the piece in which each event happened, so that the
+    caller can locate it afterwards. Discrete methods pass `None`.
+    """
 
     hit: Float[Array, " targets"]
     in_win: Bool[Array, ""]
@@ -88,69 +95,63 @@ class Tracker(eqx.Module):
     win_v1: Float[Array, ""]
     best: Stall
     count: Int[Array, ""]
+    hit_at: PyTree = None  # per target: the piece in which it was first reached
+    win_at: PyTree = None  # the piece in which the current plateau began
+    best_at: PyTree = None  # the pieces in which the longest stall began and ended
 
 
-def tracker_init(n_targets: int, dtype=float) -> Tracker:
+def _where(pred, a, b):
+    """`where(pred, a, b)` leaf by leaf, `pred` aligned with the leading axes."""
+
+    def one(x, y):
+        extra = max(jnp.ndim(x), jnp.ndim(y)) - pred.ndim
+        return jnp.where(jnp.reshape(pred, pred.shape + (1,) * extra), x, y)
+
+    return jax.tree.map(one, a, b)
+
+
+def tracker_init(n_targets: int, dtype=float, here: PyTree = None) -> Tracker:
     nan = jnp.asarray(jnp.nan, dtype)
     z = jnp.asarray(0.0, dtype)
     return Tracker(
         hit=jnp.full((n_targets,), jnp.inf, dtype),
         in_win=jnp.asarray(False), win_start=z, win_end=z, win_v0=z, win_v1=z,
         best=Stall(nan, nan, nan), count=jnp.asarray(0),
+        hit_at=jax.tree.map(lambda x: jnp.broadcast_to(x, (n_targets,) + jnp.shape(x)), here),
+        win_at=here, best_at=(here, here) if here is not None else None,
     )
 
 
-def hermite_crossing(t0, v0, d0, t1, v1, d1, level, iters: int = 40):
-    """Where the cubic Hermite interpolant of `(t0, v0, d0)`, `(t1, v1, d1)` first
-    reaches `level`, given `v0 < level <= v1` (bisection on the cubic, which is accurate
-    to O(h^4) on a smooth curve)."""
-    h = t1 - t0
-
-    def cubic(s):
-        s2, s3 = s * s, s * s * s
-        return (
-            (2 * s3 - 3 * s2 + 1) * v0 + (s3 - 2 * s2 + s) * h * d0
-            + (-2 * s3 + 3 * s2) * v1 + (s3 - s2) * h * d1
-        )
-
-    def body(_, lohi):
-        lo, hi = lohi
-        mid = 0.5 * (lo + hi)
-        up = cubic(mid) >= level
-        return jnp.where(up, lo, mid), jnp.where(up, mid, hi)
-
-    z = jnp.zeros(jnp.broadcast_shapes(jnp.shape(h), jnp.shape(level)), jnp.result_type(h))
-    lo, hi = jax.lax.fori_loop(0, iters, body, (z, z + 1))
-    return t0 + hi * h
-
-
-def _close(trk: Tracker, min_dur) -> tuple[Tracker, Stall, Bool[Array, ""]]:
+def _close(trk: Tracker, min_dur, here) -> tuple[Tracker, Stall, Bool[Array, ""]]:
     """The plateau in progress as a `Stall`, whether it qualifies, and the state with
     it counted (the caller decides whether to keep that state)."""
     dur = trk.win_end - trk.win_start
     ok = trk.in_win & (dur >= min_dur)
     stall = Stall(0.5 * (trk.win_v0 + trk.win_v1), trk.win_start, dur)
     longer = ok & ~(dur <= trk.best.duration)  # best.duration may be nan
-    best = jax.tree.map(lambda new, old: jnp.where(longer, new, old), stall, trk.best)
-    return eqx.tree_at(lambda t: (t.best, t.count), trk, (best, trk.count + ok)), stall, ok
+    best = _where(longer, stall, trk.best)
+    best_at = None if trk.best_at is None else _where(longer, (trk.win_at, here), trk.best_at)
+    return eqx.tree_at(lambda t: (t.best, t.count, t.best_at), trk, (best, trk.count + ok, best_at),
+                       is_leaf=lambda x: x is None), stall, ok
 
 
 def tracker_update(
-    trk: Tracker, t, value, rate, alive, targets, stall_target, max_rate, min_dur
+    trk: Tracker, t, value, rate, alive, targets, stall_target, max_rate, min_dur, here: PyTree = None
 ) -> tuple[Tracker, Stall, Bool[Array, ""]]:
-    """Feed one point `(t, value, rate)` of the true-reward curve.
+    """Feed one point `(t, value, rate)` of the true-reward curve (and the piece of the
+    curve that ends there, `here`).
 
     Returns the new state, and the plateau that ended at this point with a flag saying
     whether it was a stall. Points with `alive=False` are ignored.
     """
     reached = value >= jnp.asarray(targets, value.dtype)
-    hit = jnp.where(alive & reached & jnp.isinf(trk.hit), t, trk.hit)
+    first = alive & reached & jnp.isinf(trk.hit)
     flat = (value < stall_target) & (jnp.abs(rate) <= max_rate)
-    closed, stall, ok = _close(trk, min_dur)
+    closed, stall, ok = _close(trk, min_dur, here)
     ending = trk.in_win & ~flat & alive
-    new = jax.tree.map(lambda a, b: jnp.where(ending, a, b), closed, trk)
+    new = _where(ending, closed, trk)
     new = Tracker(
-        hit=hit,
+        hit=jnp.where(first, t, trk.hit),
         in_win=flat,
         win_start=jnp.where(trk.in_win, trk.win_start, t),
         win_end=t,
@@ -158,32 +159,26 @@ def tracker_update(
         win_v1=value,
         best=new.best,
         count=new.count,
+        hit_at=_where(first, here, trk.hit_at) if here is not None else None,
+        win_at=_where(trk.in_win, trk.win_at, here),
+        best_at=new.best_at,
     )
-    new = jax.tree.map(lambda a, b: jnp.where(alive, a, b), new, trk)
+    new = _where(alive, new, trk)
     return new, stall, ok & ending
 
 
-def tracker_finish(trk: Tracker, min_dur) -> tuple[Tracker, Stall, Bool[Array, ""]]:
-    """Close the plateau still open at the end of the run."""
-    return _close(trk, min_dur)
+def tracker_finish(trk: Tracker, min_dur, here: PyTree = None) -> tuple[Tracker, Stall, Bool[Array, ""]]:
+    """Close the plateau still open at the end of the run (`here`: the piece that ends
+    at the last point, for a caller that refines)."""
+    return _close(trk, min_dur, here)
 
 
-def crossings(ts, values, rates, valid, targets, *, hermite: bool) -> Float[Array, " targets"]:
-    """First crossing of each target by a recorded curve (`+inf` if none).
-
-    With `hermite`, the crossing is located between the first point at or above the
-    target and the point before it, on the cubic Hermite interpolant of values and rates.
-    """
+def crossings(ts, values, valid, targets) -> Float[Array, " targets"]:
+    """First recorded point at or above each target (`+inf` if none)."""
     targets = jnp.asarray(targets, values.dtype)
     above = valid[None, :] & (values[None, :] >= targets[:, None])
     i = jnp.argmax(above, axis=1)
-    found = jnp.any(above, axis=1)
-    t = ts[i]
-    if hermite:
-        j = jnp.maximum(i - 1, 0)
-        refined = hermite_crossing(ts[j], values[j], rates[j], ts[i], values[i], rates[i], targets)
-        t = jnp.where(i > 0, refined, t)
-    return jnp.where(found, t, jnp.inf)
+    return jnp.where(jnp.any(above, axis=1), ts[i], jnp.inf)
 
 
 def stalls_along(ts, values, rates, valid, stall_target, max_rate, min_dur, max_stalls: int) -> Stalls:
@@ -225,9 +220,11 @@ def _absolute_target(sol, target, normalized: bool):
 def time_to_reward(sol, target, normalized: bool = False) -> Float[Array, ""]:
     """First time the expected true reward reaches `target`.
 
-    For the flow the crossing is located between solver steps by cubic Hermite
-    interpolation with the exact rate `dV_G/dt`; for discrete methods it is the step
-    index `n` (the policy after `n` updates; 0 is the initial policy).
+    Reads back a target tracked by [`gradflow.solve`][] (`targets=...`). For the flow the
+    crossing was located inside the solve, by a root find on the solver's dense
+    interpolant of the state, so it is accurate to the solver's tolerance. For discrete
+    methods it is the step index `n` (the policy after `n` updates; 0 is the initial
+    policy); a run recorded at every step also answers untracked targets.
 
     **Arguments:**
 
@@ -238,7 +235,8 @@ def time_to_reward(sol, target, normalized: bool = False) -> Float[Array, ""]:
 
     **Returns:** a float scalar: the time (flow) or step (discrete); `+inf` if the run
     ended without reaching the target; `nan` if the run failed (diverged or hit
-    `max_steps`) before reaching it.
+    `max_steps`) before reaching it. A target that was not tracked (flow, or a discrete
+    run recorded less often than every step) is a `ValueError` that says how to track it.
     """
     if normalized and isinstance(target, (int, float)) and not 0 <= target <= 1:
         raise ValueError(f"`target` must be in [0, 1] when `normalized=True`; got {target}.")
@@ -249,22 +247,18 @@ def time_to_reward(sol, target, normalized: bool = False) -> Float[Array, ""]:
     )
     if tracked:
         t = sol.target_times[sol.targets.index(float(target))]
-    else:
+    elif sol.record_every == 1:
         level = _absolute_target(sol, target, normalized)
-        if sol.step_ts is not None:  # flow: per-step record, Hermite refinement
-            ts, vals, rates = sol.step_ts, sol.step_true_reward, sol.step_true_rate
-            hermite = True
-        elif sol.record_every == 1:
-            ts, vals = sol.steps.astype(sol.true_reward.dtype), sol.true_reward
-            rates, hermite = jnp.zeros_like(vals), False
-        else:
-            raise ValueError(
-                f"time_to_reward: target {target!r} was not tracked online and the run was "
-                f"recorded only every {sol.record_every} steps, so its step cannot be known "
-                "exactly. Pass `targets=(...)` to gf.solve, or record every step."
-            )
-        t = crossings(ts, vals, rates, jnp.isfinite(ts), level[None], hermite=hermite)[0]
-    return jnp.where(jnp.isinf(t) & (sol.status != 0), jnp.nan, t)
+        ts = sol.steps.astype(sol.true_reward.dtype)
+        t = crossings(ts, sol.true_reward, jnp.isfinite(sol.true_reward), level[None])[0]
+    else:
+        where = ("the flow locates crossings inside the solve, to the solver's tolerance"
+                 if sol.record_every is None else f"the run was recorded only every {sol.record_every} steps")
+        raise ValueError(
+            f"time_to_reward: target {target!r} was not tracked: pass `targets=({target!r},)` to "
+            f"gf.solve (with the same `normalized_targets`) and read it back here ({where})."
+        )
+    return jnp.where(jnp.isinf(t) & (sol.status != Status.ok), jnp.nan, t)
 
 
 def find_stalls(
@@ -278,10 +272,11 @@ def find_stalls(
     """Plateaus of the expected true reward below a target (see
     [`gradflow.StallCriteria`][] for the definition and the scale-aware defaults).
 
-    Works on the recorded trajectory: for the flow every solver step with the exact
-    rate; for discrete methods the recorded steps with finite-difference rates (so the
-    resolution is the recording stride). The longest stall is also tracked online
-    during the solve, as `sol.stall`.
+    Works on the recorded trajectory, with finite-difference rates between recorded
+    points, so its resolution is the recording grid (`SaveAt.ts`/`n` for the flow, the
+    stride for discrete methods). The longest stall is also tracked online during the
+    solve, as `sol.stall`; for the flow its start and end are located to the solver's
+    tolerance.
 
     **Arguments:**
 
@@ -293,11 +288,8 @@ def find_stalls(
     """
     crit = StallCriteria(target, max_rate, min_duration)
     stall_target, max_rate, min_dur = crit.resolve(sol.min_true_reward, sol.max_true_reward, sol.horizon)
-    if sol.step_ts is not None:
-        ts, vals, rates = sol.step_ts, sol.step_true_reward, sol.step_true_rate
-    else:
-        ts, vals = sol.steps.astype(sol.true_reward.dtype), sol.true_reward
-        rates = difference_rates(ts, vals)
+    ts, vals = sol.time, sol.true_reward
+    rates = difference_rates(ts, vals)
     valid = jnp.isfinite(ts) & jnp.isfinite(vals)
     return stalls_along(ts, vals, rates, valid, stall_target, max_rate, min_dur, max_stalls)
 

@@ -46,8 +46,21 @@ class AbstractMethod(eqx.Module):
     continuous: ClassVar[bool] = False
 
     @abc.abstractmethod
-    def integrate(self, problem: Problem, *, t1, key, saveat, tracking: Tracking) -> Run:
-        """One validated run (called by [`gradflow.solve`][] inside its compiled region)."""
+    def integrate(self, problem: Problem, *, t1, key, saveat, tracking: Tracking, stop_at_targets: bool = False) -> Run:
+        """One validated run (called by [`gradflow.solve`][] inside its compiled region).
+        `stop_at_targets` (continuous methods only) ends the run at its last target."""
+
+
+#: Solvers `GradientFlow(solver=...)` accepts by name.
+SOLVERS = {
+    "tsit5": diffrax.Tsit5,
+    "dopri5": diffrax.Dopri5,
+    "dopri8": diffrax.Dopri8,
+    "kvaerno5": diffrax.Kvaerno5,
+}
+
+#: Default `(rtol, atol)` of the flow by the parameters' dtype.
+DEFAULT_TOLERANCES = {"float64": (1e-7, 1e-9), "float32": (1e-5, 1e-7)}
 
 
 class GradientFlow(AbstractMethod):
@@ -56,18 +69,32 @@ class GradientFlow(AbstractMethod):
 
     **Arguments:**
 
-    - `solver`: a diffrax solver (default `diffrax.Tsit5()`).
-    - `rtol`, `atol`: tolerances of the adaptive step-size controller.
+    - `solver`: `"tsit5"` (default; explicit 5th order), `"dopri5"`, `"dopri8"`,
+      `"kvaerno5"` (implicit, for stiff flows), or any diffrax solver instance.
+      Use `"kvaerno5"` when a run spends a long time near a stable rest point with fast
+      directions, typically a strongly regularised flow (KL or entropy, `beta` of order
+      1 or more) over a long horizon: an explicit solver's steps are then bounded by
+      stability, not accuracy, and a run ends with status `max_steps`.
+    - `rtol`, `atol`: tolerances of the adaptive step-size controller (and of the
+      implicit solver's Newton iteration). `None` (default) picks them by the
+      parameters' dtype: `rtol = 1e-7, atol = 1e-9` in float64, `rtol = 1e-5,
+      atol = 1e-7` in float32 (tighter than that, float32 rounding makes the controller
+      reject steps it cannot improve).
     - `dt0`: initial step; `None` lets diffrax choose (adaptive only).
     - `adaptive`: `False` integrates with a constant step `dt0` instead.
-    - `max_steps`: the most solver steps a run may take; a run that needs more ends with
-      status `MAX_STEPS`. Keep it as small as the problem allows (it sets buffer sizes).
+    - `max_steps`: the most solver steps (accepted plus rejected) a run may take; a run
+      that needs more ends with status `max_steps`. It sets no buffer size: a run
+      stores only what it records.
     - `regularization`: a [`gradflow.Regularization`][].
+
+    Crossings of `targets` and the ends of the longest stall are located inside the
+    solver step in which they happen, by a root find on the solver's dense interpolant,
+    so they are as accurate as the solution itself.
     """
 
-    solver: diffrax.AbstractSolver = diffrax.Tsit5()
-    rtol: float = eqx.field(default=1e-7, static=True)
-    atol: float = eqx.field(default=1e-9, static=True)
+    solver: diffrax.AbstractSolver | str = "tsit5"
+    rtol: float | None = eqx.field(default=None, static=True)
+    atol: float | None = eqx.field(default=None, static=True)
     dt0: float | None = eqx.field(default=None, static=True)
     adaptive: bool = eqx.field(default=True, static=True)
     max_steps: int = eqx.field(default=4096, static=True)
@@ -75,22 +102,44 @@ class GradientFlow(AbstractMethod):
     continuous: ClassVar[bool] = True
 
     def __check_init__(self):
-        if self.adaptive:
-            if not (self.rtol > 0 and self.atol > 0):
-                raise ValueError(f"`rtol` and `atol` must be positive; got {self.rtol}, {self.atol}.")
-        elif self.dt0 is None or not self.dt0 > 0:
+        if isinstance(self.solver, str) and self.solver not in SOLVERS:
+            raise ValueError(f"`solver` must be one of {sorted(SOLVERS)} or a diffrax solver; got {self.solver!r}.")
+        if not isinstance(self.solver, (str, diffrax.AbstractSolver)):
+            raise ValueError(f"`solver` must be one of {sorted(SOLVERS)} or a diffrax solver; got {self.solver!r}.")
+        for name in ("rtol", "atol"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and value > 0):
+                raise ValueError(f"`{name}` must be a positive number (or None for the dtype's default); "
+                                 f"got {value!r}.")
+        if not self.adaptive and (self.dt0 is None or not self.dt0 > 0):
             raise ValueError(f"`dt0` must be a positive step size when `adaptive=False`; got {self.dt0}.")
         if self.dt0 is not None and not self.dt0 > 0:
             raise ValueError(f"`dt0` must be positive; got {self.dt0}.")
         v.positive_int("max_steps", self.max_steps)
 
-    def controller(self) -> diffrax.AbstractStepSizeController:
+    def tolerances(self, dtype) -> tuple[float, float]:
+        """`(rtol, atol)` for parameters of `dtype`, defaults filled in."""
+        rtol, atol = DEFAULT_TOLERANCES["float64" if jnp.dtype(dtype) == jnp.float64 else "float32"]
+        return (rtol if self.rtol is None else self.rtol), (atol if self.atol is None else self.atol)
+
+    def make_solver(self, dtype) -> diffrax.AbstractSolver:
+        """The diffrax solver (an implicit one gets the controller's tolerances)."""
+        if not isinstance(self.solver, str):
+            return self.solver
+        cls = SOLVERS[self.solver]
+        if issubclass(cls, diffrax.AbstractImplicitSolver):
+            rtol, atol = self.tolerances(dtype)
+            return cls(root_finder=diffrax.VeryChord(rtol=rtol, atol=atol, norm=rms_norm))
+        return cls()
+
+    def controller(self, dtype) -> diffrax.AbstractStepSizeController:
         if self.adaptive:
-            return diffrax.PIDController(rtol=self.rtol, atol=self.atol, norm=rms_norm)
+            rtol, atol = self.tolerances(dtype)
+            return diffrax.PIDController(rtol=rtol, atol=atol, norm=rms_norm)
         return diffrax.ConstantStepSize()
 
-    def integrate(self, problem, *, t1, key, saveat, tracking):
-        return integrate_flow(self, problem, t1, saveat, tracking)
+    def integrate(self, problem, *, t1, key, saveat, tracking, stop_at_targets=False):
+        return integrate_flow(self, problem, t1, saveat, tracking, stop_at_targets)
 
 
 class AbstractDiscreteMethod(AbstractMethod):
@@ -104,7 +153,7 @@ class AbstractDiscreteMethod(AbstractMethod):
     steps: eqx.AbstractVar[int]
     regularization: eqx.AbstractVar[Regularization]
 
-    def integrate(self, problem, *, t1, key, saveat, tracking):
+    def integrate(self, problem, *, t1, key, saveat, tracking, stop_at_targets=False):
         return integrate_discrete(self, problem, key, saveat, tracking)
 
     def init(self, params: PyTree[Array], problem: Problem) -> PyTree:

@@ -1,10 +1,11 @@
 """One run's compiled loop: the discrete update loop and the flow's `diffeqsolve`.
 
-Discrete methods are a `lax.scan` over updates (nested: segments of `every` updates
-between two records) with crossings and stalls tracked online, so a run stores only
-what it records. The flow is one `diffrax.diffeqsolve`, saving the user's grid plus a
-compact `(t, V_G, dV_G/dt)` record at every accepted solver step, from which crossings
-are located between steps. Both return a `Run`.
+Both track crossings and stalls online, so a run stores only what it records. Discrete
+methods are a `lax.scan` over updates (nested: segments of `every` updates between two
+records). The flow is one `diffrax.diffeqsolve` whose solver carries the tracker in its
+state (`_Tracked`); the steps in which events happened are kept as their dense
+interpolants, and each event is then located inside its step by a root find on that
+interpolant. Both return a `Run`.
 """
 
 from __future__ import annotations
@@ -13,27 +14,13 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import optimistix as optx
 from jaxtyping import Array, Float, Int, PyTree
 
-from ._analysis import Stall, crossings, stalls_along, tracker_finish, tracker_init, tracker_update
-from ._objective import Diagnostics, Problem, gradient, true_reward_rate
+from ._analysis import Stall, tracker_finish, tracker_init, tracker_update
+from ._objective import Diagnostics, Problem, gradient
 from ._ops import sum_outputs
-
-
-class Status:
-    """Codes of `Solution.status`: `OK` (0) the run reached its horizon; `DIVERGED` (1)
-    its parameters or rewards became non-finite (the state is frozen at the last finite
-    point); `MAX_STEPS` (2) the flow needed more than `max_steps` solver steps.
-    `Status.name(code)` gives the text."""
-
-    OK = 0
-    DIVERGED = 1
-    MAX_STEPS = 2
-    names = ("ok", "diverged", "max steps hit")
-
-    @classmethod
-    def name(cls, code) -> str:
-        return cls.names[int(code)]
+from ._status import Status, from_diffrax
 
 
 class Tracking(eqx.Module):
@@ -45,9 +32,9 @@ class Tracking(eqx.Module):
     max_rate: Float[Array, ""]
     min_duration: Float[Array, ""]
 
-    def update(self, trk, t, value, rate, alive):
+    def update(self, trk, t, value, rate, alive, here=None):
         return tracker_update(trk, t, value, rate, alive, self.targets, self.stall_target, self.max_rate,
-                              self.min_duration)[0]
+                              self.min_duration, here)[0]
 
 
 class Run(eqx.Module):
@@ -56,15 +43,13 @@ class Run(eqx.Module):
     records: Diagnostics
     steps: Int[Array, " saves"] | None
     ts: Float[Array, " saves"] | None
-    status: Int[Array, ""]
+    status: Status
     params: PyTree[Array]
     num_steps: Int[Array, ""]
+    num_rejected_steps: Int[Array, ""]
     target_times: Float[Array, " targets"]
     stall: Stall
     num_stalls: Int[Array, ""]
-    step_ts: Float[Array, " max_steps"] | None = None
-    step_true_reward: Float[Array, " max_steps"] | None = None
-    step_true_rate: Float[Array, " max_steps"] | None = None
 
 
 def _tree_where(pred, a, b):
@@ -133,13 +118,115 @@ def integrate_discrete(method, problem: Problem, key, saveat, tracking: Tracking
     trk, _, _ = tracker_finish(trk, tracking.min_duration)
     return Run(
         records=recs, steps=jnp.asarray([0] + stops), ts=None,
-        status=jnp.where(diverged, Status.DIVERGED, Status.OK), params=params, num_steps=jnp.asarray(n),
+        status=Status.where(diverged, Status.diverged, Status.ok), params=params, num_steps=jnp.asarray(n),
+        num_rejected_steps=jnp.asarray(0),
         target_times=trk.hit, stall=trk.best, num_stalls=trk.count,
     )
 
 
-def integrate_flow(method, problem: Problem, t1, saveat, tracking: Tracking) -> Run:
-    """The exact flow `d theta/dt = grad J(theta)` with diffrax, up to `t1`."""
+class _Tracked(diffrax.AbstractAdaptiveSolver, diffrax.AbstractWrappedSolver):
+    """The flow's solver, with the online tracker riding in its state.
+
+    Every step of the wrapped solver also evaluates `V_G` and its rate at the step's end
+    on the step's dense interpolant and feeds them to the tracker, together with the
+    interpolant itself (so an event can be located inside its step afterwards). diffrax
+    keeps a solver state only when it accepts the step, so the tracker sees exactly the
+    accepted steps, and carries no per-step buffer.
+    """
+
+    solver: diffrax.AbstractSolver
+    problem: Problem
+    tracking: Tracking
+
+    @property
+    def term_structure(self):
+        return self.solver.term_structure
+
+    @property
+    def interpolation_cls(self):  # pyright: ignore
+        return self.solver.interpolation_cls
+
+    @property
+    def term_compatible_contr_kwargs(self):
+        return self.solver.term_compatible_contr_kwargs
+
+    def order(self, terms):
+        return self.solver.order(terms)
+
+    def strong_order(self, terms):
+        return self.solver.strong_order(terms)
+
+    def error_order(self, terms):
+        return self.solver.error_order(terms)
+
+    def func(self, terms, t0, y0, args):
+        return self.solver.func(terms, t0, y0, args)
+
+    def init(self, terms, t0, t1, y0, args):
+        state = self.solver.init(terms, t0, t1, y0, args)
+        # The start is a point, not a piece of curve: a zero-length interpolant at t0.
+        dense = jax.eval_shape(lambda: self.solver.step(terms, t0, t1, y0, args, state, False)[2])
+        dense = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), dense)
+        here = self.solver.interpolation_cls(t0=t0, t1=t0, **dense)
+        value, rate = jax.jvp(self.problem.true_value, (y0,), (self.solver.func(terms, t0, y0, args),))
+        trk = tracker_init(self.tracking.targets.shape[0], value.dtype, here)
+        return state, self.tracking.update(trk, t0, value, rate, jnp.asarray(True), here)
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        state, trk = solver_state
+        y1, y_error, dense, state, result = self.solver.step(terms, t0, t1, y0, args, state, made_jump)
+        piece = self.solver.interpolation_cls(t0=t0, t1=t1, **dense)
+        value, rate = _value_rate(self.problem, piece, t1)
+        trk = self.tracking.update(trk, t1, value, rate, jnp.isfinite(value), piece)
+        return y1, y_error, dense, (state, trk), result
+
+
+def _value_rate(problem: Problem, piece, t):
+    """`V_G` on a step's interpolant at `t`, and its time derivative along it."""
+    return jax.jvp(lambda s: problem.true_value(piece.evaluate(s)), (t,), (jnp.ones_like(t),))
+
+
+def _locate(fn, piece, rising: bool):
+    """Where `fn(piece, t)` changes sign within the piece's `[t0, t1]` (from negative to
+    non-negative if `rising`, the other way otherwise): bisection on the solver's dense
+    interpolant, to a few ulps (optimistix; its implicit-function adjoint makes the
+    located time differentiable). A zero-length piece is a point: its `t0`."""
+    point = ~(piece.t1 > piece.t0)
+    lower, upper = piece.t0, jnp.where(point, piece.t0 + 1, piece.t1)  # a finite dummy for points
+    piece = eqx.tree_at(lambda p: p.t1, piece, upper)
+    eps = float(jnp.finfo(jnp.result_type(upper)).eps)
+    root = optx.root_find(
+        lambda t, _: fn(piece, t), optx.Bisection(rtol=8 * eps, atol=8 * eps, flip=not rising), 0.5 * (lower + upper),
+        options=dict(lower=lower, upper=upper), max_steps=2 * jnp.finfo(jnp.result_type(upper)).nmant + 8,
+        throw=False,
+    ).value
+    return jnp.where(point, piece.t0, jnp.clip(root, lower, upper))
+
+
+def _refine(trk, problem: Problem, tracking: Tracking):
+    """Target crossings and the longest stall's ends, located inside their steps."""
+
+    def level_gap(level):
+        return lambda piece, t: problem.true_value(piece.evaluate(t)) - level
+
+    def flatness(piece, t):  # <= 0 exactly where the tracker calls the curve flat
+        value, rate = _value_rate(problem, piece, t)
+        return jnp.maximum(value - tracking.stall_target, jnp.abs(rate) - tracking.max_rate)
+
+    hit = jax.vmap(lambda piece, level: _locate(level_gap(level), piece, True))(trk.hit_at, tracking.targets)
+    hit = jnp.where(jnp.isfinite(trk.hit), hit, trk.hit)
+    began, ended = trk.best_at
+    start = jnp.where(began.t1 > began.t0, _locate(flatness, began, False), trk.best.start)
+    end = jnp.where(ended.t1 > ended.t0, _locate(flatness, ended, True), trk.best.start + trk.best.duration)
+    found = jnp.isfinite(trk.best.duration)
+    stall = Stall(trk.best.level, jnp.where(found, start, jnp.nan), jnp.where(found, end - start, jnp.nan))
+    return hit, stall
+
+
+def integrate_flow(method, problem: Problem, t1, saveat, tracking: Tracking, stop_at_targets: bool = False) -> Run:
+    """The exact flow `d theta/dt = grad J(theta)` with diffrax, up to `t1` (or, with
+    `stop_at_targets`, until the highest target is reached: by continuity every lower
+    one has been reached by then)."""
 
     def vector_field(t, params, args):
         return gradient(params, problem)[0]
@@ -147,47 +234,39 @@ def integrate_flow(method, problem: Problem, t1, saveat, tracking: Tracking) -> 
     def save_diag(t, params, args):
         return _record(gradient(params, problem)[1], saveat.probs)
 
-    def save_step(t, params, args):
-        flow, d = gradient(params, problem)
-        rate, _ = true_reward_rate(params, flow, problem)
-        return d.true_reward, rate
-
-    ts = jnp.linspace(0.0, t1, saveat.n) if saveat.ts is None else saveat.ts
-    subs = [
-        diffrax.SubSaveAt(ts=ts, fn=save_diag),
-        diffrax.SubSaveAt(t0=True, steps=True, fn=save_step),
-        diffrax.SubSaveAt(t1=True),
-    ]
+    dtype = jnp.result_type(*jax.tree.leaves(problem.policy.params))
+    ts = jnp.linspace(0.0, t1, saveat.n, dtype=dtype) if saveat.ts is None else saveat.ts
+    subs = [diffrax.SubSaveAt(ts=ts, fn=save_diag), diffrax.SubSaveAt(t1=True)]
+    event = None
+    if stop_at_targets and tracking.targets.shape[0]:
+        top = jnp.max(tracking.targets)
+        event = diffrax.Event(lambda t, y, args, **kw: problem.true_value(y) >= top)
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(vector_field),
-        method.solver,
-        t0=0.0,
+        _Tracked(method.make_solver(dtype), problem, tracking),
+        t0=jnp.zeros((), dtype),
         t1=t1,
         dt0=method.dt0,
         y0=problem.policy.params,
-        saveat=diffrax.SaveAt(subs=subs),
-        stepsize_controller=method.controller(),
+        saveat=diffrax.SaveAt(subs=subs, solver_state=True),
+        stepsize_controller=method.controller(dtype),
         max_steps=method.max_steps,
+        event=event,
         throw=False,
     )
-    recs, (step_v, step_d), final = sol.ys
-    step_ts = sol.ts[1]
-    status = jnp.where(
-        sol.result == diffrax.RESULTS.successful,
-        Status.OK,
-        jnp.where(sol.result == diffrax.RESULTS.max_steps_reached, Status.MAX_STEPS, Status.DIVERGED),
-    )
-    valid = jnp.isfinite(step_ts) & jnp.isfinite(step_v) & jnp.isfinite(step_d)
-    hit = crossings(step_ts, step_v, step_d, valid, tracking.targets, hermite=True)
-    stalls = stalls_along(step_ts, step_v, step_d, valid, tracking.stall_target, tracking.max_rate,
-                          tracking.min_duration, 1)
+    recs, final = sol.ys
     final = jax.tree.map(lambda a: a[-1], final)
-    # A failed solve leaves diffrax's +inf fill in the records after the failure: unknown
-    # values, so make them nan (never a reward above every target).
+    _, trk = sol.solver_state
+    t_end = sol.ts[1][-1]
+    end_point = eqx.tree_at(lambda p: (p.t0, p.t1), trk.win_at, (t_end, t_end))
+    trk, _, _ = tracker_finish(trk, tracking.min_duration, end_point)
+    hit, stall = _refine(trk, problem, tracking)
+    status = Status.where(_all_finite(final), from_diffrax(sol.result), Status.diverged)
+    # Records after a failure (or after the stop) are diffrax's +inf fill: unknown values,
+    # so make them nan (never a reward above every target).
     recs, final = jax.tree.map(lambda a: jnp.where(jnp.isfinite(a), a, jnp.nan), (recs, final))
     return Run(
         records=recs, steps=None, ts=ts, status=status, params=final,
-        num_steps=sol.stats["num_accepted_steps"], target_times=hit, stall=stalls.longest(),
-        num_stalls=stalls.count, step_ts=step_ts, step_true_reward=step_v, step_true_rate=step_d,
+        num_steps=sol.stats["num_accepted_steps"], num_rejected_steps=sol.stats["num_rejected_steps"],
+        target_times=hit, stall=stall, num_stalls=trk.count,
     )
-

@@ -182,6 +182,10 @@ class Problem(eqx.Module):
         """The policy with parameters `params`."""
         return self.policy.with_params(params)
 
+    def true_value(self, params: PyTree[Array]) -> Float[Array, ""]:
+        """`V_G` at `params`: the expected true reward, prompt-weighted."""
+        return expected(self.at(params).probs(), self.true_reward, self.policy.weights)
+
 
 class Diagnostics(eqx.Module):
     """What a run records at a point of its trajectory (one run, one time)."""

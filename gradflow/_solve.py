@@ -13,8 +13,9 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 from . import _validate as v
 from ._analysis import Stall, StallCriteria
 from ._dynamics import AbstractMethod
-from ._integrate import Status, Tracking
+from ._integrate import Tracking
 from ._objective import Problem, as_reward, expected, reward_range
+from ._status import Status
 from .policies import AbstractPolicy
 
 
@@ -49,16 +50,16 @@ class Solution(eqx.Module):
     exact gradient of the full objective),
     `probs` (when asked, `(saves, prompts, outputs)`).
 
-    Summaries: `status` (see [`gradflow.Status`][]), `params` (final parameters),
-    `num_steps` (solver steps or updates taken), `targets` / `target_times` (crossings
-    tracked online; `inf` if not reached, `nan` if the run failed first), `stall` (longest
-    stall, tracked online) and `num_stalls`.
+    Summaries: `status` (a [`gradflow.Status`][] item; `gf.status_code(sol.status)` is
+    its integer code), `params` (final parameters), `num_steps` (accepted solver steps,
+    or updates) and `num_rejected_steps` (rejected solver steps; 0 for discrete
+    methods), `targets` / `target_times` (crossings tracked online; `inf` if not
+    reached, `nan` if the run failed first), `stall` (longest stall, tracked online) and
+    `num_stalls`.
 
     Context for the analysis functions: `initial_true_reward`, `min_true_reward` /
     `max_true_reward` (achievable range), `horizon` (`t1` or `steps`), `record_every`
-    (discrete recording stride); for the flow, `step_ts`, `step_true_reward` and
-    `step_true_rate` hold `(t, V_G, dV_G/dt)` at every accepted solver step (padded with
-    `inf` up to `max_steps`), from which crossings are located between steps.
+    (discrete recording stride).
     """
 
     ts: Float[Array, " saves"] | None
@@ -68,9 +69,10 @@ class Solution(eqx.Module):
     reward_variance: Float[Array, " saves"]
     grad_norm: Float[Array, " saves"]
     probs: Float[Array, "saves prompts outputs"] | None
-    status: Int[Array, ""]
+    status: Status
     params: PyTree[Array]
     num_steps: Int[Array, ""]
+    num_rejected_steps: Int[Array, ""]
     target_times: Float[Array, " targets"]
     stall: Stall
     num_stalls: Int[Array, ""]
@@ -78,9 +80,6 @@ class Solution(eqx.Module):
     min_true_reward: Float[Array, ""]
     max_true_reward: Float[Array, ""]
     horizon: Float[Array, ""]
-    step_ts: Float[Array, " max_steps"] | None
-    step_true_reward: Float[Array, " max_steps"] | None
-    step_true_rate: Float[Array, " max_steps"] | None
     targets: tuple[float, ...] = eqx.field(static=True)
     normalized_targets: bool = eqx.field(static=True)
     record_every: int | None = eqx.field(static=True)
@@ -108,6 +107,8 @@ def solve(
     normalized_targets: bool = False,
     stall: StallCriteria | None = None,
     key: PRNGKeyArray | None = None,
+    stop_at_targets: bool = False,
+    throw: bool = False,
 ) -> Solution:
     """Train `policy` on `reward` with `method`, tracking `true_reward`.
 
@@ -133,6 +134,13 @@ def solve(
       methods ([`gradflow.Reinforce`][], [`gradflow.RLOO`][], [`gradflow.GRPO`][],
       [`gradflow.PPO`][]) and rejected by the exact ones. The same key gives bitwise the
       same run; `jax.vmap` over a batch of keys runs many seeds in one compiled call.
+    - `stop_at_targets`: flow only: end the run when its highest target is reached (by
+      continuity every lower one has been reached by then), for callers that need only
+      the times to targets. The records after the stop are `nan`; under `jax.vmap` the
+      batch ends when its slowest run does.
+    - `throw`: raise an error with the reason (a [`gradflow.Status`][] message) when the
+      run fails, instead of returning the failure as data. For single runs; under
+      `jax.jit` it raises when the computation runs.
 
     **Returns:** a [`gradflow.Solution`][].
 
@@ -161,6 +169,10 @@ def solve(
             f"`key` is only used by the sample-based methods; {type(method).__name__} is exact "
             "and deterministic (drop `key`)."
         )
+    if stop_at_targets and not method.continuous:
+        raise ValueError("`stop_at_targets` is for gf.GradientFlow; discrete methods run `method.steps` updates.")
+    if stop_at_targets and not targets:
+        raise ValueError("`stop_at_targets=True` needs `targets` to stop at.")
     if method.continuous:
         if t1 is None:
             raise ValueError("`t1` (the final flow time) is required for gf.GradientFlow.")
@@ -179,7 +191,16 @@ def solve(
             raise ValueError("`saveat.ts` is for the flow; use `saveat.every` for discrete methods.")
         if saveat.every > method.steps:
             raise ValueError(f"`saveat.every` ({saveat.every}) exceeds `steps` ({method.steps}).")
-    return _solve(method, policy, reward, true_reward, t1, key, saveat, targets, normalized_targets, stall)
+    sol = _solve(method, policy, reward, true_reward, t1, key, saveat, targets, normalized_targets, stall,
+                 stop_at_targets)
+    if throw:
+        failed = sol.status != Status.ok
+        if v.is_concrete(failed):
+            if bool(jnp.any(failed)):
+                raise RuntimeError(f"gradflow.solve: {Status[sol.status]}")
+        else:
+            sol = sol.status.error_if(sol, failed)
+    return sol
 
 
 def _as_key(key, method) -> PRNGKeyArray:
@@ -201,7 +222,7 @@ def _as_key(key, method) -> PRNGKeyArray:
 
 
 @eqx.filter_jit
-def _solve(method, policy, reward, true_reward, t1, key, saveat, targets, normalized_targets, stall):
+def _solve(method, policy, reward, true_reward, t1, key, saveat, targets, normalized_targets, stall, stop_at_targets):
     """The validated run, compiled once per structure: rewards, initial parameters and
     `t1` are arguments, so new values do not recompile."""
     vmin, vmax = reward_range(true_reward, policy.weights)
@@ -212,9 +233,9 @@ def _solve(method, policy, reward, true_reward, t1, key, saveat, targets, normal
     horizon = t1 if method.continuous else jnp.asarray(float(method.steps), v0.dtype)
     tracking = Tracking(abs_targets, *stall.resolve(vmin, vmax, horizon))
     problem = Problem.make(policy, reward, true_reward, method.regularization)
-    run = method.integrate(problem, t1=t1, key=key, saveat=saveat, tracking=tracking)
+    run = method.integrate(problem, t1=t1, key=key, saveat=saveat, tracking=tracking, stop_at_targets=stop_at_targets)
     hit = run.target_times
-    hit = jnp.where(jnp.isinf(hit) & (run.status != Status.OK), jnp.nan, hit)  # unknown, not "never"
+    hit = jnp.where(jnp.isinf(hit) & (run.status != Status.ok), jnp.nan, hit)  # unknown, not "never"
     recs = run.records
     return Solution(
         ts=run.ts,
@@ -227,6 +248,7 @@ def _solve(method, policy, reward, true_reward, t1, key, saveat, targets, normal
         status=run.status,
         params=run.params,
         num_steps=run.num_steps,
+        num_rejected_steps=run.num_rejected_steps,
         target_times=hit,
         stall=run.stall,
         num_stalls=run.num_stalls,
@@ -234,9 +256,6 @@ def _solve(method, policy, reward, true_reward, t1, key, saveat, targets, normal
         min_true_reward=vmin,
         max_true_reward=vmax,
         horizon=horizon,
-        step_ts=run.step_ts,
-        step_true_reward=run.step_true_reward,
-        step_true_rate=run.step_true_rate,
         targets=targets,
         normalized_targets=normalized_targets,
         record_every=saveat.every if run.ts is None else None,

@@ -1,0 +1,80 @@
+"""How a run ended: `Status`, an `equinox.Enumeration` with a message per outcome.
+
+`Solution.status` is a `Status` item. Tables (sweeps, categorisations, study CSVs) store
+its integer code, `status_code(status)`, which `status_name(code)` turns back into words.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import diffrax
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, Int
+
+
+class Status(eqx.Enumeration):
+    ok = "ok: the run reached its horizon (or, with `stop_at_targets=True`, its last target)."
+    diverged = (
+        "diverged: the parameters or rewards became non-finite (a discrete method keeps the last "
+        "finite state). Lower the learning rate, or bound the reward."
+    )
+    max_steps = (
+        "max steps hit: the flow needed more than `max_steps` solver steps (accepted plus rejected) "
+        "before `t1`. Raise `max_steps`, shorten `t1`, loosen `rtol`/`atol`, or, for a regularised "
+        "(stiff) flow, use `GradientFlow(solver=\"kvaerno5\")`."
+    )
+    nonlinear_solve = (
+        "nonlinear solve failed: the implicit solver's Newton iteration did not converge. Tighten "
+        "`rtol`/`atol` or use an explicit solver."
+    )
+    linear_solve = "linear solve failed: the implicit solver met a singular or ill-conditioned system."
+    step_size = "step size too small: the adaptive solver could not keep the error within tolerance."
+    solver_failed = "solver failed: diffrax reported an internal error."
+
+
+#: The items in code order: `STATUSES[code]`.
+STATUSES: tuple = tuple(
+    getattr(Status, name)
+    for name in ("ok", "diverged", "max_steps", "nonlinear_solve", "linear_solve", "step_size", "solver_failed")
+)
+_NAMES = ("ok", "diverged", "max steps hit", "nonlinear solve failed", "linear solve failed",
+          "step size too small", "solver failed")
+
+
+def status_code(status: Status) -> Int[Array, "..."]:
+    """The integer code of a `Status` item (any batch shape): the order in which
+    [`gradflow.Status`][] lists its outcomes, `ok` = 0, `diverged` = 1, `max_steps` = 2, ..."""
+    return jnp.select([status == s for s in STATUSES], [jnp.int32(i) for i in range(len(STATUSES))], 0)
+
+
+def status_name(code) -> str:
+    """A short name for an integer status code (`"ok"`, `"diverged"`, `"max steps hit"`, ...)."""
+    return _NAMES[int(code)]
+
+
+# diffrax's outcomes, each kept under its own reason.
+_FROM_DIFFRAX = (
+    ("successful", "ok"),
+    ("event_occurred", "ok"),
+    ("max_steps_reached", "max_steps"),
+    ("max_steps_rejected", "max_steps"),
+    ("nonlinear_max_steps_reached", "nonlinear_solve"),
+    ("nonlinear_divergence", "nonlinear_solve"),
+    ("singular", "linear_solve"),
+    ("breakdown", "linear_solve"),
+    ("stagnation", "linear_solve"),
+    ("conlim", "linear_solve"),
+    ("nonfinite_input", "diverged"),
+    ("nonfinite", "diverged"),
+    ("dt_min_reached", "step_size"),
+)
+
+
+def from_diffrax(result: diffrax.RESULTS) -> Status:
+    """The `Status` of a diffrax result (`solver_failed` for any reason not listed)."""
+    known = [(getattr(diffrax.RESULTS, theirs), getattr(Status, ours))
+             for theirs, ours in _FROM_DIFFRAX if hasattr(diffrax.RESULTS, theirs)]
+    return functools.reduce(lambda acc, pair: Status.where(result == pair[0], pair[1], acc), known,
+                            Status.solver_failed)

@@ -21,7 +21,8 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from . import _validate as v, sweep
 from ._dynamics import AbstractMethod
 from ._objective import Problem, Regularization, as_reward, gradient, true_reward_rate
-from ._solve import SaveAt, Status, solve
+from ._solve import SaveAt, solve
+from ._status import OK_CODE, status_code, status_name
 from .policies import AbstractPolicy
 
 LABELS = ("harmful", "benign", "beneficial")
@@ -190,15 +191,15 @@ def categorize(
                                              (batch.shape[0],) + r_true.shape)])
     out = sweep.run(row, both, chunk_size=chunk_size, progress=False)
     ref, out = {k: val[0] for k, val in out.items()}, {k: val[1:] for k, val in out.items()}
-    if int(ref["status"]) != Status.OK:
+    if int(ref["status"]) != OK_CODE:
         raise ValueError(
             f"categorize: the reference run (trained on `true_reward`) ended with status "
-            f"'{Status.name(ref['status'])}'; nothing to compare against (adjust the method's settings)."
+            f"'{status_name(ref['status'])}'; nothing to compare against (adjust the method's settings)."
         )
     name = f"time_to_{float(target):g}"
     t, final, status, rate = out[name], out["final_true_reward"], out["status"], out["rate"]
     t_ref, f_ref, rate_ref = ref[name], ref["final_true_reward"], ref["rate"]
-    label, ratio = classify(t, t_ref, final, f_ref, status != Status.OK, tolerance, reward_tolerance)
+    label, ratio = classify(t, t_ref, final, f_ref, status != OK_CODE, tolerance, reward_tolerance)
     predicted = _predict(rate, float(rate_ref), tolerance)
     return Categorization(
         label=label,
@@ -281,7 +282,7 @@ def _row(spec: _RowSpec, reward) -> dict:
                 normalized_targets=spec.normalized, saveat=_summary_saveat(spec.method), **kw)
     rate, dprobs = initial_rate(spec.policy, r, r_true, spec.method.regularization)
     out = {f"time_to_{t:g}": sol.target_times[i] for i, t in enumerate(spec.targets)}
-    out.update(final_true_reward=sol.final_true_reward, status=sol.status, stall_level=sol.stall.level,
+    out.update(final_true_reward=sol.final_true_reward, status=status_code(sol.status), stall_level=sol.stall.level,
                stall_duration=sol.stall.duration, rate=rate)
     if spec.attracts:
         out["attracts"] = dprobs > 0
@@ -311,8 +312,9 @@ def sensitivity(
     - `target=None`: the gradient of the true reward at the horizon (`t1` for the flow,
       after `steps` updates otherwise), `d V_G(T) / d r`. Positive: raising that proxy
       reward makes the final true reward higher.
-    - `target` given (flow only): the gradient of the time to reach it, by the implicit
-      function theorem at the crossing `t*`: `d t*/d r = -(d V_G(t*)/d r) / (dV_G/dt)(t*)`.
+    - `target` given (flow only): the gradient of the time to reach it. The crossing `t*`
+      is located inside the solve by a root find on the solver's interpolant, whose
+      implicit-function adjoint gives `d t*/d r = -(d V_G(t*)/d r) / (dV_G/dt)(t*)`.
       Negative: raising that proxy reward makes the target come sooner. `nan` everywhere
       if the target is never reached within `t1`.
 
@@ -333,19 +335,14 @@ def sensitivity(
         raise ValueError("`target`: time sensitivity needs the continuous flow (gf.GradientFlow with `t1`); "
                          "for discrete methods the step count is not differentiable: use target=None.")
 
-    def final(rr, horizon):
-        sol = solve(policy, reward=rr, true_reward=g, method=method, t1=horizon, saveat=_summary_saveat(method))
-        return sol.final_true_reward
+    targets = () if target is None else (float(target),)
 
-    if target is None:
-        return jax.grad(final)(r, t1)
-    sol = solve(policy, reward=r, true_reward=g, method=method, t1=t1, targets=(float(target),),
-                saveat=_summary_saveat(method))
-    t_star = sol.target_times[0]
-    if not bool(jnp.isfinite(t_star)) or float(t_star) == 0.0:
+    def outcome(rr):
+        sol = solve(policy, reward=rr, true_reward=g, method=method, t1=t1, targets=targets,
+                    saveat=_summary_saveat(method))
+        return sol.final_true_reward if target is None else sol.target_times[0]
+
+    value, grad = jax.value_and_grad(outcome)(r)
+    if target is not None and (not bool(jnp.isfinite(value)) or float(value) == 0.0):
         return jnp.full(r.shape, jnp.nan)
-    # dV_G/dt at t*: the rate of the true reward along the proxy's flow at the end of [0, t*].
-    dv_dr = jax.grad(final)(r, t_star)
-    end = solve(policy, reward=r, true_reward=g, method=method, t1=t_star, saveat=_summary_saveat(method))
-    rate, _ = initial_rate(policy.with_params(end.params), r, g, method.regularization)
-    return -dv_dr / rate
+    return grad

@@ -150,6 +150,10 @@ class _Tracked(diffrax.AbstractAdaptiveSolver, diffrax.AbstractWrappedSolver):
     def term_compatible_contr_kwargs(self):
         return self.solver.term_compatible_contr_kwargs
 
+    @property
+    def root_finder(self):  # read by diffeqsolve when the wrapped solver is implicit
+        return self.solver.root_finder
+
     def order(self, terms):
         return self.solver.order(terms)
 

@@ -15,7 +15,8 @@ import numpy as np
 from jax.scipy.stats import norm
 
 from ._analysis import time_to_reward
-from ._solve import Solution, Status
+from ._solve import Solution
+from ._status import Status
 
 
 class SeedSummary(eqx.Module):
@@ -117,7 +118,7 @@ def summarize_seeds(
             raise ValueError(f"`{name}` must lie in [0, 1]; got {tuple(qs)}.")
     targets = tuple(float(t) for t in (sols.targets if targets is None else targets))
 
-    ok = np.asarray(sols.status) == Status.OK
+    ok = np.asarray(sols.status == Status.ok)
     n = int(ok.sum())
     if n == 0:
         raise ValueError(f"summarize_seeds: every one of the {ok.size} runs failed; nothing to summarise.")

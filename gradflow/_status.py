@@ -43,14 +43,20 @@ _NAMES = ("ok", "diverged", "max steps hit", "nonlinear solve failed", "linear s
           "step size too small", "solver failed")
 
 
-def status_code(status: Status) -> Int[Array, "..."]:
+def status_code(status: Status) -> Int[Array, " *batch"]:
     """The integer code of a `Status` item (any batch shape): the order in which
     [`gradflow.Status`][] lists its outcomes, `ok` = 0, `diverged` = 1, `max_steps` = 2, ..."""
     return jnp.select([status == s for s in STATUSES], [jnp.int32(i) for i in range(len(STATUSES))], 0)
 
 
-def status_name(code) -> str:
-    """A short name for an integer status code (`"ok"`, `"diverged"`, `"max steps hit"`, ...)."""
+#: The code of `Status.ok` in tables.
+OK_CODE = 0
+
+
+def status_name(status) -> str:
+    """A short name (`"ok"`, `"diverged"`, `"max steps hit"`, ...) for a `Status` item or
+    an integer code."""
+    code = status_code(status) if isinstance(status, Status) else status
     return _NAMES[int(code)]
 
 

@@ -25,7 +25,8 @@ from . import (
 )
 from ._analysis import StallCriteria, time_to_reward
 from ._dynamics import GradientAscent, GradientFlow
-from ._solve import SaveAt, Solution, Status, solve
+from ._solve import SaveAt, Solution, solve
+from ._status import status_name
 from ._study_utils import Study, fmt, stalling_probs, table, write_csv
 from ._sweeps import SWEEP_SCHEMA, plot_dir, run_sweep
 from .policies import TabularSoftmax
@@ -117,7 +118,7 @@ def run_stalling(cfg: dict, out: Path, quick: bool) -> dict:
                 stall_start=float(s.stall.start),
                 stall_duration=float(s.stall.duration),
                 final_true_reward=float(s.final_true_reward),
-                status=Status.name(s.status),
+                status=status_name(s.status),
             )
             rows.append(row)
 

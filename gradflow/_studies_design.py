@@ -26,7 +26,8 @@ import optax
 from . import _config as C
 from ._dynamics import GradientFlow
 from ._estimators import GRPO, RLOO
-from ._solve import SaveAt, Status, solve
+from ._solve import SaveAt, solve
+from ._status import OK_CODE, status_code
 from ._study_utils import table, write_csv
 from .design import (
     ConstraintSatisfaction,
@@ -204,7 +205,7 @@ def run_partial_credit(cfg: dict, out: Path, quick: bool) -> dict:
     flow_sols = jax.block_until_ready(run_flow(LP, MIX, R))
     timings["flow"] = time.perf_counter() - start
     times = {"flow": np.asarray(flow_sols.target_times, dtype=float)[:, None, :]}  # (cases, 1, targets)
-    status = {"flow": np.asarray(flow_sols.status)[:, None]}
+    status = {"flow": np.asarray(status_code(flow_sols.status))[:, None]}
     stuck: dict[str, np.ndarray] = {"flow": np.zeros((n_cases, 1), bool)}
 
     # ------------------------------------------------------------ sampled methods
@@ -219,7 +220,7 @@ def run_partial_credit(cfg: dict, out: Path, quick: bool) -> dict:
                 policy = policy_of(lp, mx)
                 sol = solve(policy, reward=r, true_reward=true_reward, method=method, key=key,
                             saveat=SaveAt(every=steps), targets=targets)
-                return sol.target_times, sol.status, no_update(sol, policy)
+                return sol.target_times, status_code(sol.status), no_update(sol, policy)
 
             return jax.vmap(lambda a, b, c: jax.vmap(lambda k: one(a, b, c, k))(keys))(lp, mx, r)
 
@@ -230,7 +231,7 @@ def run_partial_credit(cfg: dict, out: Path, quick: bool) -> dict:
 
     # ---------------------------------------------------------------- summaries
     methods = ["flow", *names]
-    ok_all = {k: s == Status.OK for k, s in status.items()}
+    ok_all = {k: s == OK_CODE for k, s in status.items()}
     # median over the seeds that ran to the end ("inverted_cdf": an actual seed's time,
     # never an interpolation between a finite time and inf); a failed case is nan.
     median = {}

@@ -20,7 +20,8 @@ from ._analysis import StallCriteria
 from ._categorize import _predict, categorize, classify, initial_rate
 from ._dynamics import GradientFlow
 from ._objective import Regularization
-from ._solve import SaveAt, Solution, Status, solve
+from ._solve import SaveAt, Solution, solve
+from ._status import OK_CODE, status_code
 from ._study_utils import fmt, table, write_csv
 from .policies import Autoregressive, NeuralPolicy, TabularSoftmax
 
@@ -202,7 +203,7 @@ def run_token_credit(cfg: dict, out: Path, quick: bool) -> dict:
             first += rewards_s.shape[0]
             sol, rate = block
             t, final = sol.target_times[:, 0], sol.true_reward[:, -1]
-            label, _ = classify(t[1:], t[0], final[1:], final[0], sol.status[1:] != Status.OK, TOLERANCE,
+            label, _ = classify(t[1:], t[0], final[1:], final[0], np.asarray(status_code(sol.status))[1:] != OK_CODE, TOLERANCE,
                                 REWARD_TOLERANCE)
             predicted = _predict(rate[1:], float(rate[0]), TOLERANCE)
             runs[(scen, name, "true")], runs[(scen, name, "proxy")] = (

@@ -52,7 +52,8 @@ from . import _config as C, metrics as gm, perturb
 from ._analysis import true_reward_rate
 from ._dynamics import GradientAscent
 from ._estimators import RLOO
-from ._solve import SaveAt, Status, solve
+from ._solve import SaveAt, solve
+from ._status import OK_CODE, status_code, status_name
 from ._study_utils import table, write_csv
 from .policies import LogLinear
 
@@ -556,7 +557,7 @@ def _trainer(algorithm: str, tc: dict, steps: int, every: int):
             sol = solve(LogLinear(phi, theta0), reward=rp, true_reward=r_true, method=method,
                         key=key if algorithm == "rloo" else None, saveat=SaveAt(every=every),
                         targets=target, normalized_targets=True)
-            return sol.true_reward, sol.target_times[0], sol.status
+            return sol.true_reward, sol.target_times[0], status_code(sol.status)
 
         return jax.vmap(one)(rewards, keys)
 
@@ -625,7 +626,7 @@ def run_rm_metrics(cfg: dict, out: Path, quick: bool) -> dict:
         }
         outcomes = {}
         for a, (traj, _, status) in runs.items():
-            ok = status == Status.OK
+            ok = status == OK_CODE
             for b in budgets:
                 outcomes[(a, b)] = np.where(ok, traj[:, b // every] - traj[:, 0], np.nan)
         per_policy[name] = {"pop": pop, "metrics": metric_vals, "outcomes": outcomes, "runs": runs}
@@ -640,7 +641,7 @@ def run_rm_metrics(cfg: dict, out: Path, quick: bool) -> dict:
                 for b in budgets:
                     row[f"gain_{a}_{b}"] = float(outcomes[(a, b)][i])
                 row[f"time_to_target_{a}"] = float(t_hit[i])
-                row[f"status_{a}"] = Status.name(status[i])
+                row[f"status_{a}"] = status_name(status[i])
             proxy_rows.append(row)
     sim_time = time.perf_counter() - start
 
@@ -723,7 +724,7 @@ def _print_report(cfg, quick, setting, info, per_policy, rows, by_family, budget
             reached = np.isfinite(t_hit)
             t_txt = f"median step {np.median(t_hit[reached]):.0f}" if reached.any() else "never"
             t_true = "never" if math.isinf(t_ref) else f"step {t_ref:.0f}"
-            failed = int((status != Status.OK).sum())
+            failed = int((status != OK_CODE).sum())
             shown[-1]["time"] = (f"{reached.mean():.0%} of proxies, {t_txt} (true reward: {t_true})"
                                  + (f"; {failed} runs failed (left out)" if failed else ""))
         print(table(shown, [("method", "method"), ("budget", "steps"), ("true", "gain on r_G"),

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import _config as C, perturb, sweep
 from ._categorize import LABELS, _predict, classify, proxy_row
-from ._solve import Status
+from ._status import OK_CODE, status_name
 from ._study_utils import METHOD_NAMES, make_method
 from .policies import TabularSoftmax
 
@@ -143,14 +143,14 @@ def run_sweep(cfg: dict, out: Path, quick: bool = False, progress: bool = True) 
     out.mkdir(parents=True, exist_ok=True)
     # Through the same padded, vmapped path as the sweep's chunks: the same bits per row.
     ref = {k: float(v[0]) for k, v in sweep.run(row, r_true[None], progress=False).items() if k != "row"}
-    if int(ref["status"]) != Status.OK:
+    if int(ref["status"]) != OK_CODE:
         raise ValueError(f"the reference run (trained on the true reward) ended with status "
-                         f"'{Status.name(int(ref['status']))}'.")
+                         f"'{status_name(int(ref['status']))}'.")
     first = f"time_to_{targets[0]:g}"
 
     def label(columns):
         lab, ratio = classify(columns[first], ref[first], columns["final_true_reward"], ref["final_true_reward"],
-                              columns["status"] != Status.OK, an["tolerance"], an["reward_tolerance"])
+                              columns["status"] != OK_CODE, an["tolerance"], an["reward_tolerance"])
         pred = _predict(columns["rate"], ref["rate"], an["tolerance"])
         return {**columns, "time_ratio": ratio, "label": lab, "predicted": pred}
 
@@ -169,7 +169,7 @@ def run_sweep(cfg: dict, out: Path, quick: bool = False, progress: bool = True) 
 
 
 def _print_summary(table: dict, ref: dict, first: str) -> None:
-    ok = table["status"] == Status.OK
+    ok = table["status"] == OK_CODE
     failed = int((~ok).sum())
     counts = {name: int(np.sum(table["label"][ok] == name)) for name in LABELS}
     agree = float(np.mean(table["predicted"][ok] == table["label"][ok])) if ok.any() else math.nan

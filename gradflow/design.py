@@ -55,7 +55,8 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray
 from . import _validate as v
 from ._dynamics import AbstractMethod, GradientFlow
 from ._seeds import summarize_seeds
-from ._solve import SaveAt, Solution, Status, solve
+from ._solve import SaveAt, Solution, solve
+from ._status import Status
 from .policies import AbstractPolicy, LogLinear, TabularSoftmax
 
 __all__ = [
@@ -594,9 +595,9 @@ def recommend(
         else:
             sol = solve(policy, reward=r, true_reward=true, method=method, t1=horizon if flow else None,
                         saveat=saveat, targets=(target,))
-            if int(sol.status) != Status.OK:
+            if not bool(sol.status == Status.ok):
                 raise ValueError(
-                    f"recommend: the {name}-credit run failed ({Status.name(sol.status)}); "
+                    f"recommend: the {name}-credit run failed ({Status[sol.status]}); "
                     "pass a method with a larger `max_steps` or a smaller `t1`."
                 )
             times[name] = float(sol.target_times[0])

@@ -55,7 +55,7 @@ def test_flow_time_to_reward_matches_scipy_event(dtype, seed):
     # (Targets are not tracked here; the tracked path, which runs the same crossing search
     # during the solve, is compared with this offline one in test_solve.py.)
     sol = flow(policy, reward, t1=t1)
-    assert sol.status == gf.Status.OK
+    assert sol.status == gf.Status.ok
     theta0 = np.asarray(policy.logits[0], np.float64)
     r = np.asarray(reward, np.float64)
     v0 = softmax(theta0) @ r
@@ -168,7 +168,7 @@ def test_reference_problem_flow_stalls_on_true_reward_not_on_proxy(p_star):
     policy = gf.TabularSoftmax.from_probs(jnp.asarray(reference_probs(p_star)))
     on_true = flow(policy, REF_TRUE, REF_TRUE, t1=2000.0)
     on_proxy = flow(policy, REF_PROXY, REF_TRUE, t1=2000.0)
-    assert on_true.status == on_proxy.status == gf.Status.OK
+    assert on_true.status == on_proxy.status == gf.Status.ok
 
     # Trained on r_G: a stall near the mediocre reward 0.8.
     assert int(on_true.num_stalls) >= 1
@@ -207,7 +207,7 @@ def test_reference_problem_sgd_stalls_on_true_reward_not_on_proxy():
     kw = dict(lr=0.1, steps=20000, every=100, targets=(0.9,))
     on_true = sgd(policy, REF_TRUE, REF_TRUE, **kw)
     on_proxy = sgd(policy, REF_PROXY, REF_TRUE, **kw)
-    assert on_true.status == on_proxy.status == gf.Status.OK
+    assert on_true.status == on_proxy.status == gf.Status.ok
     assert int(on_true.num_stalls) >= 1
     assert abs(float(on_true.stall.level) - 0.8) < 0.05
     assert float(on_true.stall.duration) >= 200

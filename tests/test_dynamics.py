@@ -129,7 +129,7 @@ def test_entropy_and_reverse_kl_to_uniform_converge_to_softmax(dtype, alpha, bet
     reg = gf.Regularization(entropy=jnp.asarray(alpha), kl=jnp.asarray(beta),
                             kl_reference="uniform")
     sol = _reg_flow(reg, 2000.0, dtype)
-    assert sol.status == gf.Status.OK
+    assert sol.status == gf.Status.ok
     expect = softmax(np.asarray(_R) / (alpha + beta))
     np.testing.assert_allclose(sol.probs[-1, 0], expect, atol=tol(dtype, 1e-5, 1e-8))
     assert float(sol.grad_norm[-1]) < tol(dtype, 1e-5, 1e-8)
@@ -139,7 +139,7 @@ def test_forward_kl_to_uniform_stationary_point(dtype):
     beta = 0.3
     reg = gf.Regularization(kl=jnp.asarray(beta), kl_direction="forward", kl_reference="uniform")
     sol = sgd(gf.TabularSoftmax.from_probs(_P0), _R, lr=1.0, steps=3000, every=1000, reg=reg)
-    assert sol.status == gf.Status.OK
+    assert sol.status == gf.Status.ok
     p = np.asarray(sol.probs[-1, 0], np.float64)
     r = np.asarray(_R, np.float64)
     u = np.full(3, 1 / 3)
@@ -154,7 +154,7 @@ def test_reverse_kl_to_initial_policy(dtype):
     policy = gf.TabularSoftmax.from_probs(_P0)
     # (lr * beta must stay well below 2 / max p: larger steps oscillate around the optimum.)
     sol = sgd(policy, _R, lr=0.1, steps=3000, every=1000, reg=reg)
-    assert sol.status == gf.Status.OK
+    assert sol.status == gf.Status.ok
     p0 = np.asarray(_P0, np.float64)
     expect = p0 * np.exp(np.asarray(_R) / 5.0)
     expect /= expect.sum()
@@ -185,7 +185,7 @@ def test_adam_runs_and_increases_true_reward():
     method = gf.GradientAscent(optax.adam(0.05), 200)
     policy = gf.TabularSoftmax.from_probs(_P0)
     sol = jax.jit(lambda r: gf.solve(policy, reward=r, method=method))(jnp.asarray(_R))
-    assert sol.status == gf.Status.OK
+    assert sol.status == gf.Status.ok
     assert float(sol.true_reward[-1]) > 0.95
     assert float(sol.true_reward[-1]) > float(sol.true_reward[0]) + 0.5
     # Adam is not SGD: its first update moves every logit by about the learning rate.

@@ -421,7 +421,7 @@ def test_ppo_surrogate_gradient_matches_autodiff():
 def test_ppo_clip_matters_and_ppo_learns():
     clipped, free = _two_runs(_STALL, jnp.asarray(_STALL_R), jax.random.key(4), _PPO_CLIP,
                               _PPO_NOCLIP)
-    assert int(clipped.status) == gf.Status.OK and int(free.status) == gf.Status.OK
+    assert bool(clipped.status == gf.Status.ok) and bool(free.status == gf.Status.ok)
     # Same draws at the first step; with 4 epochs per batch the ratios leave [0.8, 1.2] and
     # the clip changes the updates.
     assert np.max(np.abs(_f64(clipped.params) - _f64(free.params))) > 0.1
@@ -548,7 +548,7 @@ def test_vmap_over_keys_equals_separate_runs():
 
 def test_reinforce_seed_mean_follows_exact_run():
     runs = _seed_runs()
-    assert np.all(runs.status == gf.Status.OK)
+    assert np.all(runs.status == gf.Status.ok)
     tr = _f64(runs.true_reward)  # (seeds, saves)
     mean = tr.mean(axis=0)
     half = 4 * tr.std(axis=0, ddof=1) / np.sqrt(_SEEDS)

@@ -44,7 +44,7 @@ def _dF(p):
 def test_two_armed_flow_closed_form(dtype, p0, r1, r2, t1):
     policy = gf.TabularSoftmax.from_probs(jnp.asarray([p0, 1 - p0]))
     sol = flow(policy, [r1, r2], t1=t1)
-    assert sol.status == gf.Status.OK
+    assert sol.status == gf.Status.ok
     assert sol.probs.dtype == dtype and sol.ts.dtype == dtype
     ts = np.asarray(sol.ts, np.float64)
     p = np.asarray(sol.probs[:, 0, 0], np.float64)
@@ -76,7 +76,7 @@ def test_two_armed_flow_closed_form(dtype, p0, r1, r2, t1):
 def test_flow_stays_on_simplex_and_true_reward_is_monotone(dtype, seed):
     policy, reward = random_problem(seed, 5, dtype)
     sol = flow(policy, reward, t1=30.0)
-    assert sol.status == gf.Status.OK
+    assert sol.status == gf.Status.ok
     p = sol.probs
     assert p.shape == (N_SAVE, 1, 5)
     assert bool(jnp.all((p > 0) & (p < 1)))
@@ -100,7 +100,7 @@ def test_sgd_stays_on_simplex(dtype, seed):
     policy, reward = random_problem(seed, 5, dtype)
     proxy = jnp.roll(reward, 1)  # train on a wrong reward, track the true one
     sol = sgd(policy, proxy, reward, lr=0.5, steps=200)
-    assert sol.status == gf.Status.OK
+    assert sol.status == gf.Status.ok
     assert sol.probs.shape == (201, 1, 5)
     np.testing.assert_array_equal(sol.steps, np.arange(201))
     p = sol.probs
@@ -166,7 +166,7 @@ def test_loglinear_one_hot_matches_tabular(kind):
         a, b = flow(tab, reward, t1=10.0), flow(loglin, reward, t1=10.0)
     else:
         a, b = sgd(tab, reward, lr=0.5, steps=200), sgd(loglin, reward, lr=0.5, steps=200)
-    assert a.status == b.status == gf.Status.OK
+    assert a.status == b.status == gf.Status.ok
     np.testing.assert_allclose(a.probs, b.probs, rtol=0, atol=2e-5)
     np.testing.assert_allclose(a.true_reward, b.true_reward, rtol=0, atol=2e-5)
     np.testing.assert_allclose(a.params[0], b.params, rtol=0, atol=1e-3)
@@ -188,7 +188,7 @@ def test_multi_prompt_flow_is_time_scaled_single_prompt_flow(dtype):
     ts = np.linspace(0.0, t1, N_SAVE)
     policy = gf.TabularSoftmax.from_probs(probs, weights=jnp.asarray([w, 1 - w]))
     sol = flow(policy, reward, true, t1=t1, ts=ts)
-    assert sol.status == gf.Status.OK
+    assert sol.status == gf.Status.ok
     t = tol(dtype, 2e-5, 1e-9)
     singles = []
     for x, wx in enumerate((w, 1 - w)):

@@ -84,6 +84,10 @@ def test_solve_rejects_bad_input(kwargs, name):
         (lambda: gf.GradientAscent(optax.sgd(0.1), -3), "`steps`"),
         (lambda: gf.GradientFlow(adaptive=False), "`dt0`"),
         (lambda: gf.GradientFlow(max_steps=0), "`max_steps`"),
+        (lambda: gf.GradientFlow(rtol=0.0), "`rtol`"),
+        (lambda: gf.GradientFlow(atol=-1e-9), "`atol`"),
+        (lambda: gf.GradientFlow(rtol=-1e-3), "`rtol`"),
+        (lambda: gf.GradientFlow(solver="rk4"), "`solver`"),
         (lambda: gf.SaveAt(every=0), "`every`"),
         (lambda: gf.SaveAt(n=0), "`n`"),
         (lambda: gf.Regularization(kl=-1.0), "`kl`"),
@@ -138,8 +142,8 @@ def test_diverging_sgd_is_flagged_and_frozen(dtype):
     policy = _policy()
     huge = float(jnp.finfo(dtype).max)  # one update overflows the logits
     sol = sgd(policy, [10.0, 0.0, 0.0], lr=huge, steps=10, targets=(1.0, 9.0))
-    assert int(sol.status) == gf.Status.DIVERGED
-    assert gf.Status.name(sol.status) == "diverged"
+    assert sol.status == gf.Status.diverged
+    assert gf.status_name(sol.status) == "diverged"
     # Recorded values stay finite: the state is frozen at the last finite point.
     for leaf in (sol.true_reward, sol.proxy_reward, sol.reward_variance, sol.grad_norm,
                  sol.probs, sol.params):
@@ -153,29 +157,32 @@ def test_diverging_sgd_is_flagged_and_frozen(dtype):
     assert np.isnan(sol.target_times[1]) and sol.target_times[0] == 0.0
     # The same problem with a sane learning rate is fine.
     ok = sgd(policy, [10.0, 0.0, 0.0], lr=0.1, steps=10, targets=(1.0, 9.0))
-    assert int(ok.status) == gf.Status.OK
+    assert ok.status == gf.Status.ok
 
 
 _FLOW_FEW_STEPS = gf.GradientFlow(max_steps=4)
 
 
-def _failed_flow():
-    return flow(_policy(), [10.0, 0.0, 0.0], t1=100.0, method=_FLOW_FEW_STEPS)
+def _failed_flow(targets=()):
+    return flow(_policy(), [10.0, 0.0, 0.0], t1=100.0, method=_FLOW_FEW_STEPS, targets=targets)
 
 
 def test_flow_running_out_of_steps_is_flagged():
-    sol = _failed_flow()
-    assert int(sol.status) == gf.Status.MAX_STEPS
-    assert gf.Status.name(sol.status) == "max steps hit"
-    assert int(sol.num_steps) <= 4
+    sol = _failed_flow(targets=(9.9, 1.0))
+    assert sol.status == gf.Status.max_steps
+    assert gf.status_name(sol.status) == "max steps hit"
+    assert "max_steps" in gf.Status[sol.status]  # the message says what to change
+    # max_steps counts every step: accepted plus rejected.
+    assert int(sol.num_steps) + int(sol.num_rejected_steps) == 4
     assert np.isnan(gf.time_to_reward(sol, 9.9))  # not reached before the failure: unknown
     assert gf.time_to_reward(sol, 1.0) == 0.0  # reached at t = 0
-    assert np.isnan(gf.time_to_reward(sol, 0.99, normalized=True))
+    with pytest.raises(ValueError, match="not tracked"):
+        gf.time_to_reward(sol, 0.99, normalized=True)
 
 
 def test_failed_flow_records_are_not_plus_inf():
     sol = _failed_flow()
-    assert int(sol.status) == gf.Status.MAX_STEPS
+    assert sol.status == gf.Status.max_steps
     for leaf in (sol.true_reward, sol.proxy_reward, sol.reward_variance, sol.grad_norm,
                  sol.probs, sol.final_true_reward):
         assert not bool(jnp.any(jnp.isposinf(leaf)))
@@ -186,4 +193,4 @@ def test_mixed_precision_inputs_solve():
     with jax.enable_x64(True):
         policy = gf.TabularSoftmax(logits32)
         sol = gf.solve(policy, reward=[1.0, 0.0, 0.0], method=gf.GradientAscent(optax.sgd(0.1), 3))
-        assert int(sol.status) == gf.Status.OK
+        assert sol.status == gf.Status.ok

@@ -201,7 +201,7 @@ def _locate(fn, piece, rising: bool):
     eps = float(jnp.finfo(jnp.result_type(upper)).eps)
     root = optx.root_find(
         lambda t, _: fn(piece, t), optx.Bisection(rtol=8 * eps, atol=8 * eps, flip=not rising), 0.5 * (lower + upper),
-        options=dict(lower=lower, upper=upper), max_steps=2 * jnp.finfo(jnp.result_type(upper)).nmant + 8,
+        options=dict(lower=lower, upper=upper), max_steps=jnp.finfo(jnp.result_type(upper)).nmant + 8,
         throw=False,
     ).value
     return jnp.where(point, piece.t0, jnp.clip(root, lower, upper))
@@ -213,8 +213,9 @@ def _refine(trk, problem: Problem, tracking: Tracking):
     def level_gap(level):
         return lambda piece, t: problem.true_value(piece.evaluate(t)) - level
 
-    def flatness(piece, t):  # <= 0 exactly where the tracker calls the curve flat
-        value, rate = _value_rate(problem, piece, t)
+    def flatness(piece, t):  # <= 0 where the curve is flat; the exact rate dV_G/dt at the state
+        params = piece.evaluate(t)
+        value, rate = jax.jvp(problem.true_value, (params,), (gradient(params, problem)[0],))
         return jnp.maximum(value - tracking.stall_target, jnp.abs(rate) - tracking.max_rate)
 
     hit = jax.vmap(lambda piece, level: _locate(level_gap(level), piece, True))(trk.hit_at, tracking.targets)

@@ -52,32 +52,26 @@ def _scipy_crossings(theta0, r, levels, t1):
 def test_flow_time_to_reward_matches_scipy_event(dtype, seed):
     policy, reward = random_problem(seed, 3, dtype)
     t1 = 60.0
-    # (Targets are not tracked here; the tracked path, which runs the same crossing search
-    # during the solve, is compared with this offline one in test_solve.py.)
-    sol = flow(policy, reward, t1=t1)
+    sol = flow(policy, reward, t1=t1, targets=_FRACS, normalized_targets=True)
     assert sol.status == gf.Status.ok
-    theta0 = np.asarray(policy.logits[0], np.float64)
+    theta0 = np.log(np.asarray(policy.probs()[0], np.float64))
     r = np.asarray(reward, np.float64)
     v0 = softmax(theta0) @ r
-    rtol = tol(dtype, 1e-4, 1e-6)
+    rtol = tol(dtype, 1e-3, 1e-6)
     checked = 0
-    fracs = _FRACS
-    levels = [v0 + frac * (r.max() - v0) for frac in fracs]
+    levels = [v0 + frac * (r.max() - v0) for frac in _FRACS]
     expected = _scipy_crossings(theta0, r, levels, t1)
-    for frac, level, expect in zip(fracs, levels, expected, strict=True):
-        normalized = gf.time_to_reward(sol, frac, normalized=True)
-        absolute = gf.time_to_reward(sol, float(level))  # untracked, absolute
+    for frac, expect in zip(_FRACS, expected, strict=True):
+        got = gf.time_to_reward(sol, frac, normalized=True)
         if np.isinf(expect):
-            assert np.isposinf(normalized) and np.isposinf(absolute)
+            assert np.isposinf(got)
             continue
         checked += 1
-        np.testing.assert_allclose(normalized, expect, rtol=rtol)
-        np.testing.assert_allclose(absolute, expect, rtol=rtol)
+        np.testing.assert_allclose(got, expect, rtol=rtol)
     assert checked >= 3
-    # Beyond the best achievable reward: never reached.
-    assert np.isposinf(gf.time_to_reward(sol, float(r.max()) + 0.1))
-    # Already reached at t = 0.
-    assert gf.time_to_reward(sol, float(v0) - 0.1) == 0.0
+    # A flow locates only the targets it tracked.
+    with pytest.raises(ValueError, match="not tracked"):
+        gf.time_to_reward(sol, float(r.max()) + 0.1)
 
 
 @pytest.mark.parametrize("p0, delta", [(0.3, 0.8), (0.1, 2.0)])
@@ -88,11 +82,12 @@ def test_flow_time_to_reward_two_armed_closed_form(dtype, p0, delta):
         return 2 * np.log(p / (1 - p)) - 1 / p + 1 / (1 - p)
 
     policy = gf.TabularSoftmax.from_probs(jnp.asarray([p0, 1 - p0]))
-    sol = flow(policy, [delta, 0.0], t1=30.0)
-    for p in (0.5, 0.8, 0.95):
+    ps = (0.5, 0.8, 0.95)
+    sol = flow(policy, [delta, 0.0], t1=30.0, targets=tuple(p * delta for p in ps))
+    for p in ps:
         expect = (F(p) - F(p0)) / (2 * delta)
         got = gf.time_to_reward(sol, p * delta)
-        np.testing.assert_allclose(got, expect, rtol=tol(dtype, 1e-4, 1e-7))
+        np.testing.assert_allclose(got, expect, rtol=tol(dtype, 1e-3, 1e-8))
 
 
 # ---------------------------------------------------------------------------------------
@@ -149,11 +144,6 @@ def test_time_to_reward_normalized():
             sol, jnp.asarray(level, sol.true_reward.dtype))
     assert gf.time_to_reward(sol, 0.0, normalized=True) == 0
     assert np.isposinf(gf.time_to_reward(sol, 1.0, normalized=True))  # only asymptotically
-    fl = flow(policy, _D_REWARD, t1=50.0)
-    np.testing.assert_allclose(
-        gf.time_to_reward(fl, 0.5, normalized=True),
-        gf.time_to_reward(fl, v0 + 0.5 * (vmax - v0)), rtol=1e-5,
-    )
     with pytest.raises(ValueError, match="target"):
         gf.time_to_reward(sol, 1.5, normalized=True)
 
@@ -166,8 +156,8 @@ def test_time_to_reward_normalized():
 @pytest.mark.parametrize("p_star", [0.10, 0.15])
 def test_reference_problem_flow_stalls_on_true_reward_not_on_proxy(p_star):
     policy = gf.TabularSoftmax.from_probs(jnp.asarray(reference_probs(p_star)))
-    on_true = flow(policy, REF_TRUE, REF_TRUE, t1=2000.0)
-    on_proxy = flow(policy, REF_PROXY, REF_TRUE, t1=2000.0)
+    on_true = flow(policy, REF_TRUE, REF_TRUE, t1=2000.0, targets=(0.9,))
+    on_proxy = flow(policy, REF_PROXY, REF_TRUE, t1=2000.0, targets=(0.9,))
     assert on_true.status == on_proxy.status == gf.Status.ok
 
     # Trained on r_G: a stall near the mediocre reward 0.8.
@@ -182,12 +172,14 @@ def test_reference_problem_flow_stalls_on_true_reward_not_on_proxy(p_star):
     assert inside.sum() >= 2
     assert np.all(np.abs(v[inside] - float(stall.level)) < 0.05)
 
-    # Offline and online agree for the flow (same solver-step record, same criteria).
+    # Offline, from the recorded grid (41 points): the same plateau, to the grid's resolution.
     offline = gf.find_stalls(on_true)
-    assert int(offline.count) == int(on_true.num_stalls)
-    longest = offline.longest()
-    for field in ("level", "start", "duration"):
-        np.testing.assert_allclose(getattr(longest, field), getattr(stall, field), rtol=1e-6)
+    spacing = 2000 / (N_SAVE - 1)
+    assert int(offline.count) >= 1 or float(stall.duration) < 4 * spacing
+    if int(offline.count):
+        longest = offline.longest()
+        assert abs(float(longest.level) - float(stall.level)) < 0.02
+        assert abs(float(longest.start) - float(stall.start)) <= 2 * spacing
     assert np.all(np.isnan(np.asarray(offline.level)[int(offline.count):]))  # padding
 
     # Trained on the wrong proxy: no stall, and 0.9 is reached much sooner.
@@ -218,7 +210,7 @@ def test_reference_problem_sgd_stalls_on_true_reward_not_on_proxy():
     t_true, t_proxy = gf.time_to_reward(on_true, 0.9), gf.time_to_reward(on_proxy, 0.9)
     assert t_proxy < 1000 and t_true > 5 * t_proxy
     # Flow time ~ eta * steps: the SGD crossing is near the flow's (Euler, eta = 0.1).
-    fl = flow(policy, REF_PROXY, REF_TRUE, t1=2000.0)
+    fl = flow(policy, REF_PROXY, REF_TRUE, t1=2000.0, targets=(0.9,))
     np.testing.assert_allclose(0.1 * t_proxy, gf.time_to_reward(fl, 0.9), rtol=0.1)
 
 

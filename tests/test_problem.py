@@ -17,8 +17,7 @@ def test_float64_mode_really_is_float64(dtype):
     for leaf in jax.tree.leaves(policy):
         assert leaf.dtype == dtype
     sol = flow(policy, [1.0, 0.0, 0.5], t1=1.0)
-    for leaf in (sol.ts, sol.true_reward, sol.proxy_reward, sol.probs, sol.params,
-                 sol.step_true_reward):
+    for leaf in (sol.ts, sol.true_reward, sol.proxy_reward, sol.probs, sol.params):
         assert leaf.dtype == dtype
     # float64 resolves what float32 cannot.
     tiny = jnp.asarray(1.0) + jnp.asarray(1e-12)

@@ -50,7 +50,7 @@ def test_two_armed_flow_closed_form(dtype, p0, r1, r2, t1):
     p = np.asarray(sol.probs[:, 0, 0], np.float64)
     delta = r1 - r2
     # The first integral, with the tolerance on p propagated through F'(p).
-    ptol = tol(dtype, 3e-6, 1e-9)
+    ptol = tol(dtype, 3e-5, 1e-9)  # float32: the default rtol is 1e-5
     resid = _F(p) - _F(p0) - 2 * delta * ts
     np.testing.assert_array_less(np.abs(resid), ptol * _dF(p) + 10 * ptol)
     # And p(t) itself, by inverting F with a root finder.
@@ -216,10 +216,9 @@ def _b_policy():
 
 def _b_flow_run(reward):
     # The public recipe: jax.jit(jax.vmap(lambda r: gf.time_to_reward(gf.solve(...), 0.9))).
-    sol = gf.solve(_b_policy(), reward=reward, method=_B_FLOW, t1=10.0, targets=(0.5,))
-    # 0.5 is tracked online during the solve; jnp.asarray(0.5) takes the offline search.
-    return (sol.true_reward, gf.time_to_reward(sol, 0.9), gf.time_to_reward(sol, 0.5),
-            gf.time_to_reward(sol, jnp.asarray(0.5)))
+    # A flow locates the targets it tracks, inside the solve.
+    sol = gf.solve(_b_policy(), reward=reward, method=_B_FLOW, t1=10.0, targets=(0.5, 0.9))
+    return (sol.true_reward, gf.time_to_reward(sol, 0.9), gf.time_to_reward(sol, 0.5), sol.target_times[0])
 
 
 def _b_sgd_run(reward):

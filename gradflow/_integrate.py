@@ -10,6 +10,8 @@ interpolant. Both return a `Run`.
 
 from __future__ import annotations
 
+import math
+
 import diffrax
 import equinox as eqx
 import jax
@@ -190,25 +192,26 @@ def _value_rate(problem: Problem, piece, t):
     return jax.jvp(lambda s: problem.true_value(piece.evaluate(s)), (t,), (jnp.ones_like(t),))
 
 
-def _locate(fn, piece, rising: bool):
+def _locate(fn, piece, rising: bool, halvings: int):
     """Where `fn(piece, t)` changes sign within the piece's `[t0, t1]` (from negative to
-    non-negative if `rising`, the other way otherwise): bisection on the solver's dense
-    interpolant, to a few ulps (optimistix; its implicit-function adjoint makes the
-    located time differentiable). A zero-length piece is a point: its `t0`."""
+    non-negative if `rising`, the other way otherwise): exactly `halvings` bisection
+    steps on the solver's dense interpolant (optimistix, run to its step limit; its
+    implicit-function adjoint makes the located time differentiable). A zero-length
+    piece is a point: its `t0`."""
     point = ~(piece.t1 > piece.t0)
     lower, upper = piece.t0, jnp.where(point, piece.t0 + 1, piece.t1)  # a finite dummy for points
     piece = eqx.tree_at(lambda p: p.t1, piece, upper)
-    eps = float(jnp.finfo(jnp.result_type(upper)).eps)
     root = optx.root_find(
-        lambda t, _: fn(piece, t), optx.Bisection(rtol=8 * eps, atol=8 * eps, flip=not rising), 0.5 * (lower + upper),
-        options=dict(lower=lower, upper=upper), max_steps=jnp.finfo(jnp.result_type(upper)).nmant + 8,
-        throw=False,
+        lambda t, _: fn(piece, t), optx.Bisection(rtol=0.0, atol=0.0, flip=not rising), 0.5 * (lower + upper),
+        options=dict(lower=lower, upper=upper), max_steps=halvings, throw=False,
     ).value
     return jnp.where(point, piece.t0, jnp.clip(root, lower, upper))
 
 
-def _refine(trk, problem: Problem, tracking: Tracking):
-    """Target crossings and the longest stall's ends, located inside their steps."""
+def _refine(trk, problem: Problem, tracking: Tracking, rtol: float):
+    """Target crossings and the longest stall's ends, located inside their steps to
+    1% of the solver's relative tolerance of the step's width."""
+    halvings = math.ceil(math.log2(100 / rtol))
 
     def level_gap(level):
         return lambda piece, t: problem.true_value(piece.evaluate(t)) - level
@@ -218,14 +221,21 @@ def _refine(trk, problem: Problem, tracking: Tracking):
         value, rate = jax.jvp(problem.true_value, (params,), (gradient(params, problem)[0],))
         return jnp.maximum(value - tracking.stall_target, jnp.abs(rate) - tracking.max_rate)
 
-    hit = jax.vmap(lambda piece, level: _locate(level_gap(level), piece, True))(trk.hit_at, tracking.targets)
+    hit = jax.vmap(lambda piece, level: _locate(level_gap(level), piece, True, halvings))(
+        trk.hit_at, tracking.targets)
     hit = jnp.where(jnp.isfinite(trk.hit), hit, trk.hit)
-    began, ended = trk.best_at
-    start = jnp.where(began.t1 > began.t0, _locate(flatness, began, False), trk.best.start)
-    end = jnp.where(ended.t1 > ended.t0, _locate(flatness, ended, True), trk.best.start + trk.best.duration)
     found = jnp.isfinite(trk.best.duration)
-    stall = Stall(trk.best.level, jnp.where(found, start, jnp.nan), jnp.where(found, end - start, jnp.nan))
-    return hit, stall
+
+    def ends(best_at):  # skipped (outside vmap) when there is no stall
+        began, ended = best_at
+        start = jnp.where(began.t1 > began.t0, _locate(flatness, began, False, halvings), trk.best.start)
+        end = jnp.where(ended.t1 > ended.t0, _locate(flatness, ended, True, halvings),
+                        trk.best.start + trk.best.duration)
+        return start, end
+
+    start, end = jax.lax.cond(found, ends, lambda _: (trk.best.start, trk.best.start + trk.best.duration),
+                              trk.best_at)
+    return hit, Stall(trk.best.level, start, end - start)
 
 
 def integrate_flow(method, problem: Problem, t1, saveat, tracking: Tracking, stop_at_targets: bool = False) -> Run:
@@ -265,7 +275,7 @@ def integrate_flow(method, problem: Problem, t1, saveat, tracking: Tracking, sto
     t_end = sol.ts[1][-1]
     end_point = eqx.tree_at(lambda p: (p.t0, p.t1), trk.win_at, (t_end, t_end))
     trk, _, _ = tracker_finish(trk, tracking.min_duration, end_point)
-    hit, stall = _refine(trk, problem, tracking)
+    hit, stall = _refine(trk, problem, tracking, method.tolerances(dtype)[0])
     status = Status.where(_all_finite(final), from_diffrax(sol.result), Status.diverged)
     # Records after a failure (or after the stop) are diffrax's +inf fill: unknown values,
     # so make them nan (never a reward above every target).

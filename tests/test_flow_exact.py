@@ -5,6 +5,7 @@ stiff option; failures with reasons."""
 from __future__ import annotations
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -129,24 +130,6 @@ def test_stall_start_and_end_match_scipy():
         np.testing.assert_allclose(sol.stall.start + sol.stall.duration, end, rtol=1e-6)
 
 
-def test_time_gradient_through_the_solve():
-    """The located crossing is differentiable (implicit-function adjoint of the root find)."""
-    with jax.enable_x64(True):
-        policy = gf.TabularSoftmax.from_probs(jnp.asarray(reference_probs(0.10)))
-        g = jnp.asarray(REF_TRUE)
-        proxy = g.at[1].set(-1.0)
-        method = gf.GradientFlow(rtol=1e-10, atol=1e-12, max_steps=1024)
-
-        def hit(r):
-            return gf.solve(policy, reward=r, true_reward=g, method=method, t1=40.0, saveat=gf.SaveAt(n=2),
-                            targets=(0.9,)).target_times[0]
-
-        grad = jax.jit(jax.grad(hit))(proxy)
-        step = 1e-5
-        fd = [(hit(proxy.at[j].add(step)) - hit(proxy.at[j].add(-step))) / (2 * step) for j in range(5)]
-        np.testing.assert_allclose(grad, fd, rtol=1e-6)
-
-
 def test_strongly_regularised_flow_is_stiff_and_kvaerno5_solves_it():
     """KL beta = 5 over a long horizon: the explicit default runs out of steps and says
     which option to take; `solver="kvaerno5"` finishes at the closed-form optimum
@@ -196,3 +179,23 @@ def test_stop_at_targets_and_bad_input():
     with pytest.raises(ValueError, match="stop_at_targets"):
         gf.solve(policy, reward=[1.0, 0.0, 0.0], method=gf.GradientAscent(optax.sgd(0.1), 3), targets=(0.5,),
                  stop_at_targets=True)
+
+
+def test_relu_network_finishes_with_the_documented_tolerances():
+    """A ReLU MLP's vector field has kinks: the documented option (rtol 1e-3) finishes,
+    and its crossing agrees with a tight-tolerance run."""
+    feats = jax.random.normal(jax.random.key(0), (1, 8, 4))
+    mlp = eqx.nn.MLP(4, 1, 16, 2, activation=jax.nn.relu, key=jax.random.key(1))
+    policy = gf.NeuralPolicy(mlp, feats)
+    r = jax.random.normal(jax.random.key(2), (8,))
+    target = float(r.max()) - 0.1
+
+    def run(**kw):
+        return gf.solve(policy, reward=r, method=gf.GradientFlow(**kw), t1=100.0, saveat=gf.SaveAt(n=2),
+                        targets=(target,))
+
+    loose = run(rtol=1e-3, atol=1e-5)
+    assert loose.status == gf.Status.ok and int(loose.num_steps) < 500
+    tight = run(rtol=1e-4, atol=1e-6, max_steps=8192)
+    assert tight.status == gf.Status.ok
+    np.testing.assert_allclose(loose.target_times, tight.target_times, rtol=1e-2)

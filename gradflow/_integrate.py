@@ -192,18 +192,18 @@ def _value_rate(problem: Problem, piece, t):
     return jax.jvp(lambda s: problem.true_value(piece.evaluate(s)), (t,), (jnp.ones_like(t),))
 
 
-def _locate(fn, piece, rising: bool, halvings: int):
-    """Where `fn(piece, t)` changes sign within the piece's `[t0, t1]` (from negative to
-    non-negative if `rising`, the other way otherwise): exactly `halvings` bisection
-    steps on the solver's dense interpolant (optimistix, run to its step limit; its
-    implicit-function adjoint makes the located time differentiable). A zero-length
-    piece is a point: its `t0`."""
+def _locate(fn, piece, halvings: int, adjoint: optx.AbstractAdjoint):
+    """Where `fn(piece, t)` rises through zero (from negative to non-negative) within
+    the piece's `[t0, t1]`: exactly `halvings` bisection steps on the solver's dense
+    interpolant (optimistix, run to its step limit). With `optx.ImplicitAdjoint` the
+    located time is differentiable (implicit function theorem). A zero-length piece is a
+    point: its `t0`."""
     point = ~(piece.t1 > piece.t0)
     lower, upper = piece.t0, jnp.where(point, piece.t0 + 1, piece.t1)  # a finite dummy for points
     piece = eqx.tree_at(lambda p: p.t1, piece, upper)
     root = optx.root_find(
-        lambda t, _: fn(piece, t), optx.Bisection(rtol=0.0, atol=0.0, flip=not rising), 0.5 * (lower + upper),
-        options=dict(lower=lower, upper=upper), max_steps=halvings, throw=False,
+        lambda t, _: fn(piece, t), optx.Bisection(rtol=0.0, atol=0.0, flip=False), 0.5 * (lower + upper),
+        options=dict(lower=lower, upper=upper), max_steps=halvings, throw=False, adjoint=adjoint,
     ).value
     return jnp.where(point, piece.t0, jnp.clip(root, lower, upper))
 
@@ -216,22 +216,28 @@ def _refine(trk, problem: Problem, tracking: Tracking, rtol: float):
     def level_gap(level):
         return lambda piece, t: problem.true_value(piece.evaluate(t)) - level
 
-    def flatness(piece, t):  # <= 0 where the curve is flat; the exact rate dV_G/dt at the state
-        params = piece.evaluate(t)
-        value, rate = jax.jvp(problem.true_value, (params,), (gradient(params, problem)[0],))
-        return jnp.maximum(value - tracking.stall_target, jnp.abs(rate) - tracking.max_rate)
+    def flatness(sign):  # <= 0 where the curve is flat (the exact rate dV_G/dt at the state)
+        def fn(piece, t):
+            params = piece.evaluate(t)
+            value, rate = jax.jvp(problem.true_value, (params,), (gradient(params, problem)[0],))
+            return sign * jnp.maximum(value - tracking.stall_target, jnp.abs(rate) - tracking.max_rate)
 
-    hit = jax.vmap(lambda piece, level: _locate(level_gap(level), piece, True, halvings))(
+        return fn
+
+    hit = jax.vmap(lambda piece, level: _locate(level_gap(level), piece, halvings, optx.ImplicitAdjoint()))(
         trk.hit_at, tracking.targets)
     hit = jnp.where(jnp.isfinite(trk.hit), hit, trk.hit)
     found = jnp.isfinite(trk.best.duration)
 
-    def ends(best_at):  # skipped (outside vmap) when there is no stall
+    def ends(best_at):  # both ends in one vmapped search; skipped (outside vmap) when there is no stall
+        pieces = jax.tree.map(lambda a, b: jnp.stack([a, b]), *best_at)
+        signs = jnp.asarray([-1.0, 1.0], trk.hit.dtype)  # flat from the start, not flat after the end
+        # Stall ends are descriptive, not differentiated: the cheaper-to-compile adjoint.
+        start, end = jax.vmap(lambda piece, sign: _locate(flatness(sign), piece, halvings,
+                                                          optx.RecursiveCheckpointAdjoint()))(pieces, signs)
         began, ended = best_at
-        start = jnp.where(began.t1 > began.t0, _locate(flatness, began, False, halvings), trk.best.start)
-        end = jnp.where(ended.t1 > ended.t0, _locate(flatness, ended, True, halvings),
-                        trk.best.start + trk.best.duration)
-        return start, end
+        return (jnp.where(began.t1 > began.t0, start, trk.best.start),
+                jnp.where(ended.t1 > ended.t0, end, trk.best.start + trk.best.duration))
 
     start, end = jax.lax.cond(found, ends, lambda _: (trk.best.start, trk.best.start + trk.best.duration),
                               trk.best_at)

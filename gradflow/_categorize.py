@@ -342,7 +342,8 @@ def sensitivity(
                     saveat=_summary_saveat(method))
         return sol.final_true_reward if target is None else sol.target_times[0]
 
-    value, grad = jax.value_and_grad(outcome)(r)
-    if target is not None and (not bool(jnp.isfinite(value)) or float(value) == 0.0):
-        return jnp.full(r.shape, jnp.nan)
-    return grad
+    if target is not None:  # the forward run first: no reverse pass for a target never reached
+        t_star = outcome(r)
+        if not bool(jnp.isfinite(t_star)) or float(t_star) == 0.0:
+            return jnp.full(r.shape, jnp.nan)
+    return jax.grad(outcome)(r)

@@ -100,7 +100,7 @@ class Tracker(eqx.Module):
     best_at: PyTree = None  # the pieces in which the longest stall began and ended
 
 
-def _where(pred, a, b):
+def tree_where(pred, a, b):
     """`where(pred, a, b)` leaf by leaf, `pred` aligned with the leading axes."""
 
     def one(x, y):
@@ -118,7 +118,7 @@ def tracker_init(n_targets: int, dtype=float, here: PyTree = None) -> Tracker:
         in_win=jnp.asarray(False), win_start=z, win_end=z, win_v0=z, win_v1=z,
         best=Stall(nan, nan, nan), count=jnp.asarray(0),
         hit_at=jax.tree.map(lambda x: jnp.broadcast_to(x, (n_targets,) + jnp.shape(x)), here),
-        win_at=here, best_at=(here, here) if here is not None else None,
+        win_at=here, best_at=(here, here),
     )
 
 
@@ -129,8 +129,8 @@ def _close(trk: Tracker, min_dur, here) -> tuple[Tracker, Stall, Bool[Array, ""]
     ok = trk.in_win & (dur >= min_dur)
     stall = Stall(0.5 * (trk.win_v0 + trk.win_v1), trk.win_start, dur)
     longer = ok & ~(dur <= trk.best.duration)  # best.duration may be nan
-    best = _where(longer, stall, trk.best)
-    best_at = None if trk.best_at is None else _where(longer, (trk.win_at, here), trk.best_at)
+    best = tree_where(longer, stall, trk.best)
+    best_at = tree_where(longer, (trk.win_at, here), trk.best_at)
     return eqx.tree_at(lambda t: (t.best, t.count, t.best_at), trk, (best, trk.count + ok, best_at),
                        is_leaf=lambda x: x is None), stall, ok
 
@@ -149,7 +149,7 @@ def tracker_update(
     flat = (value < stall_target) & (jnp.abs(rate) <= max_rate)
     closed, stall, ok = _close(trk, min_dur, here)
     ending = trk.in_win & ~flat & alive
-    new = _where(ending, closed, trk)
+    new = tree_where(ending, closed, trk)
     new = Tracker(
         hit=jnp.where(first, t, trk.hit),
         in_win=flat,
@@ -159,11 +159,11 @@ def tracker_update(
         win_v1=value,
         best=new.best,
         count=new.count,
-        hit_at=_where(first, here, trk.hit_at) if here is not None else None,
-        win_at=_where(trk.in_win, trk.win_at, here),
+        hit_at=tree_where(first, here, trk.hit_at),
+        win_at=tree_where(trk.in_win, trk.win_at, here),
         best_at=new.best_at,
     )
-    new = _where(alive, new, trk)
+    new = tree_where(alive, new, trk)
     return new, stall, ok & ending
 
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optimistix as optx
 from jaxtyping import Array, Float, Int, PyTree
 
-from ._analysis import Stall, tracker_finish, tracker_init, tracker_update
+from ._analysis import Stall, tracker_finish, tracker_init, tracker_update, tree_where
 from ._objective import Diagnostics, Problem, gradient
 from ._ops import sum_outputs
 from ._status import Status, from_diffrax
@@ -54,10 +54,6 @@ class Run(eqx.Module):
     num_stalls: Int[Array, ""]
 
 
-def _tree_where(pred, a, b):
-    return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
-
-
 def _all_finite(tree) -> jax.Array:
     """Whether every entry is finite, as one scalar: a sum is finite iff its terms are
     (written with `sum_outputs` so that it stays a flat vector op under `vmap`)."""
@@ -88,7 +84,7 @@ def integrate_discrete(method, problem: Problem, key, saveat, tracking: Tracking
         new_params, new_state, value = method.update(params, state, step_key, problem)
         trk = track(i, value, trk, prev, ~diverged)
         diverged = diverged | ~_all_finite(new_params)
-        params, state = _tree_where(diverged, (params, state), (new_params, new_state))
+        params, state = tree_where(diverged, (params, state), (new_params, new_state))
         return params, state, trk, value, diverged
 
     def run(carry, start, count: int):

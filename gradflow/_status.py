@@ -35,13 +35,12 @@ class Status(eqx.Enumeration):
     solver_failed = "solver failed: diffrax reported an internal error."
 
 
+# In code order: each item's name and the short name that `status_name` gives.
+_ORDER = (("ok", "ok"), ("diverged", "diverged"), ("max_steps", "max steps hit"),
+          ("nonlinear_solve", "nonlinear solve failed"), ("linear_solve", "linear solve failed"),
+          ("step_size", "step size too small"), ("solver_failed", "solver failed"))
 #: The items in code order: `STATUSES[code]`.
-STATUSES: tuple = tuple(
-    getattr(Status, name)
-    for name in ("ok", "diverged", "max_steps", "nonlinear_solve", "linear_solve", "step_size", "solver_failed")
-)
-_NAMES = ("ok", "diverged", "max steps hit", "nonlinear solve failed", "linear solve failed",
-          "step size too small", "solver failed")
+STATUSES: tuple = tuple(getattr(Status, item) for item, _ in _ORDER)
 
 
 def status_code(status: Status) -> Int[Array, " *batch"]:
@@ -58,7 +57,7 @@ def status_name(status) -> str:
     """A short name (`"ok"`, `"diverged"`, `"max steps hit"`, ...) for a `Status` item or
     an integer code."""
     code = status_code(status) if isinstance(status, Status) else status
-    return _NAMES[int(code)]
+    return _ORDER[int(code)][1]
 
 
 # diffrax's outcomes, each kept under its own reason.

@@ -37,6 +37,11 @@ from ._estimators import (
     Reinforce as Reinforce,
 )
 from ._objective import Regularization as Regularization
+from ._proxy_design import (
+    ProxyDesign as ProxyDesign,
+    design_proxy as design_proxy,
+    proxy_objective as proxy_objective,
+)
 from ._seeds import SeedSummary as SeedSummary, summarize_seeds as summarize_seeds
 from ._solve import SaveAt as SaveAt, Solution as Solution, solve as solve
 from ._status import Status as Status, status_code as status_code, status_name as status_name

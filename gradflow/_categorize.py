@@ -82,32 +82,43 @@ class Categorization(eqx.Module):
         return float(np.mean(self.predicted[ok] == self.label[ok])) if ok.any() else float("nan")
 
 
+def classify_codes(time, reference_time, final, reference_final, tolerance, reward_tolerance):
+    """The rule of [`gradflow.categorize`][] as codes `-1` (harmful), `0` (benign), `1`
+    (beneficial), and the time ratios; `jax.numpy`, so it runs under `jit` and `vmap`.
+
+    - Both reach the target: `ratio < 1 - tolerance` is beneficial, `ratio > 1 +
+      tolerance` harmful, otherwise benign; when the reference starts at the target
+      (`reference_time == 0`) there is nothing to speed up: benign.
+    - Only the proxy run reaches it: beneficial; only the reference: harmful.
+    - Neither: compare the true reward at the horizon, with `reward_tolerance`.
+    """
+    time, final = jnp.asarray(time), jnp.asarray(final)
+    t0, f0 = jnp.asarray(reference_time, time.dtype), jnp.asarray(reference_final, final.dtype)
+    reached, reached0 = jnp.isfinite(time), jnp.isfinite(t0)
+    safe = jnp.where(reached0 & (t0 > 0), t0, 1.0)
+    ratio = jnp.where(reached & reached0 & (t0 > 0), time / safe, jnp.nan)
+    by_time = jnp.where(ratio < 1 - tolerance, 1, jnp.where(ratio > 1 + tolerance, -1, 0))
+    by_time = jnp.where(t0 == 0, 0, by_time)
+    by_reward = jnp.where(final > f0 + reward_tolerance, 1, jnp.where(final < f0 - reward_tolerance, -1, 0))
+    code = jnp.where(reached & reached0, by_time,
+                     jnp.where(reached, 1, jnp.where(reached0, -1, by_reward)))
+    return code, ratio
+
+
 def classify(
     time, reference_time, final, reference_final, failed, tolerance: float, reward_tolerance: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and time ratios from times to the target (NumPy, vectorised).
-
-    - Both reach the target: `ratio < 1 - tolerance` is beneficial, `ratio > 1 +
-      tolerance` harmful, otherwise benign.
-    - Only the proxy run reaches it: beneficial; only the reference: harmful.
-    - Neither: compare the true reward at the horizon, with `reward_tolerance`.
-    - A failed run: `"failed"`.
-    """
+    """Labels and time ratios from times to the target (NumPy, vectorised): the rule of
+    `classify_codes`, with `"failed"` where
+    `failed`."""
     time, final = np.asarray(time, float), np.asarray(final, float)
-    t0, f0 = float(reference_time), float(reference_final)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with jax.enable_x64(True):  # the comparison in double precision, as the tables hold it
+        code, _ = classify_codes(time, float(reference_time), final, float(reference_final),
+                                 tolerance, reward_tolerance)
+        code = np.asarray(code)
+    t0 = float(reference_time)
+    with np.errstate(divide="ignore", invalid="ignore"):  # the ratio exactly as NumPy divides
         ratio = np.where(np.isfinite(time) & np.isfinite(t0) & (t0 > 0), time / t0, np.nan)
-    both = np.isfinite(time) & np.isfinite(t0)
-    if np.isfinite(t0) and t0 == 0:  # already at the target at t = 0: nothing to speed up
-        code = np.zeros(time.shape, int)
-    else:
-        code = np.where(ratio < 1 - tolerance, 1, np.where(ratio > 1 + tolerance, -1, 0))
-    code = np.where(both, code, 0)
-    code = np.where(np.isfinite(time) & ~np.isfinite(t0), 1, code)
-    code = np.where(~np.isfinite(time) & np.isfinite(t0), -1, code)
-    neither = ~np.isfinite(time) & ~np.isfinite(t0)
-    by_reward = np.where(final > f0 + reward_tolerance, 1, np.where(final < f0 - reward_tolerance, -1, 0))
-    code = np.where(neither, by_reward, code)
     label = np.array(LABELS, dtype=object)[code + 1]
     label = np.where(np.asarray(failed), "failed", label).astype(str)
     return label, ratio

@@ -208,6 +208,7 @@ def _setup(policy, true_reward, method, objective, target, t1) -> tuple[_Objecti
     if objective not in OBJECTIVES:
         raise ValueError(f"`objective` must be one of {', '.join(map(repr, OBJECTIVES))}; got {objective!r}.")
     g = as_reward("true_reward", true_reward, policy)
+    g = g.astype(jnp.result_type(g, policy.log_probs()))  # the run's precision
     if method.continuous:
         if t1 is None:
             raise ValueError("`t1` (the flow's horizon) is required for gf.GradientFlow.")
@@ -266,13 +267,21 @@ class _Geometry(eqx.Module):
     order: bool = eqx.field(static=True)
     iterations: int = eqx.field(static=True)
 
+    @property
+    def _root(self) -> Float[Array, "1 groups"]:
+        return jnp.sqrt(self.counts)[None, :]
+
+    def values(self, u) -> Float[Array, "prompts groups"]:
+        """The proxy's value on each group."""
+        return self.truth + u / self._root
+
     def reward(self, u) -> Float[Array, "prompts outputs"]:
-        return (self.truth + u / jnp.sqrt(self.counts))[:, self.groups]
+        return self.values(u)[:, self.groups]
 
     def _budget(self, u):
         u = jnp.where(self.free, u, 0.0)
         if self.norm == "inf":
-            bound = jnp.broadcast_to(self.budget * jnp.sqrt(self.counts), u.shape)
+            bound = jnp.broadcast_to(self.budget * self._root, u.shape)
             return optax.projections.projection_box(u, -bound, bound)
         return optax.projections.projection_l2_ball(u, self.budget)
 
@@ -284,10 +293,10 @@ class _Geometry(eqx.Module):
         return jnp.round(jnp.sum(less / copies[:, None, :], axis=-1))
 
     def _order(self, u):
-        x = self.truth + u / jnp.sqrt(self.counts)
-        w = jnp.broadcast_to(self.counts, x.shape)
+        x = self.values(u)
+        w = jnp.broadcast_to(self.counts[None, :], x.shape)
         fit = jax.vmap(_isotonic, in_axes=(0, 0, 0, None))(x, w, self._blocks(), self.margin)
-        return (fit - self.truth) * jnp.sqrt(self.counts)
+        return (fit - self.truth) * self._root
 
     def project(self, u):
         """The exact projection onto the feasible set (to Dykstra's convergence when the
@@ -297,9 +306,9 @@ class _Geometry(eqx.Module):
 
         def dykstra(_, state):
             x, p, q = state
-            y = self._order(x + p)
+            y = self._order(x + p).astype(x.dtype)
             p = x + p - y
-            x2 = self._budget(y + q)
+            x2 = self._budget(y + q).astype(x.dtype)
             return x2, p, y + q - x2
 
         zero = jnp.zeros_like(u)
@@ -309,7 +318,7 @@ class _Geometry(eqx.Module):
     def _pull_in(self, u):
         """`s u` with the largest `s` in `[0, 1]` that keeps the order (the budget and the
         mask hold for every such `s`: `u` satisfies them and they contain 0)."""
-        t, d = self.truth, u / jnp.sqrt(self.counts)
+        t, d = self.truth, u / self._root
         ordered = t[:, :, None] > t[:, None, :]  # [x, g, h]: g above h in the truth
         slack = t[:, :, None] - t[:, None, :] - self.margin
         closing = d[:, None, :] - d[:, :, None]  # how fast the gap g - h shrinks
@@ -319,10 +328,10 @@ class _Geometry(eqx.Module):
 
     def feasible(self, u) -> Bool[Array, ""]:
         """Every constraint holds exactly (a check, used by the tests)."""
-        r = self.truth + u / jnp.sqrt(self.counts)
+        r = self.values(u)
         mask_ok = jnp.all(jnp.where(self.free, True, u == 0))
         if self.norm == "inf":
-            budget_ok = jnp.all(jnp.abs(u) <= self.budget * jnp.sqrt(self.counts) * (1 + 1e-6))
+            budget_ok = jnp.all(jnp.abs(u) <= self.budget * self._root * (1 + 1e-6))
         else:
             budget_ok = jnp.linalg.norm(u) <= self.budget * (1 + 1e-6)
         if not self.order:
@@ -574,9 +583,9 @@ def _design(obj: _Objective, geometry: _Geometry, pairs: _Pairs, optimizer, sett
         (_, (value, ok)), grad = jax.value_and_grad(loss, has_aux=True)(u)
         grad = jnp.where(ok & jnp.all(jnp.isfinite(grad)), grad, 0.0)
         here = score(u, value, ok)
-        best_u, best = jnp.where(here < best, u, best_u), jnp.minimum(here, best)
+        best_u, best = jnp.where(here < best, u, best_u), jnp.minimum(here, best).astype(best.dtype)
         updates, state = optimizer.update(grad, state, u)
-        return (geometry.project(optax.apply_updates(u, updates)), state, best_u, best), value
+        return (geometry.project(optax.apply_updates(u, updates)).astype(u.dtype), state, best_u, best), value
 
     # `steps` updates, then the last iterate is scored too (its update is discarded).
     truth = jnp.zeros_like(u0)  # it meets every constraint: the answer if nothing else does

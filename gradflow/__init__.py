@@ -21,7 +21,6 @@ from ._categorize import (
     Categorization as Categorization,
     categorize as categorize,
     proxy_row as proxy_row,
-    sensitivity as sensitivity,
 )
 from ._dynamics import (
     AbstractDiscreteMethod as AbstractDiscreteMethod,
@@ -41,6 +40,7 @@ from ._proxy_design import (
     ProxyDesign as ProxyDesign,
     design_proxy as design_proxy,
     proxy_objective as proxy_objective,
+    sensitivity as sensitivity,
 )
 from ._seeds import SeedSummary as SeedSummary, summarize_seeds as summarize_seeds
 from ._solve import SaveAt as SaveAt, Solution as Solution, solve as solve

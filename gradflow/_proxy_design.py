@@ -231,6 +231,55 @@ def _setup(policy, true_reward, method, objective, target, t1) -> tuple[_Objecti
     return _Objective(policy, g, method, t1, v0, objective, target), g
 
 
+def sensitivity(
+    policy: AbstractPolicy,
+    reward,
+    true_reward=None,
+    *,
+    method: AbstractMethod,
+    t1=None,
+    target: float | None = None,
+) -> Float[Array, "prompts outputs"]:
+    """How the outcome of training on `reward` responds to each entry of `reward`, by
+    differentiating through the solver (reverse mode through `diffrax.diffeqsolve` or the
+    discrete loop).
+
+    - `target=None`: the gradient of the true reward at the horizon (`t1` for the flow,
+      after `steps` updates otherwise), `d V_G(T) / d r`. Positive: raising that proxy
+      reward makes the final true reward higher.
+    - `target` given (flow only): the gradient of the time to reach it. The crossing `t*`
+      is located inside the solve by a root find on the solver's interpolant, whose
+      implicit-function adjoint gives `d t*/d r = -(d V_G(t*)/d r) / (dV_G/dt)(t*)`.
+      Negative: raising that proxy reward makes the target come sooner. `nan` everywhere
+      if the target is never reached within `t1`.
+
+    **Arguments:**
+
+    - `policy`, `reward`, `true_reward` (default `reward`), `method`, `t1`: as in
+      [`gradflow.solve`][]. Exact methods only.
+    - `target`: a true-reward level, or `None`.
+
+    **Returns:** an array shaped like `reward` (as `(prompts, outputs)`).
+    """
+    if method.needs_key:
+        raise ValueError("`method`: sensitivity needs an exact method (GradientFlow or GradientAscent).")
+    r = as_reward("reward", reward, policy)
+    g = r if true_reward is None else as_reward("true_reward", true_reward, policy)
+    if target is not None and t1 is None:
+        raise ValueError("`target`: time sensitivity needs the continuous flow (gf.GradientFlow with `t1`); "
+                         "for discrete methods the step count is not differentiable: use target=None.")
+    if target is not None:  # the forward run first: no reverse pass for a target never reached
+        sol = solve(policy, reward=r, true_reward=g, method=method, t1=t1, targets=(float(target),),
+                    saveat=_last(method), stop_at_targets=True)
+        t_star = sol.target_times[0]
+        if not bool(jnp.isfinite(t_star)) or float(t_star) == 0.0:
+            return jnp.full(r.shape, jnp.nan)
+    # The objective that gradflow.design_proxy optimises: one mechanism for both.
+    objective = "final" if target is None else "time"
+    return jax.grad(lambda rr: proxy_objective(policy, g, rr, method=method, objective=objective, target=target,
+                                               t1=t1))(r)
+
+
 # ------------------------------------------------------------------------- the geometry
 
 
@@ -447,8 +496,8 @@ def design_proxy(
       pattern is `groups=problem.output_patterns()`.
     - `margin`: the order-preserving gap; default `1e-3` times the smallest gap between
       distinct true rewards of a prompt.
-    - `optimizer`: an optax optimiser; default Adam with a cosine-decayed learning rate
-      from `budget / 20`.
+    - `optimizer`: an optax optimiser; default Adam with a learning rate decayed from
+      `10 budget / steps` to 0 on a cosine schedule (up to `5 budget` of travel in all).
     - `steps`: optimiser steps.
     - `key`: `None` starts at the truth; a PRNG key starts at a random feasible proxy
       (for multi-start under `jax.vmap` over keys). The same key gives the same result.
@@ -556,7 +605,9 @@ def _mask(mask, shape, reward_shape, grouped):
 def _design(obj: _Objective, geometry: _Geometry, pairs: _Pairs, optimizer, settings: _Settings, u0, steps: int,
             ndim: int) -> ProxyDesign:
     if optimizer is None:  # built here, so that budgets are data and do not recompile
-        optimizer = optax.adam(optax.cosine_decay_schedule(geometry.budget / 20, steps))
+        # Adam moves up to one learning rate per step: the cosine schedule travels up to
+        # `5 budget` in all, enough to cross the budget's box from any start.
+        optimizer = optax.adam(optax.cosine_decay_schedule(10 * geometry.budget / steps, steps))
     lo, hi = reward_range(obj.true_reward, obj.policy.weights)
 
     def loss(u):

@@ -20,6 +20,7 @@ from . import (
     _config as C,
     _studies_design as SD,
     _studies_policies as SP,
+    _studies_proxy as SX,
     _studies_rm as RM,
     _studies_sampled as S,
 )
@@ -278,6 +279,13 @@ STUDIES: dict[str, Study] = {
         "under the tabular policy?",
         SP.NEURAL_POLICY_SCHEMA,
         SP.run_neural_policy,
+    ),
+    "proxy-design": Study(
+        "proxy-design",
+        "the fastest teacher within a budget: proxy rewards designed by differentiating through training, "
+        "against ranking accuracy, and the learned credit for partially correct outputs",
+        SX.PROXY_DESIGN_SCHEMA,
+        SX.run_proxy_design,
     ),
 }
 

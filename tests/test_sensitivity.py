@@ -48,6 +48,19 @@ def test_flow_sensitivities_match_finite_differences():
         # The signs carry the theory: raising y*'s reward brings the target sooner.
         assert dt[0] < 0
 
+        # Past the horizon, the design objective (whose gradient this is) continues the
+        # time by `T (1 + (gamma - V(T)) / (gamma - V(0)))`: continuous where the
+        # crossing reaches the horizon, and with a gradient.
+        t_star = hit(r)
+
+        def objective(rr, horizon):
+            return gf.proxy_objective(policy, g, rr, method=flow, target=target, t1=horizon)
+
+        for eps in (1e-6, -1e-6):
+            np.testing.assert_allclose(float(objective(r, t_star * (1 + eps))), t_star, rtol=1e-5)
+        short = np.asarray(jax.grad(objective)(r, t_star / 2))
+        assert np.all(np.isfinite(short)) and short[0] < 0  # raising y* helps
+
 
 _SGD = gf.GradientAscent(optax.sgd(0.1), 200)
 

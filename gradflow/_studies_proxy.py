@@ -1,0 +1,258 @@
+"""The `proxy-design` study: the fastest teacher within a budget.
+
+(i) On the stalling problem, the proxy that reaches true reward `target` soonest under the
+exact flow, designed by [`gradflow.design_proxy`][] for each L-inf budget (one vmapped
+call over budgets), with and without the order-preserving constraint (ii); and, at one
+budget, the time against ranking accuracy of random proxies in the budget's box, with the
+designed proxy on it. (iii) On the partial-credit model of `gradflow.design`, the credit
+per partial satisfaction pattern that the designer learns (success and failure fixed),
+over a grid of initial success and partial probabilities (one vmapped call over the
+grid), against what `gradflow.design.recommend` says.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _config as C, metrics
+from ._categorize import categorize
+from ._dynamics import GradientFlow
+from ._proxy_design import design_proxy
+from ._study_utils import fmt, stalling_probs, table, write_csv
+from .design import ConstraintSatisfaction, recommend
+from .policies import TabularSoftmax
+
+PROXY_DESIGN_SCHEMA = {
+    "problem": {
+        "true_reward": C.Field("floats", C.nonempty),
+        "p_best": C.Field("float", C.probability),
+        "p_mediocre": C.Field("float", C.probability),
+    },
+    "design": {
+        "target": C.Field("float"),
+        "t1": C.Field("float", C.positive),
+        "budgets": C.Field("floats", lambda x: C.nonempty(x) or C.positive(x)),
+        "steps": C.Field("int", C.positive),
+        "accuracy_budget": C.Field("float", C.positive),
+        "random_proxies": C.Field("int", C.positive),
+        "seed": C.Field("int"),
+    },
+    "partial_credit": {
+        "num_constraints": C.Field("int", C.positive),
+        "outputs_per_pattern": C.Field("int", C.positive),
+        "p_success": C.Field("floats", lambda x: C.nonempty(x) or C.probability(x)),
+        "p_partial": C.Field("floats", lambda x: C.nonempty(x) or C.probability(x)),
+        "budget": C.Field("float", C.positive),
+        "target": C.Field("float", C.probability),
+        "parameterisation": C.Field("str", C.one_of("tabular", "log-linear")),
+        "mix": C.Field("float", C.probability),
+    },
+    "quick": {
+        "budgets": C.Field("floats", lambda x: C.nonempty(x) or C.positive(x)),
+        "steps": C.Field("int", C.positive),
+        "random_proxies": C.Field("int", C.positive),
+        "p_success": C.Field("floats", lambda x: C.nonempty(x) or C.probability(x)),
+        "p_partial": C.Field("floats", lambda x: C.nonempty(x) or C.probability(x)),
+    },
+}
+
+LABEL_COLORS = {"harmful": "#d62728", "benign": "#969696", "beneficial": "#2ca02c"}
+
+
+def _pick(cfg, section, key, quick):
+    return cfg["quick"][key] if quick and key in cfg["quick"] else cfg[section][key]
+
+
+def run_proxy_design(cfg: dict, out: Path, quick: bool) -> dict:
+    prob, des, pc = cfg["problem"], cfg["design"], cfg["partial_credit"]
+    r_true = np.asarray(prob["true_reward"])
+    if r_true.size < 3:
+        raise ValueError(f"config: `problem.true_reward` needs at least 3 outputs; got {r_true.size}.")
+    probs = stalling_probs(prob["p_best"], prob["p_mediocre"], r_true.size)
+    target, t1, steps = des["target"], des["t1"], _pick(cfg, "design", "steps", quick)
+    if not r_true @ probs < target < r_true.max():
+        raise ValueError(f"config key `design.target`: expected a level between the initial true reward "
+                         f"({r_true @ probs:.4g}) and the best output's ({r_true.max():g}); got {target}.")
+    budgets = np.asarray(_pick(cfg, "design", "budgets", quick), float)
+    if des["accuracy_budget"] not in budgets:
+        raise ValueError(f"config key `design.accuracy_budget`: expected one of the budgets {budgets.tolist()}; "
+                         f"got {des['accuracy_budget']}.")
+    n_random = _pick(cfg, "design", "random_proxies", quick)
+    p_success = _pick(cfg, "partial_credit", "p_success", quick)
+    p_partial = _pick(cfg, "partial_credit", "p_partial", quick)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+
+    with jax.enable_x64(True):
+        policy = TabularSoftmax.from_probs(jnp.asarray(probs))
+        g = jnp.asarray(r_true)
+        flow = GradientFlow()
+
+        # (i), (ii): the front over budgets, unconstrained and order-preserving.
+        def front(order):
+            return jax.vmap(lambda b: design_proxy(policy, g, method=flow, target=target, t1=t1, budget=b,
+                                                   order_preserving=order, steps=steps))(jnp.asarray(budgets))
+
+        designs = {"any": front(False), "order": front(True)}
+        var_true = float(metrics.reward_variance(policy.log_probs(), g[None]))
+        rows = []
+        for i, b in enumerate(budgets):
+            row = {"budget": float(b), "reference_time": float(designs["any"].reference_time[i])}
+            for name, d in designs.items():
+                r = np.asarray(d.reward[i])
+                row[f"time_{name}"] = float(d.time[i])
+                row[f"speedup_{name}"] = float(d.reference_time[i] / d.time[i])
+                row[f"accuracy_{name}"] = float(d.accuracy[i])
+                row[f"variance_{name}"] = float(metrics.reward_variance(policy.log_probs(), jnp.asarray(r)[None]))
+                row[f"reward_{name}"] = " ".join(f"{x:.3f}" for x in r)
+            rows.append(row)
+        write_csv(out / "front.csv", rows)
+
+        # (i) against ranking accuracy: random proxies in the box of one budget.
+        eps = des["accuracy_budget"]
+        key = jax.random.key(des["seed"])
+        proxies = g + eps * jax.random.uniform(key, (n_random, g.size), g.dtype, -1.0, 1.0)
+        cat = categorize(policy, g, proxies, method=flow, target=target, t1=t1)
+        pairs = [(i, j) for i in range(g.size) for j in range(g.size) if r_true[i] > r_true[j]]
+        chosen, rejected = np.array([i for i, _ in pairs]), np.array([j for _, j in pairs])
+        acc = np.asarray(jax.vmap(lambda r: metrics.acc(r[chosen], r[rejected]))(proxies))
+        at_eps = jax.tree.map(lambda x: x[int(np.flatnonzero(budgets == eps)[0])], designs["any"])
+        write_csv(out / "accuracy.csv", [{"accuracy": float(a), "time": float(t), "label": str(lab)}
+                                         for a, t, lab in zip(acc, cat.time, cat.label, strict=True)])
+
+        # (iii): one credit per partial pattern, success and failure fixed.
+        problem = ConstraintSatisfaction(pc["num_constraints"], pc["outputs_per_pattern"])
+        partial = np.array(problem.partial_patterns)
+        free = np.zeros(problem.num_patterns, bool)
+        free[partial] = True
+        grid = [(ps, pp) for ps in p_success for pp in p_partial]
+        if any(ps + pp * partial.size >= 1 for ps, pp in grid):
+            raise ValueError("config: `partial_credit.p_success` + (number of partial patterns) x "
+                             "`partial_credit.p_partial` must stay below 1 for every cell of the grid.")
+        pols = [problem.policy(ps, pp, parameterisation=pc["parameterisation"], mix=pc["mix"]) for ps, pp in grid]
+        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *pols)
+        horizons = jnp.asarray([100.0 * problem.counts[-1] / ps for ps, _ in grid])
+        credit = jax.vmap(lambda pol, h: design_proxy(
+            pol, problem.true_reward(), method=flow, target=pc["target"], t1=h, budget=pc["budget"], steps=steps,
+            groups=problem.output_patterns(), mask=free))(stacked, horizons)
+        credit_rows = []
+        for k, (ps, pp) in enumerate(grid):
+            rec = recommend(ps, pp, problem=problem, target=pc["target"], t1=float(horizons[k]),
+                            parameterisation=pc["parameterisation"], mix=pc["mix"])
+            values = np.asarray(credit.reward[k])[np.searchsorted(problem.output_patterns(), partial)]
+            credit_rows.append({
+                "p_success": ps, "p_partial": pp,
+                **{f"credit_{problem.pattern_name(int(q))}": float(x) for q, x in zip(partial, values, strict=True)},
+                "designed_time": float(credit.time[k]), "binary_time": float(credit.reference_time[k]),
+                "recommend": rec.scheme, "recommend_partial_time": rec.time_partial,
+            })
+        write_csv(out / "partial_credit.csv", credit_rows)
+    elapsed = time.perf_counter() - start
+
+    figures = _plot(out, rows, acc, cat, at_eps, credit_rows, problem, partial, p_success, p_partial, target, eps)
+    _print(rows, acc, cat, at_eps, credit_rows, var_true, target, t1, eps, quick, elapsed, out, figures,
+           pc["parameterisation"])
+    return {"front": rows, "accuracy": acc, "categorization": cat, "designs": designs, "partial_credit": credit_rows,
+            "figures": figures}
+
+
+def _print(rows, acc, cat, at_eps, credit_rows, var_true, target, t1, eps, quick, elapsed, out, figures,
+           parameterisation):
+    shown = [{"budget": f"{r['budget']:g}", "t_any": fmt(r["time_any"]), "x_any": f"{r['speedup_any']:.1f}x",
+              "acc_any": f"{r['accuracy_any']:.2f}", "t_ord": fmt(r["time_order"]),
+              "x_ord": f"{r['speedup_order']:.1f}x", "var": f"{r['variance_order']:.3g}", "proxy": r["reward_any"]}
+             for r in rows]
+    print(f"Proxy design on the stalling problem: exact flow, time to true reward {target:g} "
+          f"(truth: {fmt(rows[0]['reference_time'])}, horizon {t1:g}{', quick' if quick else ''}).")
+    print(table(shown, [("budget", "L-inf budget"), ("t_any", "designed"), ("x_any", "speedup"),
+                        ("acc_any", "Acc"), ("t_ord", "order-preserving"), ("x_ord", "speedup"),
+                        ("var", "reward var"), ("proxy", "designed proxy")]))
+    print(f"Reward variance under the initial policy: truth {var_true:.3g}.")
+    fastest_random = float(np.min(cat.time))
+    print(f"{acc.size} random proxies within L-inf {eps:g} of the truth: the fastest reaches {target:g} at "
+          f"{fmt(fastest_random)}; the designed one at {fmt(float(at_eps.time))} (Acc {float(at_eps.accuracy):.2f}). "
+          f"Accuracy of the random proxies against their time: Spearman {_spearman(acc, cat.time):+.2f}.")
+    cr = [{"p_s": f"{r['p_success']:g}", "p_p": f"{r['p_partial']:g}",
+           **{k: f"{v:+.2f}" for k, v in r.items() if k.startswith("credit_")},
+           "x": f"{r['binary_time'] / r['designed_time']:.2f}x", "rec": r["recommend"]} for r in credit_rows]
+    cols = [("p_s", "p(success)"), ("p_p", "p(partial)")]
+    cols += [(k, k.replace("credit_", "credit ")) for k in cr[0] if k.startswith("credit_")]
+    cols += [("x", "vs binary"), ("rec", "recommend")]
+    print(f"Partial credit on the {parameterisation} policy, designed per pattern (success 1 and failure 0 "
+          "fixed; `vs binary`: how many times sooner than binary credit):")
+    print(table(cr, cols))
+    print(f"Designed in {elapsed:.1f} s (compilation included).")
+    print(f"Results in {out.resolve()}/:")
+    for path in ["front.csv", "accuracy.csv", "partial_credit.csv", *[p.name for p in figures]]:
+        print(f"  {path}")
+
+
+def _spearman(a, b) -> float:
+    import scipy.stats
+
+    finite = np.isfinite(b)
+    if finite.sum() < 3 or np.ptp(a[finite]) == 0:
+        return float("nan")
+    return float(scipy.stats.spearmanr(a[finite], b[finite]).statistic)
+
+
+def _plot(out, rows, acc, cat, at_eps, credit_rows, problem, partial, p_success, p_partial, target, eps):
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), layout="constrained")
+    b = [r["budget"] for r in rows]
+    ax = axes[0]
+    ax.plot(b, [r["time_any"] for r in rows], "o-", color="C0", label="designed proxy")
+    ax.plot(b, [r["time_order"] for r in rows], "x--", color="C1", ms=8, label="designed, order-preserving")
+    ax.axhline(rows[0]["reference_time"], color="black", lw=1, ls=":", label="true reward")
+    ax.set(xscale="log", yscale="log", xlabel="L-inf budget around the true reward",
+           ylabel=f"flow time to true reward {target:g}", title="(i, ii) the fastest proxy within a budget")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize="small", loc="lower left")
+
+    ax = axes[1]
+    rng = np.random.default_rng(0)
+    jitter = (rng.random(acc.size) - 0.5) * 0.02
+    finite = np.isfinite(cat.time)
+    for name, color in LABEL_COLORS.items():
+        sel = (cat.label == name) & finite
+        ax.scatter(acc[sel] + jitter[sel], cat.time[sel], s=6, color=color, alpha=0.5, lw=0)
+    ax.scatter([float(at_eps.accuracy)], [float(at_eps.time)], marker="*", s=220, color="C0", edgecolor="black",
+               zorder=3)
+    ax.axhline(cat.reference_time, color="black", lw=1, ls=":")
+    ax.set(yscale="log", xlabel="ranking accuracy (Acc) of the proxy", ylabel=f"flow time to true reward {target:g}",
+           title=f"(i) time against accuracy: {acc.size} random proxies within L-inf {eps:g}")
+    ax.grid(alpha=0.3)
+    handles = [Line2D([], [], marker="o", ls="", color=c, label=f"random, {n}") for n, c in LABEL_COLORS.items()]
+    handles += [Line2D([], [], marker="*", ls="", ms=12, color="C0", markeredgecolor="black", label="designed proxy"),
+                Line2D([], [], color="black", lw=1, ls=":", label="true reward")]
+    ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    front = out / "proxy_design_front.png"
+    fig.savefig(front, dpi=120)
+    plt.close(fig)
+
+    # (iii) the learned credit per partial pattern, averaged over the partial patterns.
+    values = np.array([[np.mean([v for k, v in r.items() if k.startswith("credit_")]) for r in credit_rows]])
+    values = values.reshape(len(p_success), len(p_partial))
+    rec = np.array([r["recommend"] for r in credit_rows]).reshape(len(p_success), len(p_partial))
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), layout="constrained")
+    lim = max(1e-9, float(np.max(np.abs(values))))
+    im = ax.imshow(values, cmap="RdBu", vmin=-lim, vmax=lim, origin="lower", aspect="auto")
+    for i in range(len(p_success)):
+        for j in range(len(p_partial)):
+            ax.text(j, i, f"{values[i, j]:+.2f}\n{rec[i, j]}", ha="center", va="center", fontsize="small")
+    ax.set_xticks(range(len(p_partial)), [f"{x:g}" for x in p_partial])
+    ax.set_yticks(range(len(p_success)), [f"{x:g}" for x in p_success])
+    ax.set(xlabel="initial probability of each partial pattern", ylabel="initial success probability",
+           title="(iii) designed credit for partially correct outputs\n(cell text: credit; recommend's choice)")
+    fig.colorbar(im, ax=ax, label="designed credit per partial pattern (binary: 0)")
+    credit = out / "proxy_design_credit.png"
+    fig.savefig(credit, dpi=120)
+    plt.close(fig)
+    return [front, credit]

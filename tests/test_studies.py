@@ -257,3 +257,4 @@ def test_neural_policy_quick_categorises_errors(tmp_path):
     # Demoting the likely mediocre output speeds both policies up: beneficial under both.
     assert rows["demote y_med"]["tabular_label"] == rows["demote y_med"]["neural_label"] == "beneficial"
     assert all(r["neural_label"] != "failed" and r["tabular_label"] != "failed" for r in rows.values())
+

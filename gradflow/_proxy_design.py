@@ -223,11 +223,13 @@ def _setup(policy, true_reward, method, objective, target, t1) -> tuple[_Objecti
             raise ValueError(f"`target` must be a finite number (a true-reward level); got {target!r}.")
         target = float(target)
         vmax = reward_range(g, policy.weights)[1]
-        v.check(vmax, lambda m: target >= m,
-                f"`target` ({target:g}) must be below the maximal achievable true reward (the prompt-weighted "
-                "best output's true reward), which a softmax policy approaches but never reaches.")
-        v.check(v0, lambda x: target <= x,
-                f"`target` ({target:g}) must exceed the initial policy's true reward: there is nothing to speed up.")
+        # Both checks ride on `v0`, which the run uses: under `jit`/`vmap` they fire when it runs.
+        v0 = v.check(v0, lambda _: target >= vmax,
+                     f"`target` ({target:g}) must be below the maximal achievable true reward (the prompt-weighted "
+                     "best output's true reward), which a softmax policy approaches but never reaches.")
+        v0 = v.check(v0, lambda x: target <= x,
+                     f"`target` ({target:g}) must exceed the initial policy's true reward: there is nothing to "
+                     "speed up.")
     return _Objective(policy, g, method, t1, v0, objective, target), g
 
 
@@ -517,6 +519,7 @@ def design_proxy(
     budget = v.positive_scalar("budget", budget)
     if accuracy not in ACCURACIES:
         raise ValueError(f"`accuracy` must be 'acc' or 'hacc'; got {accuracy!r}.")
+    floor = None
     if min_accuracy is not None:
         floor = v.as_float_array("min_accuracy", min_accuracy, ndim=(0,))
         floor = v.check(floor, lambda a: (a < 0) | (a > 1),
@@ -529,8 +532,7 @@ def design_proxy(
     if not (tolerance > 0 and reward_tolerance > 0 and penalty > 0):
         raise ValueError("`tolerance`, `reward_tolerance` and `penalty` must be positive.")
 
-    n_prompts, n_outputs = g.shape
-    index, counts = _groups(groups, n_outputs)
+    index, counts = _groups(groups, g.shape[-1])
     truth = _group_truth(g, index, counts.size)
     free = _mask(mask, truth.shape, g.shape, groups is not None)
     gaps = truth[:, :, None] - truth[:, None, :]
@@ -552,7 +554,6 @@ def design_proxy(
     else:
         scale = budget if norm == "inf" else budget / np.sqrt(truth.size)
         u0 = geometry.project(scale * jax.random.uniform(key, truth.shape, g.dtype, -1.0, 1.0))
-    floor = None if min_accuracy is None else floor
     settings = _Settings(temperature, jnp.asarray(penalty, g.dtype), floor, tolerance, reward_tolerance)
     return _design(obj, geometry, pairs, optimizer, settings, u0, steps, jnp.ndim(jnp.asarray(true_reward)))
 
@@ -581,10 +582,8 @@ def _groups(groups, n_outputs):
 def _group_truth(g, index, n_groups):
     """The truth per group (it must be constant on each)."""
     first = jnp.zeros(n_groups, int).at[index[::-1]].set(jnp.arange(index.size)[::-1])
-    truth = g[:, first]
-    v.check(g, lambda a: a != truth[:, index],
-            "`true_reward` must be constant on each group of `groups` (one proxy value per group).")
-    return truth
+    return v.check(g[:, first], lambda t: g != t[:, index],
+                   "`true_reward` must be constant on each group of `groups` (one proxy value per group).")
 
 
 def _mask(mask, shape, reward_shape, grouped):

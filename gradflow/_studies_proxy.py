@@ -116,7 +116,7 @@ def run_proxy_design(cfg: dict, out: Path, quick: bool) -> dict:
         # (i) against ranking accuracy: random proxies in the box of one budget.
         eps = des["accuracy_budget"]
         key = jax.random.key(des["seed"])
-        proxies = g + eps * jax.random.uniform(key, (n_random, g.size), g.dtype, -1.0, 1.0)
+        proxies = g[None, :] + eps * jax.random.uniform(key, (n_random, g.size), g.dtype, -1.0, 1.0)
         cat = categorize(policy, g, proxies, method=flow, target=target, t1=t1)
         pairs = [(i, j) for i in range(g.size) for j in range(g.size) if r_true[i] > r_true[j]]
         chosen, rejected = np.array([i for i, _ in pairs]), np.array([j for _, j in pairs])

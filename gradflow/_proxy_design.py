@@ -498,8 +498,9 @@ def design_proxy(
       pattern is `groups=problem.output_patterns()`.
     - `margin`: the order-preserving gap; default `1e-3` times the smallest gap between
       distinct true rewards of a prompt.
-    - `optimizer`: an optax optimiser; default Adam with a learning rate decayed from
-      `10 budget / steps` to 0 on a cosine schedule (up to `5 budget` of travel in all).
+    - `optimizer`: an optax optimiser; default Adam (`b2 = 0.9`) with a learning rate
+      decayed from `10 budget / steps` to 0 on a cosine schedule (up to `5 budget` of
+      travel in all).
     - `steps`: optimiser steps.
     - `key`: `None` starts at the truth; a PRNG key starts at a random feasible proxy
       (for multi-start under `jax.vmap` over keys). The same key gives the same result.
@@ -605,8 +606,10 @@ def _design(obj: _Objective, geometry: _Geometry, pairs: _Pairs, optimizer, sett
             ndim: int) -> ProxyDesign:
     if optimizer is None:  # built here, so that budgets are data and do not recompile
         # Adam moves up to one learning rate per step: the cosine schedule travels up to
-        # `5 budget` in all, enough to cross the budget's box from any start.
-        optimizer = optax.adam(optax.cosine_decay_schedule(10 * geometry.budget / steps, steps))
+        # `5 budget` in all, enough to cross the budget's box from any start. The gradient
+        # shrinks by orders of magnitude as the proxy improves; a short second-moment
+        # memory (`b2 = 0.9`) keeps the steps at the learning rate.
+        optimizer = optax.adam(optax.cosine_decay_schedule(10 * geometry.budget / steps, steps), b2=0.9)
     lo, hi = reward_range(obj.true_reward, obj.policy.weights)
 
     def loss(u):

@@ -208,8 +208,8 @@ def _plot(out, rows, acc, cat, at_eps, credit_rows, problem, partial, p_success,
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), layout="constrained")
     b = [r["budget"] for r in rows]
     ax = axes[0]
-    ax.plot(b, [r["time_any"] for r in rows], "o-", color="C0", label="designed proxy")
-    ax.plot(b, [r["time_order"] for r in rows], "x--", color="C1", ms=8, label="designed, order-preserving")
+    ax.plot(b, [r["time_any"] for r in rows], "o-", color="C0", ms=11, mfc="none", label="designed proxy")
+    ax.plot(b, [r["time_order"] for r in rows], "x--", color="C1", ms=7, label="designed, order-preserving")
     ax.axhline(rows[0]["reference_time"], color="black", lw=1, ls=":", label="true reward")
     ax.set(xscale="log", yscale="log", xlabel="L-inf budget around the true reward",
            ylabel=f"flow time to true reward {target:g}", title="(i, ii) the fastest proxy within a budget")
@@ -246,7 +246,8 @@ def _plot(out, rows, acc, cat, at_eps, credit_rows, problem, partial, p_success,
     im = ax.imshow(values, cmap="RdBu", vmin=-lim, vmax=lim, origin="lower", aspect="auto")
     for i in range(len(p_success)):
         for j in range(len(p_partial)):
-            ax.text(j, i, f"{values[i, j]:+.2f}\n{rec[i, j]}", ha="center", va="center", fontsize="small")
+            ax.text(j, i, f"{values[i, j]:+.2f}\n{rec[i, j]}", ha="center", va="center", fontsize="small",
+                    color="white" if abs(values[i, j]) > 0.6 * lim else "black")
     ax.set_xticks(range(len(p_partial)), [f"{x:g}" for x in p_partial])
     ax.set_yticks(range(len(p_success)), [f"{x:g}" for x in p_success])
     ax.set(xlabel="initial probability of each partial pattern", ylabel="initial success probability",

@@ -399,7 +399,7 @@ class _Pairs(eqx.Module):
     """Every pair of outputs of a prompt that the truth orders, for Acc and HAcc."""
 
     truth: Float[Array, "prompts outputs"]
-    mean_logp: Float[Array, "prompts outputs"]  # the initial policy's log-probabilities
+    logp: Float[Array, "prompts outputs"]  # the initial policy's log-probabilities
     metric: str = eqx.field(static=True)
 
     def _split(self, r):
@@ -412,7 +412,7 @@ class _Pairs(eqx.Module):
     def exact(self, r) -> tuple[Float[Array, ""], Float[Array, ""]]:
         """`(Acc, HAcc)` of proxy `r`."""
         c, rj, keep = self._split(r)
-        mean = metrics.mean_reward(self.mean_logp, r)
+        mean = metrics.mean_reward(self.logp, r)
         return metrics.acc(c, rj, keep), metrics.hacc(c, rj, mean, keep)
 
     def smooth(self, r, temperature) -> Float[Array, ""]:
@@ -420,7 +420,7 @@ class _Pairs(eqx.Module):
         c, rj, keep = self._split(r)
         right = jax.nn.sigmoid((c - rj) / temperature)
         if self.metric == "hacc":
-            mean = jnp.sum(jnp.exp(self.mean_logp) * r, axis=-1, keepdims=True)
+            mean = jnp.sum(jnp.exp(self.logp) * r, axis=-1, keepdims=True)
             right = 1 - (1 - right) * (1 - jax.nn.sigmoid((mean - rj) / temperature))
         return jnp.sum(jnp.where(keep, right, 0.0)) / jnp.sum(keep)
 

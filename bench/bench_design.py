@@ -53,19 +53,21 @@ def main() -> None:
     print("[1] one design: stalling problem, flow (float64), budget 1 in L-inf, 200 Adam steps")
     _, first = timed(one, 0.10)
     d, wall = timed(one, 0.10)
-    print(f"    compile + run {first:.1f} s; run {wall:.2f} s ({(steps + 1) / wall:,.0f} gradients through training "
-          "per second)")
+    wall = min(wall, *(timed(one, 0.10)[1] for _ in range(2)))  # best of 3
+    print(f"    compile + run {first:.1f} s; run (best of 3) {wall:.2f} s ({(steps + 1) / wall:,.0f} gradients "
+          "through training per second)")
     print(f"    time to {TARGET}: truth {float(d.reference_time):.5g} -> designed {float(d.time):.5g} "
           f"({float(d.speedup):.0f}x sooner); proxy {np.round(np.asarray(d.reward), 3).tolist()}")
     p0 = np.asarray(stalling(0.10).probs())[0]
     r = np.asarray(R_TRUE, float)
-    start = time.perf_counter()
-    h = 1e-5
-    fd = [(scipy_time(r + h * e, T1, 1e-8, p0=p0) - scipy_time(r - h * e, T1, 1e-8, p0=p0)) / (2 * h)
-          for e in np.eye(r.size)]
-    scipy_time(r, T1, 1e-8, p0=p0)
-    per_grad = time.perf_counter() - start
-    print(f"    scipy LSODA, central differences: {per_grad:.3f} s per gradient (11 solves) -> "
+    h, per_grad = 1e-5, np.inf
+    for _ in range(3):  # best of 3
+        start = time.perf_counter()
+        fd = [(scipy_time(r + h * e, T1, 1e-8, p0=p0) - scipy_time(r - h * e, T1, 1e-8, p0=p0)) / (2 * h)
+              for e in np.eye(r.size)]
+        scipy_time(r, T1, 1e-8, p0=p0)
+        per_grad = min(per_grad, time.perf_counter() - start)
+    print(f"    scipy LSODA, central differences (best of 3): {per_grad:.3f} s per gradient (11 solves) -> "
           f"{per_grad * (steps + 1):.1f} s for the design; ratio {per_grad * (steps + 1) / wall:,.0f}x")
     print(f"    (its gradient at the truth: {np.round(fd, 1).tolist()})")
 

@@ -85,6 +85,12 @@ def run_proxy_design(cfg: dict, out: Path, quick: bool) -> dict:
     n_random = _pick(cfg, "design", "random_proxies", quick)
     p_success = _pick(cfg, "partial_credit", "p_success", quick)
     p_partial = _pick(cfg, "partial_credit", "p_partial", quick)
+    problem = ConstraintSatisfaction(pc["num_constraints"], pc["outputs_per_pattern"])
+    partial = np.array(problem.partial_patterns)
+    grid = [(ps, pp) for ps in p_success for pp in p_partial]
+    if any(ps + pp * partial.size >= 1 for ps, pp in grid):
+        raise ValueError("config: `partial_credit.p_success` + (number of partial patterns) x "
+                         "`partial_credit.p_partial` must stay below 1 for every cell of the grid.")
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
 
@@ -126,14 +132,8 @@ def run_proxy_design(cfg: dict, out: Path, quick: bool) -> dict:
                                          for a, t, lab in zip(acc, cat.time, cat.label, strict=True)])
 
         # (iii): one credit per partial pattern, success and failure fixed.
-        problem = ConstraintSatisfaction(pc["num_constraints"], pc["outputs_per_pattern"])
-        partial = np.array(problem.partial_patterns)
         free = np.zeros(problem.num_patterns, bool)
         free[partial] = True
-        grid = [(ps, pp) for ps in p_success for pp in p_partial]
-        if any(ps + pp * partial.size >= 1 for ps, pp in grid):
-            raise ValueError("config: `partial_credit.p_success` + (number of partial patterns) x "
-                             "`partial_credit.p_partial` must stay below 1 for every cell of the grid.")
         pols = [problem.policy(ps, pp, parameterisation=pc["parameterisation"], mix=pc["mix"]) for ps, pp in grid]
         stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *pols)
         horizons = jnp.asarray([100.0 * problem.counts[-1] / ps for ps, _ in grid])

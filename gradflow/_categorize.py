@@ -109,8 +109,7 @@ def classify(
     time, reference_time, final, reference_final, failed, tolerance: float, reward_tolerance: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Labels and time ratios from times to the target (NumPy, vectorised): the rule of
-    `classify_codes`, with `"failed"` where
-    `failed`."""
+    `classify_codes`, with `"failed"` where `failed`."""
     time, final = np.asarray(time, float), np.asarray(final, float)
     with jax.enable_x64(True):  # the comparison in double precision, as the tables hold it
         code, _ = classify_codes(time, float(reference_time), final, float(reference_final),
@@ -290,7 +289,7 @@ def _row(spec: _RowSpec, reward) -> dict:
     r = jnp.broadcast_to(reward, r_true.shape)  # a 1-D reward is shared by every prompt
     kw = {} if spec.key is None else {"key": spec.key}
     sol = solve(spec.policy, reward=r, true_reward=r_true, method=spec.method, t1=spec.t1, targets=spec.targets,
-                normalized_targets=spec.normalized, saveat=_summary_saveat(spec.method), **kw)
+                normalized_targets=spec.normalized, saveat=summary_saveat(spec.method), **kw)
     rate, dprobs = initial_rate(spec.policy, r, r_true, spec.method.regularization)
     out = {f"time_to_{t:g}": sol.target_times[i] for i, t in enumerate(spec.targets)}
     out.update(final_true_reward=sol.final_true_reward, status=status_code(sol.status), stall_level=sol.stall.level,
@@ -300,7 +299,6 @@ def _row(spec: _RowSpec, reward) -> dict:
     return out
 
 
-def _summary_saveat(method) -> SaveAt:
-    """Record as little as possible: the crossing is tracked online."""
-    steps = getattr(method, "steps", None)
-    return SaveAt(n=2) if steps is None else SaveAt(every=steps)
+def summary_saveat(method) -> SaveAt:
+    """Record as little as possible, the start and the end: crossings are tracked online."""
+    return SaveAt(n=2) if method.continuous else SaveAt(every=method.steps)

@@ -36,7 +36,7 @@ import optax
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from . import _validate as v, metrics
-from ._categorize import classify_codes
+from ._categorize import classify_codes, summary_saveat
 from ._dynamics import AbstractMethod
 from ._objective import as_reward, expected, reward_range
 from ._solve import SaveAt, solve
@@ -99,9 +99,9 @@ class ProxyDesign(eqx.Module):
     objective_name: str = eqx.field(static=True)
 
     @property
-    def speedup(self) -> Float[Array, ""]:
+    def speedup(self) -> Float[Array, " *batch"]:
         """`reference_time / time`: how many times sooner the designed proxy reaches the
-        target than the truth."""
+        target than the truth (one per design of a vmapped batch)."""
         return self.reference_time / self.time
 
     @property
@@ -145,7 +145,7 @@ class _Objective(eqx.Module):
         there (the time is the same, the rest of the run is not needed)."""
         flow, horizon = self.method.continuous, self.horizon
         if self.name == "final":
-            sol = self.solve(reward, _last(self.method))
+            sol = self.solve(reward, summary_saveat(self.method))
             return sol.final_true_reward, sol
         if self.name == "area":
             sol = self.solve(reward, SaveAt(n=AREA_SAVES) if flow else SaveAt(every=1))
@@ -168,11 +168,6 @@ class _Objective(eqx.Module):
 
 def _ok(sol) -> Bool[Array, ""]:
     return status_code(sol.status) == OK_CODE
-
-
-def _last(method) -> SaveAt:
-    """Record only the start and the end."""
-    return SaveAt(n=2) if method.continuous else SaveAt(every=method.steps)
 
 
 def proxy_objective(
@@ -272,7 +267,7 @@ def sensitivity(
                          "for discrete methods the step count is not differentiable: use target=None.")
     if target is not None:  # the forward run first: no reverse pass for a target never reached
         sol = solve(policy, reward=r, true_reward=g, method=method, t1=t1, targets=(float(target),),
-                    saveat=_last(method), stop_at_targets=True)
+                    saveat=summary_saveat(method), stop_at_targets=True)
         t_star = sol.target_times[0]
         if not bool(jnp.isfinite(t_star)) or float(t_star) == 0.0:
             return jnp.full(r.shape, jnp.nan)

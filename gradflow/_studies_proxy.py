@@ -20,9 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _config as C, metrics
-from ._categorize import categorize
+from ._categorize import LABELS, categorize
 from ._dynamics import GradientFlow
-from ._proxy_design import design_proxy
+from ._proxy_design import _Pairs, design_proxy
+from ._studies_policies import LABEL_COLORS
 from ._study_utils import fmt, stalling_probs, table, write_csv
 from .design import ConstraintSatisfaction, recommend
 from .policies import TabularSoftmax
@@ -60,9 +61,6 @@ PROXY_DESIGN_SCHEMA = {
         "p_partial": C.Field("floats", lambda x: C.nonempty(x) or C.probability(x)),
     },
 }
-
-LABEL_COLORS = {"harmful": "#d62728", "benign": "#969696", "beneficial": "#2ca02c"}
-
 
 def _pick(cfg, section, key, quick):
     return cfg["quick"][key] if quick and key in cfg["quick"] else cfg[section][key]
@@ -112,7 +110,7 @@ def run_proxy_design(cfg: dict, out: Path, quick: bool) -> dict:
             for name, d in designs.items():
                 r = np.asarray(d.reward[i])
                 row[f"time_{name}"] = float(d.time[i])
-                row[f"speedup_{name}"] = float(d.reference_time[i] / d.time[i])
+                row[f"speedup_{name}"] = float(d.speedup[i])
                 row[f"accuracy_{name}"] = float(d.accuracy[i])
                 row[f"variance_{name}"] = float(metrics.reward_variance(policy.log_probs(), jnp.asarray(r)[None]))
                 row[f"reward_{name}"] = " ".join(f"{x:.3f}" for x in r)
@@ -124,9 +122,8 @@ def run_proxy_design(cfg: dict, out: Path, quick: bool) -> dict:
         key = jax.random.key(des["seed"])
         proxies = g[None, :] + eps * jax.random.uniform(key, (n_random, g.size), g.dtype, -1.0, 1.0)
         cat = categorize(policy, g, proxies, method=flow, target=target, t1=t1)
-        pairs = [(i, j) for i in range(g.size) for j in range(g.size) if r_true[i] > r_true[j]]
-        chosen, rejected = np.array([i for i, _ in pairs]), np.array([j for _, j in pairs])
-        acc = np.asarray(jax.vmap(lambda r: metrics.acc(r[chosen], r[rejected]))(proxies))
+        pairs = _Pairs(g[None, :], policy.log_probs(), "acc")  # the pairs design_proxy scores
+        acc = np.asarray(jax.vmap(lambda r: pairs.exact(r[None, :])[0])(proxies))
         at_eps = jax.tree.map(lambda x: x[int(np.flatnonzero(budgets == eps)[0])], designs["any"])
         write_csv(out / "accuracy.csv", [{"accuracy": float(a), "time": float(t), "label": str(lab)}
                                          for a, t, lab in zip(acc, cat.time, cat.label, strict=True)])
@@ -220,7 +217,7 @@ def _plot(out, rows, acc, cat, at_eps, credit_rows, problem, partial, p_success,
     rng = np.random.default_rng(0)
     jitter = (rng.random(acc.size) - 0.5) * 0.02
     finite = np.isfinite(cat.time)
-    for name, color in LABEL_COLORS.items():
+    for name, color in ((n, LABEL_COLORS[n]) for n in LABELS):
         sel = (cat.label == name) & finite
         ax.scatter(acc[sel] + jitter[sel], cat.time[sel], s=6, color=color, alpha=0.5, lw=0)
     ax.scatter([float(at_eps.accuracy)], [float(at_eps.time)], marker="*", s=220, color="C0", edgecolor="black",
@@ -229,7 +226,7 @@ def _plot(out, rows, acc, cat, at_eps, credit_rows, problem, partial, p_success,
     ax.set(yscale="log", xlabel="ranking accuracy (Acc) of the proxy", ylabel=f"flow time to true reward {target:g}",
            title=f"(i) time against accuracy: {acc.size} random proxies within L-inf {eps:g}")
     ax.grid(alpha=0.3)
-    handles = [Line2D([], [], marker="o", ls="", color=c, label=f"random, {n}") for n, c in LABEL_COLORS.items()]
+    handles = [Line2D([], [], marker="o", ls="", color=LABEL_COLORS[n], label=f"random, {n}") for n in LABELS]
     handles += [Line2D([], [], marker="*", ls="", ms=12, color="C0", markeredgecolor="black", label="designed proxy"),
                 Line2D([], [], color="black", lw=1, ls=":", label="true reward")]
     ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)

@@ -26,6 +26,7 @@ from . import (
 )
 from ._analysis import StallCriteria, time_to_reward
 from ._dynamics import GradientAscent, GradientFlow
+from ._results import save_figure
 from ._solve import SaveAt, Solution, solve
 from ._status import status_name
 from ._study_utils import Study, fmt, stalling_probs, table, write_csv
@@ -160,7 +161,12 @@ def run_stalling(cfg: dict, out: Path, quick: bool) -> dict:
             print(f"  p(y*) = {p:g}, {m}: time to {targets[0]:g}: true reward {fmt(t_true, unit)}, "
                   f"proxy {fmt(t_proxy, unit)} -> {verdict}")
 
-    figures = _stalling_figures(plotting, runs, prob["p_best"], targets, lr, out)
+    plotting.save_figure_data(out, {
+        "study": "stalling", "p_best": list(prob["p_best"]), "targets": list(targets), "lr": lr,
+        "runs": {f"{j}": {f"{name}": {m: plotting.Trajectory.of(runs[(p, name, m)]).to_data() for m in sols}
+                          for name in ("true", "proxy")} for j, p in enumerate(prob["p_best"])},
+    })
+    figures = plot_stalling(out)
     print(f"Solved {len(rows)} runs in {elapsed:.1f} s (compilation included).")
     print(f"Results in {out.resolve()}/:")
     for path in [out / "summary.csv", *figures]:
@@ -168,57 +174,79 @@ def run_stalling(cfg: dict, out: Path, quick: bool) -> dict:
     return {"rows": rows, "figures": figures, "solutions": runs}
 
 
-def _stalling_figures(plotting, runs, p_best, targets, lr, out: Path) -> list[Path]:
+def plot_stalling(out: Path) -> list[Path]:
+    """Draw the stalling study's figures from the data saved in `out`.
+
+    **Arguments:**
+
+    - `out`: the study's result folder (with `figures.npz`).
+
+    **Returns:** the paths of the figures written (`true_reward.png`, `probs.png`).
+    """
     import matplotlib.pyplot as plt
 
+    from . import plotting
+
+    out = Path(out)
+    d = plotting.load_figure_data(out)
+    p_best, targets, lr = [float(p) for p in d["p_best"]], [float(t) for t in d["targets"]], d["lr"]
+    runs = {(p, name, m): plotting.Trajectory.from_data(d["runs"][f"{j}"][name][m])
+            for j, p in enumerate(p_best) for name in ("true", "proxy") for m in ("flow", "SGD")}
     n = len(p_best)
     scales = {"SGD": lr}
-    fig, axes = plt.subplots(1, n, figsize=(5 * n, 4), layout="constrained", sharey=True, squeeze=False)
+    # The flow is drawn wide and pale, SGD (the Euler steps of the same flow) thin, dashed and
+    # on top, so that where they agree both stay visible.
+    method_style = {"flow": {"ls": "-", "lw": 3.2, "alpha": 0.45, "zorder": 2},
+                    "SGD": {"ls": (0, (4, 2)), "lw": 1.5, "zorder": 3}}
     styles = {
-        f"{m}, trained on {name} reward": {"color": color, "ls": ls, "lw": 1.6}
+        f"{m}, trained on {name} reward": {"color": color, **style}
         for name, color in (("true", "C0"), ("proxy", "C3"))
-        for m, ls in (("flow", "-"), ("SGD", "--"))
+        for m, style in method_style.items()
     }
-    for j, (ax, p) in enumerate(zip(axes[0], p_best, strict=True)):
+    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 4.2), layout="constrained", sharey=True, squeeze=False)
+    for ax, p in zip(axes[0], p_best, strict=True):
         sols = {label: runs[(p, label.split(" ")[3], label.split(",")[0])] for label in styles}
         plotting.plot_true_reward(
             sols, time_scales={k: scales.get(k.split(",")[0], 1.0) for k in sols},
             targets=targets, styles=styles, ax=ax, title=f"initial p(y*) = {p:g}", legend=False,
         )
         stall = runs[(p, "true", "flow")].stall
-        if np.isfinite(float(stall.duration)):
-            ax.axvspan(float(stall.start), float(stall.start + stall.duration), color="C0",
-                       alpha=0.1, label="stall (flow, true reward)")
-        if j == 0:
-            ax.legend(fontsize="small", loc="upper left")
+        if np.isfinite(stall.duration):
+            ax.axvspan(stall.start, stall.start + stall.duration, color="C0", alpha=0.1,
+                       label="stall (flow, true reward)")
+    for ax in axes[0, 1:]:
+        ax.set_ylabel("")
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncol=4, fontsize="small")
     fig.suptitle("True reward vs time: training on the true reward stalls near y_med's 0.8")
     paths = [out / "true_reward.png"]
-    fig.savefig(paths[0], dpi=120)
-    plt.close(fig)
+    save_figure(fig, paths[0], dpi=120)
 
-    fig, axes = plt.subplots(2, n, figsize=(5 * n, 7), layout="constrained", sharey=True, squeeze=False)
+    fig, axes = plt.subplots(2, n, figsize=(4.6 * n, 7.5), layout="constrained", sharey=True, squeeze=False)
     for j, p in enumerate(p_best):
         for i, name in enumerate(("true", "proxy")):
             sols = {m: runs[(p, name, m)] for m in ("flow", "SGD")}
             plotting.plot_probs(
                 sols, {0: "y*", 1: "y_med"}, time_scales={"SGD": lr}, ax=axes[i, j],
-                title=f"p(y*)={p:g} at start, trained on {name} reward",
+                title=f"p(y*) = {p:g} at start, trained on {name} reward", legend=False,
+                styles={m: {k: v for k, v in st.items() if k != "color"} for m, st in method_style.items()},
             )
+            if j:
+                axes[i, j].set_ylabel("")
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncol=4, fontsize="small")
     fig.suptitle("Probabilities of the best (y*) and the mediocre (y_med) output")
     paths.append(out / "probs.png")
-    fig.savefig(paths[1], dpi=120)
-    plt.close(fig)
+    save_figure(fig, paths[1], dpi=120)
     return paths
 
 
 def run_categorization_map(cfg: dict, out: Path, quick: bool) -> dict:
     """The categorisation map: a `gradflow sweep` of its config, then the figure."""
-    table = run_sweep(cfg, out, quick, progress=False)
+    summary = run_sweep(cfg, out, quick)
     figures = plot_dir(out)
     print(f"Results in {out.resolve()}/:")
     for path in ["summary.parquet/", *[p.name for p in figures]]:
         print(f"  {path}")
-    return {"table": table, "figures": figures}
+    return {**summary, "figures": figures}
 
 
 STUDIES: dict[str, Study] = {
@@ -227,6 +255,7 @@ STUDIES: dict[str, Study] = {
         "training on the true reward stalls on a mediocre output; a wrong proxy escapes (what `gradflow demo` runs)",
         STALLING_SCHEMA,
         run_stalling,
+        plot_stalling,
     ),
     "reinforce-seeds": Study(
         "reinforce-seeds",
@@ -245,6 +274,7 @@ STUDIES: dict[str, Study] = {
         "stalling problem, 201 x 201 grid over two proxy rewards: harmful / benign / beneficial regions",
         SWEEP_SCHEMA,
         run_categorization_map,
+        plot_dir,
     ),
     "partial-credit": Study(
         "partial-credit",
@@ -290,12 +320,55 @@ STUDIES: dict[str, Study] = {
 }
 
 
-def run_study(name: str, out: Path | None = None, quick: bool = False, config: Path | None = None) -> dict:
+def redraw(folder: str | Path) -> list[Path]:
+    """Redraw the figures of a result folder from the data saved in it (`gradflow plot DIR`).
+
+    **Arguments:**
+
+    - `folder`: a study's result folder (its `run.json` says which study; a folder without
+      one is recognised by the study named in its `figures.npz`) or a sweep folder (with
+      `sweep.json`).
+
+    **Returns:** the paths of the figures written.
+
+    **Raises:** `ValueError` when the folder holds neither.
+    """
+    from ._results import read_record
+    from .plotting import FIGURE_DATA, load_figure_data
+
+    folder = Path(folder)
+    record = read_record(folder) or {}
+    name = record.get("name") if record.get("kind") == "study" else None
+    if name is None and record.get("kind") != "sweep" and not (folder / "sweep.json").is_file() \
+            and (folder / FIGURE_DATA).is_file():
+        name = load_figure_data(folder).get("study")
+    if name is not None:
+        study = STUDIES.get(name)
+        if study is None or study.plot is None:
+            raise ValueError(f"{folder} holds the results of study {name!r}, which has no figures to redraw; "
+                             f"known studies: {', '.join(sorted(STUDIES))}.")
+        return study.plot(folder)
+    if (folder / "sweep.json").is_file():
+        return plot_dir(folder)
+    raise ValueError(f"{folder} holds neither a study's results (run.json) nor a sweep (sweep.json); "
+                     "nothing to redraw.")
+
+
+def run_study(
+    name: str, out: Path | None = None, quick: bool = False, config: Path | None = None, force: bool = False
+) -> dict:
     """Run study `name` from its packaged config (or `config`), writing under `out`
-    (default `gradflow-results/<name>/`)."""
+    (default `gradflow-results/<name>/`, or `<name>-quick/` with `quick`).
+
+    The config is validated and `out` claimed (see `gradflow._results.result_folder`) before
+    any work; the folder records the run's provenance in `run.json`.
+    """
+    from ._results import result_folder
+
     if name not in STUDIES:
         raise ValueError(f"unknown study {name!r}; available: {', '.join(sorted(STUDIES))}.")
     study = STUDIES[name]
     cfg = C.load(config if config is not None else C.packaged_config(name), study.schema)
-    out = Path("gradflow-results") / name if out is None else Path(out)
-    return study.run(cfg, out, quick)
+    out = Path("gradflow-results") / (f"{name}-quick" if quick else name) if out is None else Path(out)
+    with result_folder(out, kind="study", name=name, config=cfg, quick=quick, force=force):
+        return study.run(cfg, out, quick)

@@ -3,7 +3,6 @@ initial policies of the stalling problem."""
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,14 +12,20 @@ import numpy as np
 import optax
 
 from . import _config as C
+from ._results import write_csv as write_csv
 
 
 @dataclass(frozen=True)
 class Study:
+    """A registered study: its `name`, one-line `summary`, config `schema`, `run(config, out,
+    quick) -> dict`, and `plot(out) -> list[Path]`, which redraws its figures from the data
+    saved in its result folder (what `gradflow plot DIR` calls)."""
+
     name: str
     summary: str
     schema: dict[str, dict[str, C.Field]]
     run: Callable[[dict, Path, bool], dict]
+    plot: Callable[[Path], list[Path]] | None = None
 
 
 def fmt(x: float, unit: str = "") -> str:
@@ -39,12 +44,6 @@ def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def stalling_probs(p_best: float, p_mediocre: float, n_outputs: int) -> np.ndarray:

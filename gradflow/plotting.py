@@ -3,11 +3,21 @@
 The functions take [`gradflow.Solution`][]s (or arrays) and never call `plt.show()`;
 save with `fig.savefig(...)`. Time axes are logarithmic by default, since the dynamics
 of interest (rise, stall, escape) span several orders of magnitude of time.
+
+Studies draw their figures from data saved in their result folder (`figures.npz`, see
+[`gradflow.plotting.save_figure_data`][]), so `gradflow plot DIR` redraws them without
+rerunning anything. A [`gradflow.plotting.Trajectory`][] is the part of a `Solution` the
+time plots use, and can stand in for one.
 """
 
 from __future__ import annotations
 
+import io
+import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -15,6 +25,125 @@ from matplotlib.figure import Figure
 
 from ._seeds import SeedSummary
 from ._solve import Solution
+
+FIGURE_DATA = "figures.npz"
+_META = "__meta__"
+
+# ------------------------------------------------------------------ figure data on disk
+
+
+def save_figure_data(out: str | Path, data: Mapping[str, Any]) -> Path:
+    """Save the data a study's figures are drawn from as `out/figures.npz` (atomically).
+
+    **Arguments:**
+
+    - `out`: the result folder.
+    - `data`: a nested mapping with string keys (not containing `/`). Leaves that are
+      numbers, arrays or lists of numbers are stored as arrays; strings, booleans, `None`
+      and lists of strings as JSON.
+
+    **Returns:** the path written. [`gradflow.plotting.load_figure_data`][] reads it back.
+    """
+    from ._results import write_bytes
+
+    arrays: dict[str, np.ndarray] = {}
+    meta: dict[str, Any] = {}
+
+    def walk(prefix: str, x) -> None:
+        if isinstance(x, Mapping):
+            for k, v in x.items():
+                if not isinstance(k, str) or "/" in k:
+                    raise ValueError(f"figure data keys must be strings without '/'; got {k!r}.")
+                walk(f"{prefix}/{k}" if prefix else k, v)
+        elif x is None or isinstance(x, (str, bool)) or (
+                isinstance(x, (list, tuple)) and all(isinstance(v, str) for v in x) and len(x)):
+            meta[prefix] = x
+        else:
+            arrays[prefix] = np.asarray(x)
+
+    walk("", data)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays, **{_META: np.array(json.dumps(meta))})
+    return write_bytes(Path(out) / FIGURE_DATA, buf.getvalue())
+
+
+def load_figure_data(out: str | Path) -> dict[str, Any]:
+    """The nested mapping saved by [`gradflow.plotting.save_figure_data`][] in `out` (0-d
+    arrays come back as Python numbers, lists of numbers as arrays)."""
+    path = Path(out) / FIGURE_DATA
+    if not path.is_file():
+        raise ValueError(f"{Path(out)} holds no figure data ({FIGURE_DATA}); rerun the study to draw its figures.")
+    with np.load(path, allow_pickle=False) as z:
+        flat: dict[str, Any] = {k: (z[k].item() if z[k].ndim == 0 else z[k]) for k in z.files if k != _META}
+        flat.update(json.loads(str(z[_META])))
+    data: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, last = key.split("/")
+        node = data
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return data
+
+
+@dataclass(frozen=True)
+class StallSpan:
+    """The longest stall of a run: `start`, `duration`, `level` (`nan` when none)."""
+
+    start: float
+    duration: float
+    level: float
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """What the time plots use of a [`gradflow.Solution`][]: `time` (flow time or steps),
+    `true_reward`, `probs` (or `None`) and the longest `stall`. It can be passed wherever
+    the plotting functions take a solution."""
+
+    time: np.ndarray
+    true_reward: np.ndarray
+    probs: np.ndarray | None
+    stall: StallSpan
+
+    @classmethod
+    def of(cls, sol: Solution, probs: bool = True) -> Trajectory:
+        """The trajectory of one (unbatched) solution; `probs=False` drops the probabilities."""
+        return cls(
+            time=np.asarray(sol.time), true_reward=np.asarray(sol.true_reward),
+            probs=np.asarray(sol.probs) if probs and sol.probs is not None else None,
+            stall=StallSpan(float(sol.stall.start), float(sol.stall.duration), float(sol.stall.level)),
+        )
+
+    def to_data(self) -> dict[str, Any]:
+        """A mapping for [`gradflow.plotting.save_figure_data`][]."""
+        d = {"time": self.time, "true_reward": self.true_reward,
+             "stall": [self.stall.start, self.stall.duration, self.stall.level]}
+        return d | ({"probs": self.probs} if self.probs is not None else {})
+
+    @classmethod
+    def from_data(cls, d: Mapping[str, Any]) -> Trajectory:
+        start, duration, level = (float(v) for v in d["stall"])
+        return cls(np.asarray(d["time"]), np.asarray(d["true_reward"]), d.get("probs"),
+                   StallSpan(start, duration, level))
+
+
+def summary_to_data(s: SeedSummary) -> dict[str, Any]:
+    """A [`gradflow.SeedSummary`][] as a mapping for [`gradflow.plotting.save_figure_data`][]."""
+    import dataclasses
+
+    return {f.name: np.asarray(getattr(s, f.name)) for f in dataclasses.fields(s)}
+
+
+def summary_from_data(d: Mapping[str, Any]) -> SeedSummary:
+    """The [`gradflow.SeedSummary`][] saved by [`gradflow.plotting.summary_to_data`][]."""
+    ints, floats, tuples = ("seeds", "excluded"), ("stalled", "stall_duration", "stall_level", "level"), (
+        "targets", "quantiles")
+    kw = {k: np.asarray(v) for k, v in d.items()}
+    kw.update({k: int(d[k]) for k in ints} | {k: float(d[k]) for k in floats}
+              | {k: tuple(float(v) for v in np.atleast_1d(d[k])) for k in tuples})
+    return SeedSummary(**kw)
+
 
 
 def _time(sol: Solution, time_scale: float) -> np.ndarray:
@@ -95,9 +224,11 @@ def plot_probs(
     *,
     prompt: int = 0,
     time_scales: Mapping[str, float] | None = None,
+    styles: Mapping[str, dict] | None = None,
     ax=None,
     logx: bool = True,
     title: str | None = None,
+    legend: bool = True,
 ) -> Figure:
     """Probabilities of chosen outputs against time (runs recorded with
     `SaveAt(probs=True)`).
@@ -107,7 +238,10 @@ def plot_probs(
     - `solutions`: `{label: solution}`; line styles distinguish runs, colours outputs.
     - `outputs`: `{output index: name}`, e.g. `{0: "y*", 1: "y_med"}`.
     - `prompt`: which prompt's probabilities to show.
-    - `time_scales`, `ax`, `logx`, `title`: as in [`gradflow.plotting.plot_true_reward`][].
+    - `styles`: per label, matplotlib line keyword arguments (the colour is the output's);
+      default: one line style per run.
+    - `time_scales`, `ax`, `logx`, `title`, `legend`: as in
+      [`gradflow.plotting.plot_true_reward`][].
 
     **Returns:** the figure.
     """
@@ -115,19 +249,20 @@ def plot_probs(
         fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
     fig = ax.figure
     time_scales = dict(time_scales or {})
-    styles = ["-", "--", "-.", ":"]
+    line_styles = ["-", "--", "-.", ":"]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    run_styles = dict(styles or {})
     for j, (label, sol) in enumerate(solutions.items()):
         if sol.probs is None:
             raise ValueError(f"solution {label!r} has no probabilities: solve with SaveAt(probs=True).")
         t = _time(sol, time_scales.get(label, 1.0))
+        style = run_styles.get(label, {"ls": line_styles[j % len(line_styles)]})
         for c, (k, name) in enumerate(outputs.items()):
             tt, p = _positive(t, np.asarray(sol.probs[:, prompt, k]))
-            ax.plot(tt, p, ls=styles[j % len(styles)], color=colors[c % len(colors)],
-                    label=f"p({name}), {label}")
+            ax.plot(tt, p, color=colors[c % len(colors)], label=f"p({name}), {label}", **style)
     ax.set_ylim(0, 1)
     _finish(ax, xlabel="time (flow time; SGD: learning rate x steps)",
-            ylabel="probability", title=title, legend=True, logx=logx)
+            ylabel="probability", title=title, legend=legend, logx=logx)
     return fig
 
 

@@ -30,3 +30,17 @@ def dtype(request):
         assert jnp.asarray(1.0).dtype == dt
         assert jnp.zeros(2).dtype == dt
         yield dt
+
+
+# Every figure saved through gradflow._results.save_figure is checked for layout problems
+# (overlapping or clipped text, legends or insets over data); the study tests assert none.
+def _register_figure_check():
+    import figcheck
+
+    from gradflow import _results
+
+    if figcheck.record not in _results.FIGURE_HOOKS:
+        _results.FIGURE_HOOKS.append(figcheck.record)
+
+
+_register_figure_check()

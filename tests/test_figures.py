@@ -1,0 +1,146 @@
+"""The figure layout checker (`figcheck`), on small figures made to have each problem and on
+one that has none; the figure data files; and the dispatch of `gradflow plot DIR`.
+
+The studies' own figures are checked in the tests that already run each study quickly
+(`tests/test_studies.py` and others): `conftest.py` records the problems of every saved
+figure and those tests assert there are none, and that a redraw from the folder gives the
+same files."""
+
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from figcheck import check
+
+from gradflow import _studies, plotting
+
+
+def _clean():
+    fig, ax = plt.subplots(figsize=(5, 3.5), layout="constrained")
+    t = np.linspace(0, 1, 50)
+    ax.plot(t, t**2, label="quadratic")
+    ax.scatter([0.2, 0.4], [0.1, 0.2], label="points")
+    ax.set(xlabel="time", ylabel="value", title="a clean figure")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1))
+    fig.suptitle("nothing wrong here")
+    return fig
+
+
+def test_clean_figure_has_no_problems():
+    fig = _clean()
+    assert check(fig) == []
+    plt.close(fig)
+
+
+def test_overlapping_tick_labels_are_reported():
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.plot([0, 1], [0, 1])
+    ax.set_xticks(np.linspace(0, 1, 11), [f"label {i:03d}" for i in range(11)])
+    found = check(fig)
+    assert any(p.startswith("overlap:") and "x tick label" in p for p in found), found
+    plt.close(fig)
+
+
+def test_overlapping_texts_and_titles_are_reported():
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.plot([0, 1], [0, 1])
+    ax.text(0.5, 0.5, "annotation one", transform=ax.transAxes)
+    ax.text(0.52, 0.5, "annotation two", transform=ax.transAxes)
+    found = check(fig)
+    assert any("annotation one" in p and "annotation two" in p for p in found), found
+    plt.close(fig)
+
+
+def test_clipped_suptitle_is_reported():
+    fig, ax = plt.subplots(figsize=(3, 2), layout="constrained")
+    ax.plot([0, 1], [0, 1])
+    fig.suptitle("a suptitle far too long to fit the width of this small figure at all")
+    found = check(fig)
+    assert any(p.startswith("clipped:") and "suptitle" in p for p in found), found
+    plt.close(fig)
+
+
+def test_legend_over_a_line_is_reported_even_between_vertices():
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.plot([0, 1], [0.95, 0.95], label="a line with two vertices only, under the legend")
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper center")
+    found = check(fig)
+    assert any(p.startswith("covers data:") and "legend" in p for p in found), found
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("kind", ["scatter", "bar", "image", "mesh", "band"])
+def test_legend_over_other_data_is_reported(kind):
+    fig, ax = plt.subplots(figsize=(4, 3))
+    if kind == "scatter":
+        ax.scatter(*np.meshgrid(np.arange(8), np.arange(8)), label="s")
+    elif kind == "bar":
+        ax.bar([0, 1, 2], [1, 1, 1], label="b")
+    elif kind == "image":
+        ax.imshow(np.random.default_rng(0).random((4, 4)), label="i")
+        ax.plot([], [], label="i")
+    elif kind == "mesh":
+        ax.pcolormesh(np.random.default_rng(0).random((4, 4)))
+        ax.plot([], [], label="m")
+    else:
+        ax.fill_between([0, 0.5, 1], [0.9, 0.9, 0.9], [1, 1, 1], label="band")
+        ax.set_ylim(0, 1.05)
+    ax.legend(loc="upper left")
+    found = check(fig)
+    assert any(p.startswith("covers data:") for p in found), (kind, found)
+    plt.close(fig)
+
+
+def test_inset_over_data_is_reported_and_one_beside_the_data_is_not():
+    fig, ax = plt.subplots(figsize=(4, 3))
+    t = np.linspace(0, 1, 100)
+    ax.plot(t, t)
+    inset = ax.inset_axes([0.6, 0.6, 0.35, 0.35])
+    inset.plot(t, t)
+    found = check(fig)
+    assert any(p.startswith("covers data:") and "inset" in p for p in found), found
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.plot(t, 0.2 * t)
+    ax.set_ylim(0, 1)
+    inset = ax.inset_axes([0.6, 0.6, 0.35, 0.35])
+    inset.plot(t, t)
+    assert check(fig) == []
+    plt.close(fig)
+
+
+def test_reference_lines_are_not_data():
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.plot([0, 1], [0, 0.2], label="data")
+    ax.axhline(0.95, color="grey", label="target")
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper right")
+    assert check(fig) == []
+    plt.close(fig)
+
+
+def test_figure_data_round_trip(tmp_path):
+    data = {"targets": [0.5, 0.9], "names": ["a", "b"], "title": "t", "flag": True, "none": None,
+            "n": 3, "x": 0.25, "runs": {"0": {"time": np.arange(3.0), "m": np.ones((2, 2), np.float32)}}}
+    plotting.save_figure_data(tmp_path, data)
+    back = plotting.load_figure_data(tmp_path)
+    assert back["names"] == ["a", "b"] and back["title"] == "t" and back["flag"] is True and back["none"] is None
+    assert back["n"] == 3 and back["x"] == 0.25
+    np.testing.assert_array_equal(back["targets"], [0.5, 0.9])
+    assert back["runs"]["0"]["m"].dtype == np.float32
+    with pytest.raises(ValueError, match="figure data"):
+        plotting.load_figure_data(tmp_path / "missing")
+
+
+def test_redraw_refuses_a_folder_without_results(tmp_path):
+    with pytest.raises(ValueError, match=str(tmp_path)):
+        _studies.redraw(tmp_path)
+    (tmp_path / "run.json").write_text(json.dumps({"kind": "study", "name": "no-such-study"}))
+    with pytest.raises(ValueError, match="no-such-study"):
+        _studies.redraw(tmp_path)

@@ -118,10 +118,14 @@ def packaged_config(name: str) -> Path:
 def load(path: str | Path, schema: dict[str, dict[str, Field]]) -> dict:
     """Read and validate a TOML config file."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"config {path} is a folder; expected a TOML file.")
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise ValueError(f"config file not found: {path}") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"config {path} cannot be read: {e}") from e
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{path}: not valid TOML: {e}") from e
     return validate(raw, schema, source=str(path))

@@ -26,6 +26,7 @@ import optax
 from . import _config as C
 from ._dynamics import GradientFlow
 from ._estimators import GRPO, RLOO
+from ._results import save_figure
 from ._solve import SaveAt, solve
 from ._status import OK_CODE, status_code
 from ._study_utils import table, write_csv
@@ -435,8 +436,7 @@ def _figures(out, methods, grids, nosig, valid, grid_ps, grid_pp, targets, flow_
                      "faster; black line: ratio 1)\nP: only partial credit gets there, B: only binary, -: neither "
                      "(hatched); green ∅ x%: seeds in which binary credit never updated (no group sampled a success)")
         path = out / f"phase_{tgt:g}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        save_figure(fig, path, dpi=110)
         paths.append(path)
 
     # Representative trajectories (exact flow), from the grid run.
@@ -474,7 +474,6 @@ def _figures(out, methods, grids, nosig, valid, grid_ps, grid_pp, targets, flow_
     fig.suptitle("Exact flow: probability of success (solid) and of the partial patterns (dashed) under binary "
                  f"(blue) and partial (red) credit; dotted: time to success {targets[-1]:g}")
     path = out / "trajectories.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     paths.append(path)
     return paths

@@ -20,6 +20,7 @@ from ._analysis import StallCriteria
 from ._categorize import _predict, categorize, classify, initial_rate
 from ._dynamics import GradientFlow
 from ._objective import Regularization
+from ._results import save_figure
 from ._solve import SaveAt, Solution, solve
 from ._status import OK_CODE, status_code
 from ._study_utils import fmt, table, write_csv
@@ -289,8 +290,7 @@ def _token_figures(runs, maps, med_values, best_values, prob, target, out: Path)
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize="small")
     fig.suptitle("Token-level stalling: true reward vs time under three parameterisations")
     paths = [out / "true_reward.png"]
-    fig.savefig(paths[0], dpi=120)
-    plt.close(fig)
+    save_figure(fig, paths[0], dpi=120)
 
     cmap = ListedColormap(list(LABEL_COLORS.values()))
     fig, axes = plt.subplots(len(SCENARIOS), 3, figsize=(12, 7.5), layout="constrained", sharex=True, sharey=True)
@@ -310,8 +310,7 @@ def _token_figures(runs, maps, med_values, best_values, prob, target, out: Path)
     fig.legend(handles=handles, loc="outside lower center", ncol=5, fontsize="small")
     fig.suptitle(f"Categorisation of proxy rewards (time to true reward {target:g}, exact flow)")
     paths.append(out / "categorization_map.png")
-    fig.savefig(paths[1], dpi=120)
-    plt.close(fig)
+    save_figure(fig, paths[1], dpi=120)
     return paths
 
 
@@ -469,8 +468,7 @@ def run_neural_policy(cfg: dict, out: Path, quick: bool) -> dict:
                    loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     fig.suptitle("Does an MLP policy categorise reward errors as the tabular policy does?")
     figures = [out / "neural_policy.png"]
-    fig.savefig(figures[0], dpi=120)
-    plt.close(fig)
+    save_figure(fig, figures[0], dpi=120)
     print(f"Solved {2 * (len(rows) + 3)} runs in {elapsed:.1f} s (compilation and the fit included).")
     print(f"Results in {out.resolve()}/:")
     for path in [out / "summary.csv", *figures]:

@@ -23,6 +23,7 @@ from . import _config as C, metrics
 from ._categorize import LABELS, categorize
 from ._dynamics import GradientFlow
 from ._proxy_design import _Pairs, design_proxy
+from ._results import save_figure
 from ._studies_policies import LABEL_COLORS
 from ._study_utils import fmt, stalling_probs, table, write_csv
 from .design import ConstraintSatisfaction, recommend
@@ -231,8 +232,7 @@ def _plot(out, rows, acc, cat, at_eps, credit_rows, problem, partial, p_success,
                 Line2D([], [], color="black", lw=1, ls=":", label="true reward")]
     ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     front = out / "proxy_design_front.png"
-    fig.savefig(front, dpi=120)
-    plt.close(fig)
+    save_figure(fig, front, dpi=120)
 
     # (iii) the learned credit per partial pattern, averaged over the partial patterns.
     values = np.array([[np.mean([v for k, v in r.items() if k.startswith("credit_")]) for r in credit_rows]])
@@ -251,6 +251,5 @@ def _plot(out, rows, acc, cat, at_eps, credit_rows, problem, partial, p_success,
            title="(iii) designed credit for partially correct outputs\n(cell text: credit; recommend's choice)")
     fig.colorbar(im, ax=ax, label="designed credit per partial pattern (binary: 0)")
     credit = out / "proxy_design_credit.png"
-    fig.savefig(credit, dpi=120)
-    plt.close(fig)
+    save_figure(fig, credit, dpi=120)
     return [front, credit]

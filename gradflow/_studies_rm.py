@@ -52,6 +52,7 @@ from . import _config as C, metrics as gm, perturb
 from ._analysis import true_reward_rate
 from ._dynamics import GradientAscent
 from ._estimators import RLOO
+from ._results import save_figure
 from ._solve import SaveAt, solve
 from ._status import OK_CODE, status_code, status_name
 from ._study_utils import table, write_csv
@@ -820,8 +821,7 @@ def _figures(out: Path, per_policy: dict, rows: list[dict], names, budgets, fami
     fig.colorbar(im, ax=ax, label="Spearman correlation with the true-reward gain", fraction=0.04, pad=0.01)
     ax.set_title("Which metric predicts the true-reward gain of policy gradient on the proxy?", fontsize=10)
     paths.append(out / "correlation_heatmap.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    save_figure(fig, paths[-1], dpi=110)
 
     # Correlation against the budget, at every recorded step (point estimates).
     shown = ("acc", "hacc_w", "ovm_hacc", "reward_variance", "rate_tabular", "rate_loglinear")
@@ -855,8 +855,7 @@ def _figures(out: Path, per_policy: dict, rows: list[dict], names, budgets, fami
     fig.suptitle("How well each metric predicts the true-reward gain, as a function of the training budget",
                  fontsize=10)
     paths.append(out / "correlation_vs_budget.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    save_figure(fig, paths[-1], dpi=110)
 
     # Scatter grid: one row per (initial policy, preference set), one column per metric;
     # the outcome is the exact-gradient gain at the last budget.
@@ -889,6 +888,5 @@ def _figures(out: Path, per_policy: dict, rows: list[dict], names, budgets, fami
     fig.suptitle(f"Metric (x) vs true-reward gain of exact-gradient SGD after {b} steps (y), one point per proxy "
                  f"reward model; rho_s: Spearman, tau: Kendall", fontsize=10)
     paths.append(out / "scatter.png")
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    save_figure(fig, paths[-1], dpi=100)
     return paths

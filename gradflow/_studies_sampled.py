@@ -16,6 +16,7 @@ from . import _config as C
 from ._analysis import StallCriteria, time_to_reward
 from ._dynamics import GradientAscent
 from ._estimators import Reinforce
+from ._results import save_figure
 from ._seeds import SeedSummary, summarize_seeds
 from ._solve import SaveAt, Solution, solve
 from ._study_utils import fmt, make_method, stalling_probs, table, write_csv
@@ -175,8 +176,7 @@ def run_reinforce_seeds(cfg: dict, out: Path, quick: bool) -> dict:
         )
     fig.suptitle(f"REINFORCE ({seeds} seeds, {rc['samples']} sample/step, lr {lr:g}) vs the exact gradient")
     figures = [out / "reinforce_seeds.png"]
-    fig.savefig(figures[0], dpi=120)
-    plt.close(fig)
+    save_figure(fig, figures[0], dpi=120)
 
     _report(out, rows, _shown(rows, targets),
             _columns([("p_best", "p(y*)"), ("trained_on", "trained on")], targets), figures, elapsed,
@@ -265,8 +265,7 @@ def run_estimators(cfg: dict, out: Path, quick: bool) -> dict:
         )
     fig.suptitle(f"Four estimators, {k} samples per step, initial p(y*) = {prob['p_best']:g}")
     figures = [out / "estimators.png"]
-    fig.savefig(figures[0], dpi=120)
-    plt.close(fig)
+    save_figure(fig, figures[0], dpi=120)
     _report(out, rows, _shown(rows, targets),
             _columns([("estimator", "estimator"), ("trained_on", "trained on")], targets), figures, elapsed,
             len(rows) * seeds + 2)
@@ -379,8 +378,7 @@ def run_feature_similarity(cfg: dict, out: Path, quick: bool) -> dict:
     axes[1].grid(alpha=0.3)
     fig.suptitle("Similarity of y_med's feature to y*'s decides whether the true reward stalls on y_med")
     figures = [out / "feature_similarity.png"]
-    fig.savefig(figures[0], dpi=120)
-    plt.close(fig)
+    save_figure(fig, figures[0], dpi=120)
     _report(out, rows, shown, columns, figures, elapsed, len(rows))
     return {"rows": rows, "figures": figures, "solutions": runs}
 

@@ -18,8 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _config as C, perturb, sweep
+from . import _config as C, _progress, perturb, sweep
 from ._categorize import LABELS, _predict, classify, proxy_row
+from ._results import save_figure, write_json
 from ._status import OK_CODE, status_name
 from ._study_utils import METHOD_NAMES, make_method
 from .policies import TabularSoftmax
@@ -129,8 +130,16 @@ def load_config(path: str | Path) -> dict:
     return C.load(path, SWEEP_SCHEMA)
 
 
-def run_sweep(cfg: dict, out: Path, quick: bool = False, progress: bool = True) -> dict:
-    """Run (or resume) the sweep of `cfg` into `out`; print a summary; return the table."""
+def run_sweep(cfg: dict, out: Path, quick: bool = False, force: bool = False) -> dict:
+    """Run (or resume) the sweep of `cfg` into `out` and print a summary.
+
+    Everything is checked before anything is written: the config, the reference run
+    (trained on the true reward), and that `out` holds no other sweep (with `force`, its
+    rows are deleted instead).
+
+    **Returns:** the summary (counts per label, the reference's times, rows done) and,
+    under `"table"`, the full table.
+    """
     policy, r_true, proxies, method, t1, key, grid = build(cfg, quick)
     an = cfg["analysis"]
     targets = tuple(an["targets"])
@@ -140,9 +149,9 @@ def run_sweep(cfg: dict, out: Path, quick: bool = False, progress: bool = True) 
         return {**row(r), **{f"reward_{j}": r[j] for j in range(r.shape[-1])}}
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    # Through the same padded, vmapped path as the sweep's chunks: the same bits per row.
-    ref = {k: float(v[0]) for k, v in sweep.run(row, r_true[None], progress=False).items() if k != "row"}
+    with _progress.phase("reference run: trained on the true reward (compilation included)"):
+        # Through the same padded, vmapped path as the sweep's chunks: the same bits per row.
+        ref = {k: float(v[0]) for k, v in sweep.run(row, r_true[None], progress=False).items() if k != "row"}
     if int(ref["status"]) != OK_CODE:
         raise ValueError(f"the reference run (trained on the true reward) ended with status "
                          f"'{status_name(int(ref['status']))}'.")
@@ -155,49 +164,77 @@ def run_sweep(cfg: dict, out: Path, quick: bool = False, progress: bool = True) 
         return {**columns, "time_ratio": ratio, "label": lab, "predicted": pred}
 
     meta = {"config": cfg, "quick": quick}
-    (out / "reference.json").write_text(json.dumps({"reference": ref, "grid": None if grid is None else
-                                                    [g.tolist() for g in grid]}, indent=2))
+    # Claim the folder (refusing another sweep's) before writing the reference beside it.
+    sweep.claim(out, proxies, meta, replace=force)
+    write_json(out / "reference.json", {"reference": ref, "grid": None if grid is None else [g.tolist() for g in grid]})
     start = time.perf_counter()
     table = sweep.run(with_reward, proxies, out, chunk_size=cfg["sweep"]["chunk_size"], meta=meta,
-                      post=label, progress=progress)
+                      post=label, progress=_progress.enabled())
     elapsed = time.perf_counter() - start
     print(f"Sweep: {len(table['row'])} proxies ({cfg['proxies']['family']}), method {cfg['method']['name']}"
           f"{' (quick)' if quick else ''}; {elapsed:.1f} s this call (finished chunks are not recomputed).")
-    _print_summary(table, ref, first)
-    print(f"Per-proxy results in {(out / 'summary.parquet').resolve()}/ (pandas.read_parquet opens the folder).")
-    return table
+    summary = _summary(table, ref, first)
+    _print_summary(summary, first)
+    print(f"Per-proxy results in {(out / 'summary.parquet').resolve()}/")
+    print("  (open with gradflow.sweep.read(DIR), pyarrow.parquet.read_table or pandas.read_parquet).")
+    return {**summary, "out": str(out), "table": table}
 
 
-def _print_summary(table: dict, ref: dict, first: str) -> None:
+def _summary(table: dict, ref: dict, first: str) -> dict:
     ok = table["status"] == OK_CODE
-    failed = int((~ok).sum())
     counts = {name: int(np.sum(table["label"][ok] == name)) for name in LABELS}
     agree = float(np.mean(table["predicted"][ok] == table["label"][ok])) if ok.any() else math.nan
+    return {"rows": len(table["row"]), "labels": counts, "failed": int((~ok).sum()),
+            "prediction_agreement": agree, "reference": ref}
+
+
+def _print_summary(summary: dict, first: str) -> None:
+    ref, counts = summary["reference"], summary["labels"]
     t0 = ref[first]
     print(f"  reference (trained on the true reward): {first.replace('_', ' ')} = "
           f"{'never' if math.isinf(t0) else f'{t0:g}'}, final true reward {ref['final_true_reward']:.4f}")
-    total = max(1, int(ok.sum()))
+    total = max(1, summary["rows"] - summary["failed"])
     print("  " + ", ".join(f"{k}: {c} ({c / total:.1%})" for k, c in counts.items())
-          + f"; failed runs excluded: {failed}")
-    print(f"  the instantaneous prediction (rate at t = 0) agrees with the simulated label for {agree:.1%}")
+          + f"; failed runs excluded: {summary['failed']}")
+    print(f"  the instantaneous prediction (rate at t = 0) agrees with the simulated label for "
+          f"{summary['prediction_agreement']:.1%}")
 
 
 def plot_dir(out: str | Path) -> list[Path]:
     """Figures of a finished (or partial) sweep folder: the categorisation map for a
-    `grid_2d` sweep, else label counts and the time-ratio histogram."""
+    `grid_2d` sweep, else label counts and the time-ratio histogram.
+
+    **Arguments:**
+
+    - `out`: the sweep folder (with `sweep.json`, `reference.json` and `summary.parquet/`).
+
+    **Returns:** the paths of the figures written. Rows not yet computed (an interrupted
+    sweep) are drawn as "not computed" (hatched) and the title says how many are done.
+    """
     import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     out = Path(out)
     manifest, refpath = out / "sweep.json", out / "reference.json"
     if not manifest.exists() or not refpath.exists():
         raise ValueError(f"{out} is not a sweep folder (no sweep.json / reference.json); run `gradflow sweep` first.")
-    cfg = json.loads(manifest.read_text())["meta"]["config"]
+    man = json.loads(manifest.read_text())
+    cfg = man["meta"]["config"]
     info = json.loads(refpath.read_text())
     table = sweep.read(out)
     if not table:
         raise ValueError(f"{out} holds no finished rows yet.")
+    n_rows = int(man["rows"])
+    n_done = int(sweep.done_rows(out, n_rows).sum())
+    done_text = f"{n_done} of {n_rows} proxies done" if n_done < n_rows else f"{n_rows} proxies"
     names = cfg["problem"]["output_names"] or [f"output {j}" for j in range(len(cfg["problem"]["true_reward"]))]
     colors = {"harmful": "#d62728", "benign": "#bbbbbb", "beneficial": "#2ca02c", "failed": "black"}
+    hatch = {"facecolor": "white", "hatch": "///", "edgecolor": "0.6"}
+    not_computed = Patch(**hatch, label="not computed")
+    target = cfg["analysis"]["targets"][0]
+    first = f"time_to_{target:g}"
     paths = []
     if info["grid"] is not None:
         gi, gj = (np.asarray(g) for g in info["grid"])
@@ -206,46 +243,64 @@ def plot_dir(out: str | Path) -> list[Path]:
         grid = np.full(gi.size * gj.size, np.nan)
         grid[table["row"]] = [codes[x] for x in table["label"]]
         grid = grid.reshape(gi.size, gj.size)
-        from matplotlib.colors import ListedColormap
-
-        fig, axes = plt.subplots(1, 2, figsize=(12, 5), layout="constrained")
-        cmap = ListedColormap([colors[k] for k in ("failed", *LABELS)])
-        axes[0].pcolormesh(gj, gi, grid, cmap=cmap, vmin=-1.5, vmax=2.5, shading="nearest")
-        target = cfg["analysis"]["targets"][0]
-        first = f"time_to_{target:g}"
         t = np.full(gi.size * gj.size, np.nan)
-        t[table["row"]] = np.where(np.isfinite(table[first]), table[first], np.nan)
-        im = axes[1].pcolormesh(gj, gi, np.log10(np.maximum(t, 1)).reshape(gi.size, gj.size), cmap="viridis",
-                                shading="nearest")
-        fig.colorbar(im, ax=axes[1], label=f"log10(steps to true reward {target:g}); white: never")
-        t_ref = info["reference"][first]
+        t[table["row"]] = table[first]
+        t = t.reshape(gi.size, gj.size)
+        never = np.where(np.isinf(t), 1.0, np.nan)  # computed, never reaches the target
         r_true = cfg["problem"]["true_reward"]
-        for ax in axes:
-            ax.plot(r_true[j], r_true[i], marker="*", ms=16, color="gold", mec="black", ls="none",
-                    label="the true reward")
-            ax.set_xlabel(f"proxy reward of {names[j]}")
-            ax.set_ylabel(f"proxy reward of {names[i]}")
-        for k in LABELS:
-            axes[0].plot([], [], "s", color=colors[k], ms=10, label=k)
-        # Zoom on the true reward: the benign region around it can be a few cells wide.
+        # A zoom on the true reward (the benign region around it can be a few cells wide), in
+        # its own panel, only where it magnifies: a window of 9 x 25 cells on a fine grid.
         ci, cj = np.abs(gi - r_true[i]).argmin(), np.abs(gj - r_true[j]).argmin()
         si, sj = slice(max(ci - 4, 0), ci + 5), slice(max(cj - 12, 0), cj + 13)
-        inset = axes[0].inset_axes([0.55, 0.04, 0.42, 0.3])
-        inset.pcolormesh(gj[sj], gi[si], grid[si, sj], cmap=cmap, vmin=-1.5, vmax=2.5, shading="nearest")
-        inset.plot(r_true[j], r_true[i], marker="*", ms=10, color="gold", mec="black", ls="none")
-        inset.set_title("zoom on the true reward", fontsize="small")
-        inset.tick_params(labelsize="x-small")
-        axes[0].legend(loc="lower left", fontsize="small", framealpha=0.9)
-        axes[1].legend(loc="upper left", fontsize="small")
-        axes[0].set_title(f"categorisation (time to true reward {target:g}, tolerance {cfg['analysis']['tolerance']:g})")
-        axes[1].set_title(f"time to {target:g} under the proxy (true reward: "
+        zoom = min(gi.size / len(gi[si]), gj.size / len(gj[sj])) >= 3
+        panels = 3 if zoom else 2
+        fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels + 1, 5.6), layout="constrained",
+                                 width_ratios=[1, 1, 0.8][:panels])
+        cmap = ListedColormap([colors[k] for k in ("failed", *LABELS)])
+        label_axes = [axes[0], *([axes[2]] if zoom else [])]
+        for ax, (rows, cols) in zip(label_axes, [(slice(None), slice(None)), (si, sj)], strict=False):
+            ax.set_facecolor(hatch["facecolor"])  # cells without a row yet: hatched
+            ax.patch.set_hatch(hatch["hatch"])
+            ax.patch.set_edgecolor(hatch["edgecolor"])
+            ax.pcolormesh(gj[cols], gi[rows], grid[rows, cols], cmap=cmap, vmin=-1.5, vmax=2.5, shading="nearest")
+        axes[1].set_facecolor(hatch["facecolor"])
+        axes[1].patch.set_hatch(hatch["hatch"])
+        axes[1].patch.set_edgecolor(hatch["edgecolor"])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logt = np.log10(np.maximum(np.where(np.isfinite(t), t, np.nan), 1))
+        im = axes[1].pcolormesh(gj, gi, logt, cmap="viridis", shading="nearest")
+        axes[1].pcolormesh(gj, gi, never, cmap=ListedColormap(["0.93"]), shading="nearest")
+        fig.colorbar(im, ax=axes[1], label=f"log10(steps to true reward {target:g})")
+        t_ref = info["reference"][first]
+        for ax in axes:
+            ax.plot(r_true[j], r_true[i], marker="*", ms=16 if ax is not axes[-1] or not zoom else 12,
+                    color="gold", mec="black", ls="none")
+            ax.set_xlabel(f"proxy reward of {names[j]}")
+            ax.set_ylabel(f"proxy reward of {names[i]}")
+        axes[0].set_title(f"categorisation (time to true reward {target:g},\ntolerance "
+                          f"{cfg['analysis']['tolerance']:g})")
+        axes[1].set_title(f"time to {target:g} under the proxy\n(true reward: "
                           f"{'never' if not np.isfinite(t_ref) else f'{t_ref:g}'})")
-        fig.suptitle(f"{len(table['row'])} proxies, method {cfg['method']['name']}; other outputs keep their true reward")
+        if zoom:
+            axes[2].set_title("zoom on the true reward")
+        handles = [Line2D([], [], marker="*", ms=14, color="gold", mec="black", ls="none", label="the true reward")]
+        handles += [Patch(color=colors[k], label=k) for k in LABELS]
+        if np.any(table["status"] != OK_CODE):
+            handles.append(Patch(color=colors["failed"], label="failed"))
+        handles.append(Patch(color="0.93", label=f"never reaches {target:g} (right panel)"))
+        if n_done < n_rows:
+            handles.append(not_computed)
+        fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize="small")
+        fig.suptitle(f"{done_text}, method {cfg['method']['name']}; other outputs keep their true reward")
         paths.append(out / "categorization_map.png")
     else:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), layout="constrained")
         counts = [int(np.sum(table["label"] == k)) for k in LABELS]
+        bars = list(LABELS)
         axes[0].bar(LABELS, counts, color=[colors[k] for k in LABELS])
+        if n_done < n_rows:
+            axes[0].bar(["not computed"], [n_rows - n_done], **hatch)
+            bars.append("not computed")
         axes[0].set_ylabel("proxies")
         axes[0].set_xlabel("label")
         axes[0].set_title("categorisation")
@@ -254,8 +309,9 @@ def plot_dir(out: str | Path) -> list[Path]:
         axes[1].axvline(0, color="black", lw=1, label="same time as the true reward")
         axes[1].set_xlabel("log10(time ratio): proxy / true reward")
         axes[1].set_ylabel("proxies")
-        axes[1].legend(fontsize="small")
+        axes[1].set_title(f"time to true reward {target:g}: proxy / true reward")
+        fig.legend(*axes[1].get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize="small")
+        fig.suptitle(f"{done_text}, method {cfg['method']['name']}")
         paths.append(out / "sweep_summary.png")
-    fig.savefig(paths[0], dpi=120)
-    plt.close(fig)
+    save_figure(fig, paths[0], dpi=120)
     return paths

@@ -1,11 +1,66 @@
 """The `gradflow` command line: `gradflow demo`, `gradflow study <name>`, `gradflow sweep`,
-`gradflow plot`, `gradflow rm-eval`."""
+`gradflow plot`, `gradflow rm-eval`.
+
+Building the parser imports nothing heavy, so `--help` and `--version` answer at once.
+Every command that computes runs in a worker thread: Ctrl-C then stops it within a
+second, says what was kept and how to resume, and exits with status 130. Its results were
+written atomically, so what is on disk is complete.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
+import threading
 from pathlib import Path
+
+from . import __version__
+
+RESULTS = Path("gradflow-results")
+
+_RM_EVAL_DESCRIPTION = """\
+Evaluate reward models from a file of per-response records (one row per response):
+
+  prompt_id, response_id, logprob, true_reward, <one column per reward model>
+
+where logprob is the policy's sequence log-likelihood (<= 0). The policy over a
+prompt's listed responses is logprob renormalised with a log-softmax. Preference
+pairs are all pairs of a prompt's responses with different true_reward (ties
+dropped), unless --pairs gives them. A malformed file is reported with the line
+(or Parquet row) and column at fault, and the command exits with status 2."""
+
+
+def _common(p: argparse.ArgumentParser, *, out_help: str, quick: bool = True) -> None:
+    p.add_argument("--out", type=Path, default=None, metavar="DIR", help=out_help)
+    if quick:
+        p.add_argument("--quick", action="store_true", help="a reduced run (seconds to a minute)")
+    p.add_argument("--force", action="store_true",
+                   help="write into DIR even if it holds the results of another run or config")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or phase lines (stderr)")
+    p.add_argument("--json", action="store_true",
+                   help="print the summary as JSON on stdout (the tables go to stderr)")
+
+
+def add_rm_eval_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the `rm-eval` subcommand to an `argparse` subparsers object.
+
+    **Returns:** the subcommand's parser.
+    """
+    p = subparsers.add_parser(
+        "rm-eval", help="evaluate reward models from a file of per-response records",
+        description=_RM_EVAL_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("file", type=Path, metavar="FILE", help="the records: .jsonl, .csv or .parquet (columns above)")
+    p.add_argument("--pairs", type=Path, default=None, metavar="FILE",
+                   help="explicit preference pairs, columns prompt_id, chosen_id, rejected_id "
+                   "(default: formed from true_reward, ties dropped)")
+    p.add_argument("--models", default=None, metavar="NAMES",
+                   help="comma-separated reward-model columns to evaluate (default: every column "
+                   "besides the four required ones)")
+    _common(p, out_help="output folder (default gradflow-results/rm-eval/)", quick=False)
+    return p
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -13,91 +68,192 @@ def _parser() -> argparse.ArgumentParser:
         prog="gradflow",
         description="Policy-gradient dynamics under imperfect rewards. Start with `gradflow demo`.",
     )
+    parser.add_argument("--version", action="version", version=f"gradflow {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser(
-        "demo",
-        help="the stalling study: a wrong proxy beats the true reward (start here)",
+        "demo", help="the stalling study: a wrong proxy beats the true reward (start here)",
         description="Run the stalling study (same as `gradflow study stalling`): print a table "
         "and write figures under --out.",
     )
-    demo.add_argument("--out", type=Path, default=None, help="output folder (default gradflow-results/stalling/)")
-    demo.add_argument("--quick", action="store_true", help="a reduced run (seconds)")
+    _common(demo, out_help="output folder (default gradflow-results/stalling/, or stalling-quick/ with --quick)")
 
     study = sub.add_parser(
-        "study",
-        help="run one study from experiments/<name>.toml",
+        "study", help="run one study from experiments/<name>.toml",
         description="Run a study: each reproduces one scientific claim from its config.",
     )
     study.add_argument("name", nargs="?", help="study name (see --list)")
     study.add_argument("--list", action="store_true", help="list the studies and exit")
-    study.add_argument("--out", type=Path, default=None, help="output folder (default gradflow-results/<name>/)")
-    study.add_argument("--quick", action="store_true", help="a reduced grid that runs in well under a minute")
     study.add_argument("--config", type=Path, default=None, help="a config file to use instead of the packaged one")
+    _common(study, out_help="output folder (default gradflow-results/NAME/, or NAME-quick/ with --quick)")
 
     sw = sub.add_parser(
-        "sweep",
-        help="train on every proxy reward of a family; results written incrementally, resumable",
+        "sweep", help="train on every proxy reward of a family; results written incrementally, resumable",
         description="Run the sweep described by CONFIG (see experiments/categorization-map.toml): one row "
         "per proxy reward written to OUT/summary.parquet/ as chunks finish. Running the same command on "
         "the same OUT resumes without recomputing finished chunks.",
     )
     sw.add_argument("config", type=Path, help="sweep config (TOML)")
-    sw.add_argument("--out", type=Path, default=None, help="output folder (default gradflow-results/<config name>/)")
-    sw.add_argument("--quick", action="store_true", help="the reduced sweep of the config's [quick] section")
     sw.add_argument("--no-plot", action="store_true", help="do not draw the figures at the end")
+    _common(sw, out_help="output folder (default gradflow-results/CONFIG-NAME/, or CONFIG-NAME-quick/)")
 
     plot = sub.add_parser(
-        "plot",
-        help="draw the figures of a sweep folder",
-        description="Draw the figures of a (finished or partial) sweep folder written by `gradflow sweep`.",
+        "plot", help="redraw the figures of a result folder (a study or a sweep, finished or not)",
+        description="Redraw the figures of a folder written by `gradflow study`, `gradflow demo` or "
+        "`gradflow sweep` from the data saved in it.",
     )
-    plot.add_argument("dir", type=Path, help="the sweep's output folder")
+    plot.add_argument("dir", type=Path, help="the result folder")
 
-    from . import rm_eval
-
-    rm_eval.add_parser(sub)
+    add_rm_eval_parser(sub)
     return parser
+
+
+def _default_out(name: str, quick: bool) -> Path:
+    return RESULTS / (f"{name}-quick" if quick else name)
+
+
+def _run_study(args) -> dict:
+    from ._studies import run_study
+
+    name = "stalling" if args.command == "demo" else args.name
+    out = args.out if args.out is not None else _default_out(name, args.quick)
+    result = run_study(name, out, args.quick, getattr(args, "config", None), force=args.force)
+    return {"study": name, "mode": "quick" if args.quick else "full", "out": str(out), **result}
+
+
+def _run_sweep(args) -> dict:
+    from ._results import result_folder
+    from ._sweeps import load_config, plot_dir, run_sweep
+
+    cfg = load_config(args.config)
+    out = args.out if args.out is not None else _default_out(args.config.stem, args.quick)
+    with result_folder(out, kind="sweep", name=args.config.stem, config=cfg, quick=args.quick, force=args.force):
+        summary = run_sweep(cfg, out, args.quick, force=args.force)
+        if not args.no_plot:
+            summary["figures"] = plot_dir(out)
+            for path in summary["figures"]:
+                print(f"  {path}")
+    return summary
+
+
+def _run_rm_eval(args) -> dict:
+    from . import rm_eval
+    from ._results import result_folder
+
+    out = args.out if args.out is not None else RESULTS / "rm-eval"
+    models = None if args.models is None else [m.strip() for m in args.models.split(",") if m.strip()]
+    config = {"file": str(args.file.resolve()), "pairs": None if args.pairs is None else str(args.pairs.resolve()),
+              "models": models}
+    with result_folder(out, kind="rm-eval", name=args.file.stem, config=config, quick=False, force=args.force):
+        return rm_eval.run(args.file, out, pairs=args.pairs, reward_models=models)
+
+
+def _plot(args) -> dict:
+    from ._studies import redraw
+
+    paths = redraw(args.dir)
+    for path in paths:
+        print(f"Wrote {path}")
+    return {"figures": paths}
+
+
+def _interrupted(args) -> str:
+    """One line: what an interrupted command kept and how to resume."""
+    from ._results import read_record
+
+    out = getattr(args, "out", None)
+    if args.command == "sweep":
+        out = out if out is not None else _default_out(args.config.stem, args.quick)
+        from . import sweep
+
+        record = sweep.read_manifest(out)
+        if record is not None:
+            done = int(sweep.done_rows(out, record["rows"]).sum())
+            return (f"gradflow: interrupted; {done} of {record['rows']} rows are kept in {out}. Rerun the "
+                    "same command to resume (finished rows are not recomputed).")
+    if out is not None and read_record(out) is not None:
+        return f"gradflow: interrupted; nothing more was written to {out}. Rerun the same command to start again."
+    return "gradflow: interrupted before any results were written."
+
+
+def _in_worker(fn, args):
+    """Run `fn(args)` in a thread so that Ctrl-C is handled at once (a compiled call does
+    not return to Python until it finishes)."""
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = fn(args)
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            box["error"] = e
+
+    worker = threading.Thread(target=target, daemon=True, name="gradflow-command")
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.1)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        print(_interrupted(args), file=sys.stderr)
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(130)  # the worker may be inside a compiled call; files on disk are complete
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "rm-eval":
-        from . import rm_eval
+    if args.command == "study" and (args.list or args.name is None):
+        from ._studies import STUDIES
 
-        return rm_eval.main(args)
-    from ._studies import STUDIES, run_study
+        if args.name is None and not args.list:
+            print("gradflow study: give a study name, or --list.", file=sys.stderr)
+        width = max(len(n) for n in STUDIES)
+        for name, s in STUDIES.items():
+            print(f"{name.ljust(width)}  {s.summary}")
+        return 0 if args.list else 2
+    run = {"demo": _run_study, "study": _run_study, "sweep": _run_sweep, "plot": _plot,
+           "rm-eval": _run_rm_eval}[args.command]
+    from . import _progress
+    from ._results import dumps
 
+    _progress.set_enabled(not getattr(args, "quiet", False))
+    as_json = getattr(args, "json", False)
     try:
-        if args.command == "demo":
-            run_study("stalling", args.out, args.quick)
-        elif args.command == "study" and (args.list or args.name is None):
-            if args.name is None and not args.list:
-                print("gradflow study: give a study name, or --list.", file=sys.stderr)
-            width = max(len(n) for n in STUDIES)
-            for name, s in STUDIES.items():
-                print(f"{name.ljust(width)}  {s.summary}")
-            return 0 if args.list else 2
-        elif args.command == "sweep":
-            from ._sweeps import load_config, plot_dir, run_sweep
-
-            cfg = load_config(args.config)
-            out = args.out if args.out is not None else Path("gradflow-results") / args.config.stem
-            run_sweep(cfg, out, args.quick)
-            if not args.no_plot:
-                for path in plot_dir(out):
-                    print(f"  {path}")
-        elif args.command == "plot":
-            from ._sweeps import plot_dir
-
-            for path in plot_dir(args.dir):
-                print(f"Wrote {path}")
-        else:
-            run_study(args.name, args.out, args.quick, args.config)
-    except ValueError as e:
+        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+            summary = _in_worker(run, args) if threading.current_thread() is threading.main_thread() else run(args)
+    except (ValueError, OSError) as e:
         print(f"gradflow: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        _progress.set_enabled(True)
+    if as_json:
+        print(dumps(_jsonable(summary), indent=2))
     return 0
+
+
+def _jsonable(x):
+    """The parts of a command's result that are data (tables, numbers, paths); arrays of
+    solutions and other objects are left out."""
+    import numpy as np
+
+    if isinstance(x, dict):
+        out = {}
+        for k, v in x.items():
+            with contextlib.suppress(TypeError):
+                out[str(k)] = _jsonable(v)
+        return out
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, Path):
+        return str(x)
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return x
+    if isinstance(x, (np.generic, np.ndarray)) and x.dtype.kind in "biufU" and x.size <= 100_000:
+        return x.tolist()
+    raise TypeError(type(x).__name__)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -48,11 +48,10 @@ lower `true_reward` as rejected.
 
 from __future__ import annotations
 
-import argparse
 import csv
+import io
 import json
 import math
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -61,7 +60,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from . import metrics as _m
+from . import _results, metrics as _m
 
 __all__ = [
     "RECORD_COLUMNS",
@@ -76,8 +75,7 @@ __all__ = [
     "write_csv",
     "summary",
     "example_path",
-    "add_parser",
-    "main",
+    "run",
 ]
 
 RECORD_COLUMNS: tuple[str, ...] = ("prompt_id", "response_id", "logprob", "true_reward")
@@ -739,12 +737,12 @@ def write_csv(table: Sequence[Mapping[str, str | float]], path: str | Path) -> P
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["model", *METRICS])
-        for row in table:
-            writer.writerow([row["model"], *(repr(float(row[k])) for k in METRICS)])
-    return path
+    buf = io.StringIO(newline="")
+    writer = csv.writer(buf)
+    writer.writerow(["model", *METRICS])
+    for row in table:
+        writer.writerow([row["model"], *(repr(float(row[k])) for k in METRICS)])
+    return _results.write_text(path, buf.getvalue())
 
 
 def summary(data: RewardData) -> str:
@@ -777,78 +775,20 @@ def example_path() -> Path:
     return Path(str(resources.files("gradflow") / "experiments" / "rm-eval-example.jsonl"))
 
 
-# ---------------------------------------------------------------------------------------
-# Command line: `gradflow rm-eval FILE [--pairs FILE] [--models NAMES] [--out DIR]`.
-# ---------------------------------------------------------------------------------------
+def run(file: str | Path, out: str | Path, *, pairs: str | Path | None = None,
+        reward_models: Sequence[str] | None = None) -> dict:
+    """What `gradflow rm-eval` does: load and evaluate `file`, print the summary and the
+    table, write `out/rm_eval.csv`.
 
-_DESCRIPTION = """\
-Evaluate reward models from a file of per-response records: print every metric of
-gradflow.metrics for each reward model and write the table to DIR/rm_eval.csv.
-
-FILE (.jsonl, .csv or .parquet) has one row per response with the columns
-  prompt_id, response_id, logprob, true_reward, <one column per reward model>
-where logprob is the policy's sequence log-likelihood (<= 0). The policy over a
-prompt's listed responses is logprob renormalised with a log-softmax. Preference
-pairs are all pairs of a prompt's responses with different true_reward (ties
-dropped), unless --pairs gives them. A malformed file is reported with the line
-(or Parquet row) and column at fault, and the command exits with status 2."""
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Add the `rm-eval` subcommand to an `argparse` subparsers object (from
-    `parser.add_subparsers()`); run it with [`main`][gradflow.rm_eval.main].
-
-    **Returns:** the subcommand's parser.
+    **Returns:** `{"summary": text, "table": rows, "csv": path}`.
     """
-    p = subparsers.add_parser(
-        "rm-eval",
-        help="evaluate reward models from a file of per-response records",
-        description=_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument(
-        "file", type=Path, metavar="FILE",
-        help="the records: .jsonl, .csv or .parquet (columns above)",
-    )
-    p.add_argument(
-        "--pairs", type=Path, default=None, metavar="FILE",
-        help="explicit preference pairs, columns prompt_id, chosen_id, rejected_id "
-        "(default: formed from true_reward, ties dropped)",
-    )
-    p.add_argument(
-        "--models", default=None, metavar="NAMES",
-        help="comma-separated reward-model columns to evaluate (default: every column "
-        "besides the four required ones)",
-    )
-    p.add_argument(
-        "--out", type=Path, default=None, metavar="DIR",
-        help="output folder (default gradflow-results/rm-eval/)",
-    )
-    return p
-
-
-def main(args: argparse.Namespace) -> int:
-    """Run `gradflow rm-eval` on parsed arguments (from the parser of
-    [`add_parser`][gradflow.rm_eval.add_parser]): print a summary and the table, write
-    `DIR/rm_eval.csv` and print its path.
-
-    **Returns:** the exit status: 0, or 2 (after printing `gradflow: error: ...` to
-    stderr) when a file is malformed or cannot be read or written.
-    """
-    out = Path(args.out) if args.out is not None else Path("gradflow-results") / "rm-eval"
-    models = None
-    if args.models is not None:
-        models = [m.strip() for m in args.models.split(",") if m.strip()]
-    try:
-        data = load(args.file, args.pairs, reward_models=models)
-        table = evaluate(data)
-        print(summary(data))
-        print()
-        print(format_table(table))
-        print()
-        path = write_csv(table, out / "rm_eval.csv")
-    except (ValueError, OSError) as e:
-        print(f"gradflow: error: {e}", file=sys.stderr)
-        return 2
+    data = load(file, pairs, reward_models=reward_models)
+    table = evaluate(data)
+    text = summary(data)
+    print(text)
+    print()
+    print(format_table(table))
+    print()
+    path = write_csv(table, Path(out) / "rm_eval.csv")
     print(f"wrote {path}")
-    return 0
+    return {"summary": text, "table": table, "csv": path}

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,7 +33,10 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["run", "read", "done_rows"]
+from . import _progress
+from ._results import write_json
+
+__all__ = ["run", "read", "done_rows", "claim", "read_manifest"]
 
 _DATASET = "summary.parquet"
 _LANES = 16
@@ -129,6 +133,37 @@ def read(out: str | Path) -> dict[str, np.ndarray]:
     return {k: v[order] for k, v in columns.items()}
 
 
+def read_manifest(out: str | Path) -> dict | None:
+    """The manifest (`sweep.json`: rows, fingerprint, meta) of a sweep folder, or `None`."""
+    path = Path(out) / _MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def claim(out: str | Path, inputs, meta: dict | None = None, *, replace: bool = False) -> None:
+    """Make `out` the folder of the sweep of `inputs` and `meta` (as `run` does first).
+
+    A folder that already holds this sweep is kept as it is (its rows are resumed); one
+    that holds a different sweep is refused with a `ValueError`, or, with `replace`, has
+    that sweep's rows and manifest deleted.
+    """
+    out = Path(out)
+    inputs = jax.tree.map(lambda x: x if hasattr(x, "shape") else np.asarray(x), inputs)
+    n = int(jax.tree.leaves(inputs)[0].shape[0])
+    manifest = {"rows": n, "fingerprint": _fingerprint(inputs, dict(meta or {})), "meta": dict(meta or {})}
+    old = read_manifest(out)
+    if old is not None and (old.get("fingerprint"), old.get("rows")) == (manifest["fingerprint"], n):
+        return
+    if old is not None and not replace:
+        raise ValueError(
+            f"{out} holds the results of a different sweep ({old.get('rows')} rows, other "
+            "inputs or settings); use a new --out folder, or --force to replace it."
+        )
+    if replace:
+        shutil.rmtree(out / _DATASET, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / _MANIFEST, manifest)
+
+
 @eqx.filter_jit
 def _batched(fn, chunk):
     """`jax.vmap(fn)` over a chunk, compiled once per structure: a row function that is a
@@ -207,29 +242,11 @@ def run(
     results: list[dict[str, np.ndarray]] = []
     if out is not None:
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        manifest = {"rows": n, "fingerprint": _fingerprint(inputs, meta), "meta": meta}
-        path = out / _MANIFEST
-        if path.exists():
-            old = json.loads(path.read_text())
-            if old.get("fingerprint") != manifest["fingerprint"] or old.get("rows") != n:
-                raise ValueError(
-                    f"{out} holds the results of a different sweep ({old.get('rows')} rows, other "
-                    "inputs or settings); use a new --out folder or delete it."
-                )
-        else:
-            tmp = path.with_suffix(f".tmp-{os.getpid()}")
-            tmp.write_text(json.dumps(manifest, indent=2, default=str))
-            os.replace(tmp, path)
+        claim(out, inputs, meta)
         todo &= ~done_rows(out, n)
 
     chunks = _chunks(todo, rows_per_chunk)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=stop - start, initial=int((stop - start) - todo.sum()), unit="run",
-                   desc="sweep", dynamic_ncols=True)
+    bar = _progress.bar(stop - start, "sweep", initial=int((stop - start) - todo.sum())) if progress else None
     for a, b in chunks:
         idx = np.minimum(np.arange(a, a + size), b - 1)  # pad by repeating the last row
         chunk = jax.tree.map(lambda x, idx=idx: jax.device_put(x[idx], sharding), inputs)

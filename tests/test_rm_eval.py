@@ -3,7 +3,6 @@ metrics table and the `rm-eval` subcommand."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import importlib.util
 import itertools
@@ -18,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from gradflow import metrics as M, rm_eval
+from gradflow import cli, metrics as M, rm_eval
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "experiments" / "rm-eval-example.jsonl"
@@ -65,12 +64,6 @@ def _write(records: list[dict], path: Path) -> Path:
         )
         pq.write_table(table, path)
     return path
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gradflow")
-    rm_eval.add_parser(parser.add_subparsers(dest="command", required=True))
-    return parser
 
 
 # ---------------------------------------------------------------------------------------
@@ -153,10 +146,10 @@ def test_explicit_pairs_file(tmp_path):
     row = rm_eval.evaluate(d)[0]  # rm_a: 0.9 > 0.5 yes, 0.5 > 0.7 no, 0.25 > 0.0 yes
     assert row["acc"] == pytest.approx(2 / 3)
     assert "1 of them do not prefer" in rm_eval.summary(d)
-    args = _parser().parse_args(
+    argv = (
         ["rm-eval", str(path), "--pairs", str(pfile), "--out", str(tmp_path / "out")]
     )
-    assert rm_eval.main(args) == 0
+    assert cli.main(argv) == 0
     with (tmp_path / "out" / "rm_eval.csv").open() as f:
         assert float(next(csv.DictReader(f))["acc"]) == row["acc"]
 
@@ -350,8 +343,8 @@ def test_metrics_equal_direct_calls_of_gradflow_metrics():
 
 def test_cli_prints_the_table_and_writes_the_csv(tmp_path, capsys):
     out = tmp_path / "out"
-    args = _parser().parse_args(["rm-eval", str(EXAMPLE), "--out", str(out)])
-    assert rm_eval.main(args) == 0
+    argv = (["rm-eval", str(EXAMPLE), "--out", str(out)])
+    assert cli.main(argv) == 0
     stdout = capsys.readouterr().out
     for word in ["20 prompts", "160 responses", "560 preference pairs", *rm_eval.METRICS,
                  "rm_noisy", "rm_length_bias", "rm_unlikely_errors", "true_reward"]:
@@ -369,9 +362,8 @@ def test_cli_prints_the_table_and_writes_the_csv(tmp_path, capsys):
 
 def test_cli_default_out_and_models(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    args = _parser().parse_args(["rm-eval", str(EXAMPLE), "--models", "rm_noisy"])
-    assert args.out is None
-    assert rm_eval.main(args) == 0
+    argv = (["rm-eval", str(EXAMPLE), "--models", "rm_noisy"])
+    assert cli.main(argv) == 0
     assert "rm_length_bias" not in capsys.readouterr().out
     with (tmp_path / "gradflow-results" / "rm-eval" / "rm_eval.csv").open() as f:
         assert [r["model"] for r in csv.DictReader(f)] == ["rm_noisy", "true_reward"]
@@ -379,20 +371,20 @@ def test_cli_default_out_and_models(tmp_path, capsys, monkeypatch):
 
 def test_cli_malformed_file_returns_2_with_a_message(tmp_path, capsys):
     bad = _write(_set(2, rm_a=float("nan"))(_records()), tmp_path / "bad.csv")
-    args = _parser().parse_args(["rm-eval", str(bad), "--out", str(tmp_path / "out")])
-    assert rm_eval.main(args) == 2
+    argv = (["rm-eval", str(bad), "--out", str(tmp_path / "out")])
+    assert cli.main(argv) == 2
     captured = capsys.readouterr()
     assert captured.err.startswith("gradflow: error: bad.csv line 4, column 'rm_a'")
     assert captured.out == ""
     assert not (tmp_path / "out").exists()
-    args = _parser().parse_args(["rm-eval", str(tmp_path / "nope.jsonl")])
-    assert rm_eval.main(args) == 2
+    argv = (["rm-eval", str(tmp_path / "nope.jsonl")])
+    assert cli.main(argv) == 2
     assert "no such file" in capsys.readouterr().err
 
 
 def test_cli_help(capsys):
     with pytest.raises(SystemExit) as info:
-        _parser().parse_args(["rm-eval", "--help"])
+        cli.main(["rm-eval", "--help"])
     assert info.value.code == 0
     text = capsys.readouterr().out
     for word in ["prompt_id, response_id, logprob, true_reward", "--pairs", "--out",

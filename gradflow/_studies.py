@@ -262,12 +262,14 @@ STUDIES: dict[str, Study] = {
         "the stalling study with REINFORCE over many seeds: seed bands against the exact gradient",
         S.REINFORCE_SEEDS_SCHEMA,
         S.run_reinforce_seeds,
+        S.plot_reinforce_seeds,
     ),
     "estimators": Study(
         "estimators",
         "REINFORCE, RLOO, GRPO and PPO on the stalling problem at equal sample budget",
         S.ESTIMATORS_SCHEMA,
         S.run_estimators,
+        S.plot_estimators,
     ),
     "categorization-map": Study(
         "categorization-map",
@@ -282,6 +284,7 @@ STUDIES: dict[str, Study] = {
         "probability; flow, RLOO, GRPO; tabular and log-linear)",
         SD.PARTIAL_CREDIT_SCHEMA,
         SD.run_partial_credit,
+        SD.plot_partial_credit,
     ),
     "rm-metrics": Study(
         "rm-metrics",
@@ -289,12 +292,14 @@ STUDIES: dict[str, Study] = {
         "the true-reward gain of policy gradient, over 896 proxy rewards",
         RM.RM_METRICS_SCHEMA,
         RM.run_rm_metrics,
+        RM.plot_rm_metrics,
     ),
     "feature-similarity": Study(
         "feature-similarity",
         "log-linear policy: how the feature similarity of y* and y_med decides the stall",
         S.FEATURE_SIMILARITY_SCHEMA,
         S.run_feature_similarity,
+        S.plot_feature_similarity,
     ),
     "token-credit": Study(
         "token-credit",
@@ -302,6 +307,7 @@ STUDIES: dict[str, Study] = {
         "same initial sequence distribution",
         SP.TOKEN_CREDIT_SCHEMA,
         SP.run_token_credit,
+        SP.plot_token_credit,
     ),
     "neural-policy": Study(
         "neural-policy",
@@ -309,6 +315,7 @@ STUDIES: dict[str, Study] = {
         "under the tabular policy?",
         SP.NEURAL_POLICY_SCHEMA,
         SP.run_neural_policy,
+        SP.plot_neural_policy,
     ),
     "proxy-design": Study(
         "proxy-design",
@@ -316,6 +323,7 @@ STUDIES: dict[str, Study] = {
         "against ranking accuracy, and the learned credit for partially correct outputs",
         SX.PROXY_DESIGN_SCHEMA,
         SX.run_proxy_design,
+        SX.plot_proxy_design,
     ),
 }
 

@@ -342,8 +342,9 @@ def run_partial_credit(cfg: dict, out: Path, quick: bool) -> dict:
     if any(failed.values()):
         print(f"  Failed runs (excluded; nan): {failed}.")
 
-    figures = _figures(out, methods, grids, nosig, valid, grid_ps, grid_pp, targets, flow_sols, problem,
-                       traj, cells, case_index, mix, unit)
+    _save_figure_data(out, methods, grids, nosig, valid, grid_ps, grid_pp, targets, flow_sols, problem,
+                      traj, cells, case_index, mix)
+    figures = plot_partial_credit(out)
     elapsed = time.perf_counter() - wall_start
     runs = n_cases + sum(n_cases * seeds for _ in names)
     print("\nTimings (one jit of one vmap over the whole grid per method; compilation included): "
@@ -392,87 +393,167 @@ def _edges(values: np.ndarray) -> np.ndarray:
     return 10 ** np.concatenate([[lv[0] - (mid[0] - lv[0])], mid, [lv[-1] + (lv[-1] - mid[-1])]])
 
 
-def _figures(out, methods, grids, nosig, valid, grid_ps, grid_pp, targets, flow_sols, problem, traj, cells,
-             case_index, mix, unit) -> list[Path]:
+def _save_figure_data(out, methods, grids, nosig, valid, grid_ps, grid_pp, targets, flow_sols, problem, traj,
+                      cells, case_index, mix) -> None:
+    """Save what the figures show (`figures.npz`): the ratio grids and, for the representative
+    cells, the flow's probability of success and of the partial patterns over time."""
+    from .plotting import save_figure_data
+
+    ts_all = np.asarray(flow_sols.ts[0], dtype=float)
+    succ, part_idx = problem.success_pattern, list(problem.partial_patterns)
+    trajectories = {}
+    for r, (i, j) in enumerate(traj):
+        c = cells.index((i, j))
+        entry = {"cell": [i, j]}
+        for col, pname in enumerate(PARAMETERISATIONS):
+            curves = {}
+            for s, sname in enumerate(("binary", "partial")):
+                ci = case_index(col, s, c)
+                mass = np.asarray(problem.pattern_mass(flow_sols.probs[ci, :, 0, :]))
+                curves[sname] = {"success": mass[:, succ], "partial": mass[:, part_idx].sum(axis=1),
+                                 "hit": float(flow_sols.target_times[ci, -1])}
+            entry[pname] = curves
+        trajectories[f"{r}"] = entry
+    save_figure_data(out, {
+        "study": "partial-credit", "methods": list(methods), "targets": list(targets), "mix": mix,
+        "p_success": np.asarray(grid_ps), "p_partial": np.asarray(grid_pp), "valid": np.asarray(valid),
+        "grids": {k: {p: {f"{ti}": grids[(k, p, t)] for ti, t in enumerate(targets)} for p in PARAMETERISATIONS}
+                  for k in methods},
+        "no_update": {k: {p: nosig[(k, p)] for p in PARAMETERISATIONS} for k in methods},
+        "ts": ts_all, "trajectories": trajectories,
+    })
+
+
+def _ratio_boundary(ax, g: np.ndarray, valid: np.ndarray, x_edges: np.ndarray, y_edges: np.ndarray) -> bool:
+    """Draw the ratio-1 boundary along cell edges: between neighbouring cells where partial
+    credit is faster (ratio < 1, or only partial credit gets there) on one side and not on
+    the other (cells where neither gets there, or off the valid grid, have no side).
+    Returns whether any edge was drawn."""
+    side = np.where(valid & ~np.isnan(g), np.where(g < 1, 1.0, 0.0), np.nan)
+    segments = []
+    for i in range(side.shape[0]):
+        for j in range(side.shape[1]):
+            if np.isnan(side[i, j]):
+                continue
+            if i + 1 < side.shape[0] and not np.isnan(side[i + 1, j]) and side[i + 1, j] != side[i, j]:
+                segments.append(([x_edges[j], x_edges[j + 1]], [y_edges[i + 1]] * 2))
+            if j + 1 < side.shape[1] and not np.isnan(side[i, j + 1]) and side[i, j + 1] != side[i, j]:
+                segments.append(([x_edges[j + 1]] * 2, [y_edges[i], y_edges[i + 1]]))
+    for xs, ys in segments:
+        ax.plot(xs, ys, color="black", lw=2.2, solid_capstyle="projecting")
+    return bool(segments)
+
+
+def plot_partial_credit(out: Path) -> list[Path]:
+    """Draw the partial-credit figures from the data saved in `out`.
+
+    **Arguments:**
+
+    - `out`: the study's result folder (with `figures.npz`).
+
+    **Returns:** the paths of the figures written (`phase_<target>.png` per target,
+    `trajectories.png`).
+    """
     import matplotlib.pyplot as plt
     from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
+    from .plotting import load_figure_data
+
+    out = Path(out)
+    d = load_figure_data(out)
+    methods, targets, mix = list(d["methods"]), [float(t) for t in d["targets"]], d["mix"]
+    grid_ps, grid_pp, valid = np.atleast_1d(d["p_success"]), np.atleast_1d(d["p_partial"]), d["valid"]
     cap = 2.0  # colour range: ratio in [1/100, 100]
     paths = []
-    for tgt in targets:
-        fig, axes = plt.subplots(len(methods), 2, figsize=(13, 3.9 * len(methods) + 0.8), layout="constrained",
+    x_edges, y_edges = _edges(grid_pp), _edges(grid_ps)
+    for ti, tgt in enumerate(targets):
+        fig, axes = plt.subplots(len(methods), 2, figsize=(13, 3.9 * len(methods) + 1.6), layout="constrained",
                                  squeeze=False)
         mesh = None
         for r, k in enumerate(methods):
             for c, pname in enumerate(PARAMETERISATIONS):
                 ax = axes[r, c]
-                g = grids[(k, pname, tgt)]
+                g = d["grids"][k][pname][f"{ti}"]
                 with np.errstate(divide="ignore"):
                     z = np.clip(np.log10(g), -cap, cap)
                 z = np.ma.masked_invalid(np.where(valid, z, np.nan))
-                mesh = ax.pcolormesh(_edges(grid_pp), _edges(grid_ps), z, cmap="coolwarm",
-                                     norm=TwoSlopeNorm(0.0, -cap, cap), shading="flat")
+                mesh = ax.pcolormesh(x_edges, y_edges, z, cmap="coolwarm", norm=TwoSlopeNorm(0.0, -cap, cap),
+                                     shading="flat")
                 ax.set_facecolor("white")  # nan (neither gets there) and invalid cells: hatched white
                 ax.patch.set_hatch("///")
                 ax.patch.set_edgecolor("0.75")
                 ax.set(xscale="log", yscale="log", xlabel="initial probability of each partial pattern",
                        ylabel="initial success probability",
                        title=f"{_method_label(k)}, {pname}{f' (mix {mix:g})' if pname == 'log-linear' else ''}")
-                if z.count() and z.min() < 0 < z.max() and len(grid_ps) > 1 and len(grid_pp) > 1:
-                    ax.contour(grid_pp, grid_ps, z, levels=[0.0], colors="black", linewidths=1.8)
+                _ratio_boundary(ax, g, valid, x_edges, y_edges)
                 for i, a in enumerate(grid_ps):
                     for j, b in enumerate(grid_pp):
                         if valid[i, j]:
-                            ax.text(b, a, _cell_text(g[i, j]), ha="center", va="center", fontsize=6)
-                    frac = nosig[(k, pname)][i].max() if k != "flow" else 0.0
+                            ax.text(b, a, _cell_text(g[i, j]), ha="center", va="center", fontsize=8)
+                    frac = np.nanmax(d["no_update"][k][pname][i]) if k != "flow" else 0.0
                     if frac > 0:  # depends on p_success only: one label per row, right of the panel
                         ax.annotate(f"∅ {frac:.0%}", (1.0, a), xycoords=("axes fraction", "data"),
-                                    xytext=(3, 0), textcoords="offset points", va="center", fontsize=7,
+                                    xytext=(3, 0), textcoords="offset points", va="center", fontsize=8,
                                     color="C2")
         assert mesh is not None
         cb = fig.colorbar(mesh, ax=axes, shrink=0.5, label="log10(time_partial / time_binary)")
         cb.set_ticks([-2, -1, 0, 1, 2])
-        fig.suptitle(f"Time to success probability {tgt:g}: partial credit / binary credit (blue: partial credit "
-                     "faster; black line: ratio 1)\nP: only partial credit gets there, B: only binary, -: neither "
-                     "(hatched); green ∅ x%: seeds in which binary credit never updated (no group sampled a success)")
+        handles = [Line2D([], [], color="black", lw=2.2, label="ratio 1 (between cells)"),
+                   Patch(facecolor="white", hatch="///", edgecolor="0.75", label="-: neither gets there"),
+                   Line2D([], [], ls="none", marker="$P$", color="black", label="P: only partial credit gets there"),
+                   Line2D([], [], ls="none", marker="$B$", color="black", label="B: only binary credit gets there")]
+        if any(k != "flow" for k in methods):
+            handles.append(Line2D([], [], ls="none", marker="$∅$", color="C2",
+                                  label="∅ x%: seeds in which binary credit never updated (no group sampled a success)"))
+        fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize="small")
+        fig.suptitle(f"Time to success probability {tgt:g}: partial credit / binary credit\n(cell text: the ratio; "
+                     "blue: partial credit faster, red: slower)")
         path = out / f"phase_{tgt:g}.png"
         save_figure(fig, path, dpi=110)
         paths.append(path)
 
     # Representative trajectories (exact flow), from the grid run.
-    fig, axes = plt.subplots(len(traj), 2, figsize=(12, 3.6 * len(traj) + 0.5), layout="constrained",
+    traj = d["trajectories"]
+    ts_all = d["ts"]
+    fig, axes = plt.subplots(len(traj), 2, figsize=(12, 3.6 * len(traj) + 1.4), layout="constrained",
                              squeeze=False)
-    ts_all = np.asarray(flow_sols.ts[0], dtype=float)
-    succ, part_idx = problem.success_pattern, list(problem.partial_patterns)
-    for r, (i, j) in enumerate(traj):
-        c = cells.index((i, j))
+    colors = {"binary": "C0", "partial": "C3"}
+    for r in range(len(traj)):
+        entry = traj[f"{r}"]
+        i, j = (int(v) for v in entry["cell"])
         for col, pname in enumerate(PARAMETERISATIONS):
             ax = axes[r, col]
-            g = grids[("flow", pname, targets[-1])][i, j]
-            hits = [float(flow_sols.target_times[case_index(col, s, c), -1]) for s in (0, 1)]
+            g = d["grids"]["flow"][pname][f"{len(targets) - 1}"][i, j]
+            curves = entry[pname]
+            hits = [float(curves[s]["hit"]) for s in ("binary", "partial")]
             finite = [h for h in hits if math.isfinite(h) and h > 0]
             t_max = 3 * max(finite) if finite else ts_all[-1]
             keep = (ts_all > 1e-5 * t_max) & (ts_all <= t_max)
-            for s, (sname, color) in enumerate((("binary", "C0"), ("partial", "C3"))):
-                ci = case_index(col, s, c)
-                mass = np.asarray(problem.pattern_mass(flow_sols.probs[ci, :, 0, :]))
-                ps, pp = mass[:, succ], mass[:, part_idx].sum(axis=1)
-                ax.plot(ts_all[keep], ps[keep], color=color, lw=1.8, label=f"p(success), {sname} credit")
-                ax.plot(ts_all[keep], pp[keep], color=color, lw=1.2, ls="--",
-                        label=f"p(partial patterns), {sname} credit")
+            for s, sname in enumerate(("binary", "partial")):
+                color = colors[sname]
+                ps, pp = curves[sname]["success"], curves[sname]["partial"]
+                ax.plot(ts_all[keep], ps[keep], color=color, lw=1.8)
+                ax.plot(ts_all[keep], pp[keep], color=color, lw=1.2, ls="--")
                 if math.isfinite(hits[s]) and hits[s] > 0:
                     ax.axvline(hits[s], color=color, lw=0.9, ls=":")
                 stall = (pp > 0.5) & (ps < 0.1) & keep
                 if s == 1 and g > 1 and stall.any():  # partial credit hurts: shade its stall
                     idx = np.flatnonzero(stall)
-                    ax.axvspan(ts_all[idx[0]], ts_all[idx[-1]], color=color, alpha=0.08,
-                               label="stall on partial outputs")
+                    ax.axvspan(ts_all[idx[0]], ts_all[idx[-1]], color=color, alpha=0.08)
             ax.set(xscale="log", yscale="log", ylim=(1e-5, 1.5), xlabel="flow time", ylabel="probability",
-                   title=f"{pname}: p_success={grid_ps[i]:g}, p_partial={grid_pp[j]:g} each (ratio {_cell_text(g)})")
+                   title=f"{pname}: p_success = {grid_ps[i]:g}, p_partial = {grid_pp[j]:g} each "
+                         f"(ratio {_cell_text(g)})")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize="x-small", loc="lower left")
-    fig.suptitle("Exact flow: probability of success (solid) and of the partial patterns (dashed) under binary "
-                 f"(blue) and partial (red) credit; dotted: time to success {targets[-1]:g}")
+    handles = [Line2D([], [], color="C0", lw=1.8, label="binary credit"),
+               Line2D([], [], color="C3", lw=1.8, label="partial credit"),
+               Line2D([], [], color="0.3", lw=1.8, label="p(success)"),
+               Line2D([], [], color="0.3", lw=1.2, ls="--", label="p(partial patterns)"),
+               Line2D([], [], color="0.3", lw=0.9, ls=":", label=f"time to success {targets[-1]:g}"),
+               Patch(color="C3", alpha=0.15, label="stall on partial outputs (partial credit)")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=6, fontsize="small")
+    fig.suptitle("Exact flow: probability of success and of the partial patterns,\nunder binary and partial credit")
     path = out / "trajectories.png"
     save_figure(fig, path, dpi=110)
     paths.append(path)

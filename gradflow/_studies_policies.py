@@ -260,7 +260,18 @@ def run_token_credit(cfg: dict, out: Path, quick: bool) -> dict:
           f"reward of y*, y_med and the most likely sequences ({min(max(2, n_err), n)} in all) moved by "
           f"+-{shift:g}.")
     print(table(shown, columns))
-    figures = _token_figures(runs, maps, med_values, best_values, prob, target, out)
+    from .plotting import save_figure_data
+
+    save_figure_data(out, {
+        "study": "token-credit", "target": target, "best_reward": prob["best_reward"],
+        "mediocre_reward": prob["mediocre_reward"], "best_values": np.asarray(best_values),
+        "med_values": np.asarray(med_values),
+        "runs": {scen: {name: {kind: {"time": np.asarray(runs[(scen, name, kind)].ts),
+                                      "true_reward": np.asarray(runs[(scen, name, kind)].true_reward)}
+                               for kind in ("true", "proxy")} for name in PARAMETERISATIONS} for scen in SCENARIOS},
+        "maps": {scen: {name: _label_code(maps[(scen, name)]) for name in PARAMETERISATIONS} for scen in SCENARIOS},
+    })
+    figures = plot_token_credit(out)
     print(f"Solved {sum(len(setups[s][3]) for s in SCENARIOS) * len(PARAMETERISATIONS)} runs in {elapsed:.1f} s (compilation included).")
     print(f"Results in {out.resolve()}/:")
     for path in [out / "summary.csv", out / "map.csv", *figures]:
@@ -268,26 +279,43 @@ def run_token_credit(cfg: dict, out: Path, quick: bool) -> dict:
     return {"rows": rows, "figures": figures, "solutions": runs, "maps": maps}
 
 
-def _token_figures(runs, maps, med_values, best_values, prob, target, out: Path) -> list[Path]:
+def plot_token_credit(out: Path) -> list[Path]:
+    """Draw the token-credit figures from the data saved in `out`.
+
+    **Arguments:**
+
+    - `out`: the study's result folder (with `figures.npz`).
+
+    **Returns:** the paths of the figures written (`true_reward.png`, `categorization_map.png`).
+    """
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
+    from .plotting import load_figure_data
+
+    out = Path(out)
+    d = load_figure_data(out)
+    target = d["target"]
     colors = {"flat": "C0", "prefix": "C1", "bigram": "C2"}
-    fig, axes = plt.subplots(1, len(SCENARIOS), figsize=(12, 4.5), layout="constrained", sharey=True)
+    # The three parameterisations can coincide: wide pale lines under narrower ones.
+    widths = {"flat": 3.6, "prefix": 2.2, "bigram": 1.2}
+    fig, axes = plt.subplots(1, len(SCENARIOS), figsize=(12, 4.8), layout="constrained", sharey=True)
     for ax, scen in zip(axes, SCENARIOS, strict=True):
         for name in PARAMETERISATIONS:
             for kind, ls in (("true", "-"), ("proxy", "--")):
-                sol = runs[(scen, name, kind)]
-                t, vals = np.asarray(sol.ts), np.asarray(sol.true_reward)
+                run = d["runs"][scen][name][kind]
+                t, vals = run["time"], run["true_reward"]
                 keep = t > 0
                 label = f"{name}, trained on {'true reward' if kind == 'true' else 'demoting proxy'}"
-                ax.plot(t[keep], vals[keep], ls=ls, color=colors[name], lw=1.6, label=label)
-        ax.axhline(target, color="grey", lw=0.8, ls=":")
-        ax.set(xscale="log", xlabel="flow time", title=f"y_med {'shares a prefix with' if scen == 'shared' else 'apart from'} y*")
+                ax.plot(t[keep], vals[keep], ls=ls, color=colors[name], lw=widths[name],
+                        alpha=0.85 if name != "bigram" else 1.0, label=label)
+        ax.axhline(target, color="grey", lw=0.8, ls=":", label=f"target {target:g}")
+        ax.set(xscale="log", xlabel="flow time",
+               title=f"y_med {'shares a prefix with' if scen == 'shared' else 'apart from'} y*")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("expected true reward")
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize="small")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=4, fontsize="small")
     fig.suptitle("Token-level stalling: true reward vs time under three parameterisations")
     paths = [out / "true_reward.png"]
     save_figure(fig, paths[0], dpi=120)
@@ -297,16 +325,16 @@ def _token_figures(runs, maps, med_values, best_values, prob, target, out: Path)
     for i, scen in enumerate(SCENARIOS):
         for j, name in enumerate(PARAMETERISATIONS):
             ax = axes[i, j]
-            ax.pcolormesh(best_values, med_values, _label_code(maps[(scen, name)]), cmap=cmap, vmin=-0.5,
+            ax.pcolormesh(d["best_values"], d["med_values"], d["maps"][scen][name], cmap=cmap, vmin=-0.5,
                           vmax=len(LABEL_COLORS) - 0.5, shading="nearest")
-            ax.plot(prob["best_reward"], prob["mediocre_reward"], marker="*", color="black", ms=10, ls="none")
+            ax.plot(d["best_reward"], d["mediocre_reward"], marker="*", color="gold", mec="black", ms=14, ls="none")
             ax.set_title(f"{name}, y_med {'shared prefix' if scen == 'shared' else 'apart'}", fontsize="medium")
             if i == len(SCENARIOS) - 1:
                 ax.set_xlabel("proxy reward of y*")
             if j == 0:
                 ax.set_ylabel("proxy reward of y_med")
     handles = [Patch(color=c, label=k) for k, c in LABEL_COLORS.items()]
-    handles.append(plt.Line2D([], [], marker="*", color="black", ls="none", ms=10, label="the true reward"))
+    handles.append(plt.Line2D([], [], marker="*", color="gold", mec="black", ls="none", ms=14, label="the true reward"))
     fig.legend(handles=handles, loc="outside lower center", ncol=5, fontsize="small")
     fig.suptitle(f"Categorisation of proxy rewards (time to true reward {target:g}, exact flow)")
     paths.append(out / "categorization_map.png")
@@ -386,7 +414,6 @@ def canonical_errors(r_true: np.ndarray, shift: float, best: int, mediocre: int)
 
 
 def run_neural_policy(cfg: dict, out: Path, quick: bool) -> dict:
-    import matplotlib.pyplot as plt
 
     prob, mc, an = cfg["problem"], cfg["model"], cfg["analysis"]
     probs, r_true = np.array(prob["initial_probs"]), np.array(prob["true_reward"])
@@ -445,32 +472,64 @@ def run_neural_policy(cfg: dict, out: Path, quick: bool) -> dict:
           f"{same} of {len(rows)} canonical errors get the same label under both policies; the instantaneous lens "
           f"agrees with the neural policy's labels on {cats['neural'].agreement:.0%} of them.")
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
-    for (name, kind), sol in runs.items():
-        t, vals = np.asarray(sol.ts), np.asarray(sol.true_reward)
-        keep = t > 0
-        axes[0].plot(t[keep], vals[keep], color="C0" if name == "tabular" else "C1", ls="-" if kind == "true" else "--",
-                     lw=1.6, label=f"{name}, trained on {'true reward' if kind == 'true' else 'proxy demoting y_med'}")
-    axes[0].axhline(target, color="grey", lw=0.8, ls=":")
-    axes[0].set(xscale="log", xlabel="flow time", ylabel="expected true reward", title="true reward vs time")
-    axes[0].grid(alpha=0.3)
-    axes[0].legend(fontsize="small", loc="lower right")
-    from matplotlib.colors import ListedColormap
-    from matplotlib.patches import Patch
+    from .plotting import save_figure_data
 
-    grid = np.stack([_label_code(np.array([r[f"{name}_label"] for r in rows])) for name in policies], axis=1)
-    axes[1].imshow(grid, cmap=ListedColormap(list(LABEL_COLORS.values())), vmin=-0.5,
-                   vmax=len(LABEL_COLORS) - 0.5, aspect="auto")
-    axes[1].set_xticks(range(len(policies)), [f"{name} policy" for name in policies])
-    axes[1].set_yticks(range(len(rows)), [r["error"] for r in rows], fontsize="small")
-    axes[1].set_title(f"label of each error ({same} of {len(rows)} the same)")
-    axes[1].legend(handles=[Patch(color=c, label=k) for k, c in LABEL_COLORS.items()], fontsize="small",
-                   loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
-    fig.suptitle("Does an MLP policy categorise reward errors as the tabular policy does?")
-    figures = [out / "neural_policy.png"]
-    save_figure(fig, figures[0], dpi=120)
+    save_figure_data(out, {
+        "study": "neural-policy", "target": target, "policies": list(policies), "errors": [r["error"] for r in rows],
+        "labels": np.stack([_label_code(np.array([r[f"{name}_label"] for r in rows])) for name in policies], axis=1),
+        "runs": {name: {kind: {"time": np.asarray(runs[(name, kind)].ts),
+                               "true_reward": np.asarray(runs[(name, kind)].true_reward)}
+                        for kind in ("true", "demote")} for name in policies},
+    })
+    figures = plot_neural_policy(out)
     print(f"Solved {2 * (len(rows) + 3)} runs in {elapsed:.1f} s (compilation and the fit included).")
     print(f"Results in {out.resolve()}/:")
     for path in [out / "summary.csv", *figures]:
         print(f"  {path.name}")
     return {"rows": rows, "figures": figures, "solutions": runs, "categorizations": cats, "fit_residual": residual}
+
+
+def plot_neural_policy(out: Path) -> list[Path]:
+    """Draw the neural-policy figure from the data saved in `out`.
+
+    **Arguments:**
+
+    - `out`: the study's result folder (with `figures.npz`).
+
+    **Returns:** the paths of the figures written (`neural_policy.png`).
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    from .plotting import load_figure_data
+
+    out = Path(out)
+    d = load_figure_data(out)
+    target, policies, errors, grid = d["target"], list(d["policies"]), list(d["errors"]), d["labels"]
+    same = int(np.sum(np.all(grid == grid[:, :1], axis=1)))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
+    for name in policies:
+        for kind in ("true", "demote"):
+            run = d["runs"][name][kind]
+            keep = run["time"] > 0
+            axes[0].plot(run["time"][keep], run["true_reward"][keep], color="C0" if name == "tabular" else "C1",
+                         ls="-" if kind == "true" else "--", lw=1.6,
+                         label=f"{name}, trained on {'true reward' if kind == 'true' else 'proxy demoting y_med'}")
+    axes[0].axhline(target, color="grey", lw=0.8, ls=":", label=f"target {target:g}")
+    axes[0].set(xscale="log", xlabel="flow time", ylabel="expected true reward", title="true reward vs time")
+    axes[0].grid(alpha=0.3)
+    axes[0].legend(fontsize="small", loc="upper left", bbox_to_anchor=(0.0, -0.14), ncol=2, borderaxespad=0)
+    axes[1].imshow(grid, cmap=ListedColormap(list(LABEL_COLORS.values())), vmin=-0.5,
+                   vmax=len(LABEL_COLORS) - 0.5, aspect="auto")
+    axes[1].set_xticks(range(len(policies)), [f"{name} policy" for name in policies])
+    axes[1].set_yticks(range(len(errors)), errors, fontsize="small")
+    axes[1].set_xlabel("policy")
+    axes[1].set_ylabel("canonical reward error")
+    axes[1].set_title(f"label of each error ({same} of {len(errors)} the same)")
+    axes[1].legend(handles=[Patch(color=c, label=k) for k, c in LABEL_COLORS.items()], fontsize="small",
+                   loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    fig.suptitle("Does an MLP policy categorise reward errors as the tabular policy does?")
+    figures = [out / "neural_policy.png"]
+    save_figure(fig, figures[0], dpi=120)
+    return figures

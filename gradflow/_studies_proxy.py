@@ -152,7 +152,8 @@ def run_proxy_design(cfg: dict, out: Path, quick: bool) -> dict:
         write_csv(out / "partial_credit.csv", credit_rows)
     elapsed = time.perf_counter() - start
 
-    figures = _plot(out, rows, acc, cat, at_eps, credit_rows, problem, partial, p_success, p_partial, target, eps)
+    _save_figure_data(out, rows, acc, cat, at_eps, credit_rows, p_success, p_partial, target, eps)
+    figures = plot_proxy_design(out)
     _print(rows, acc, cat, at_eps, credit_rows, var_true, target, t1, eps, quick, elapsed, out, figures,
            pc["parameterisation"])
     return {"front": rows, "accuracy": acc, "categorization": cat, "designs": designs, "partial_credit": credit_rows,
@@ -199,31 +200,63 @@ def _spearman(a, b) -> float:
     return float(scipy.stats.spearmanr(a[finite], b[finite]).statistic)
 
 
-def _plot(out, rows, acc, cat, at_eps, credit_rows, problem, partial, p_success, p_partial, target, eps):
+def _save_figure_data(out, rows, acc, cat, at_eps, credit_rows, p_success, p_partial, target, eps) -> None:
+    """Save what the figures show (`figures.npz`)."""
+    from .plotting import save_figure_data
+
+    values = np.array([np.mean([v for k, v in r.items() if k.startswith("credit_")]) for r in credit_rows])
+    save_figure_data(out, {
+        "study": "proxy-design", "target": target, "eps": eps,
+        "budget": [r["budget"] for r in rows], "time_any": [r["time_any"] for r in rows],
+        "time_order": [r["time_order"] for r in rows], "reference_time": rows[0]["reference_time"],
+        "accuracy": np.asarray(acc), "time": np.asarray(cat.time),
+        "label": np.array([list(LABELS).index(str(x)) for x in np.asarray(cat.label)]),
+        "random_reference_time": float(cat.reference_time),
+        "designed": [float(at_eps.accuracy), float(at_eps.time)],
+        "p_success": list(p_success), "p_partial": list(p_partial),
+        "credit": values.reshape(len(p_success), len(p_partial)),
+        "recommend": [str(r["recommend"]) for r in credit_rows],
+    })
+
+
+def plot_proxy_design(out: Path) -> list[Path]:
+    """Draw the proxy-design figures from the data saved in `out`.
+
+    **Arguments:**
+
+    - `out`: the study's result folder (with `figures.npz`).
+
+    **Returns:** the paths of the figures written (`proxy_design_front.png`,
+    `proxy_design_credit.png`).
+    """
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), layout="constrained")
-    b = [r["budget"] for r in rows]
+    from .plotting import load_figure_data
+
+    out = Path(out)
+    d = load_figure_data(out)
+    target, eps = d["target"], d["eps"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
     ax = axes[0]
-    ax.plot(b, [r["time_any"] for r in rows], "o-", color="C0", ms=11, mfc="none", label="designed proxy")
-    ax.plot(b, [r["time_order"] for r in rows], "x--", color="C1", ms=7, label="designed, order-preserving")
-    ax.axhline(rows[0]["reference_time"], color="black", lw=1, ls=":", label="true reward")
+    ax.plot(d["budget"], d["time_any"], "o-", color="C0", ms=11, mfc="none", label="designed proxy")
+    ax.plot(d["budget"], d["time_order"], "x--", color="C1", ms=7, label="designed, order-preserving")
+    ax.axhline(d["reference_time"], color="black", lw=1, ls=":", label="true reward")
     ax.set(xscale="log", yscale="log", xlabel="L-inf budget around the true reward",
            ylabel=f"flow time to true reward {target:g}", title="(i, ii) the fastest proxy within a budget")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize="small", loc="lower left")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(0.0, -0.16), ncol=3, borderaxespad=0)
 
     ax = axes[1]
+    acc, time_, label = d["accuracy"], d["time"], d["label"]
     rng = np.random.default_rng(0)
     jitter = (rng.random(acc.size) - 0.5) * 0.02
-    finite = np.isfinite(cat.time)
-    for name, color in ((n, LABEL_COLORS[n]) for n in LABELS):
-        sel = (cat.label == name) & finite
-        ax.scatter(acc[sel] + jitter[sel], cat.time[sel], s=6, color=color, alpha=0.5, lw=0)
-    ax.scatter([float(at_eps.accuracy)], [float(at_eps.time)], marker="*", s=220, color="C0", edgecolor="black",
-               zorder=3)
-    ax.axhline(cat.reference_time, color="black", lw=1, ls=":")
+    finite = np.isfinite(time_)
+    for k, name in enumerate(LABELS):
+        sel = (label == k) & finite
+        ax.scatter(acc[sel] + jitter[sel], time_[sel], s=6, color=LABEL_COLORS[name], alpha=0.5, lw=0)
+    ax.scatter([d["designed"][0]], [d["designed"][1]], marker="*", s=220, color="C0", edgecolor="black", zorder=3)
+    ax.axhline(d["random_reference_time"], color="black", lw=1, ls=":")
     ax.set(yscale="log", xlabel="ranking accuracy (Acc) of the proxy", ylabel=f"flow time to true reward {target:g}",
            title=f"(i) time against accuracy: {acc.size} random proxies within L-inf {eps:g}")
     ax.grid(alpha=0.3)
@@ -235,9 +268,8 @@ def _plot(out, rows, acc, cat, at_eps, credit_rows, problem, partial, p_success,
     save_figure(fig, front, dpi=120)
 
     # (iii) the learned credit per partial pattern, averaged over the partial patterns.
-    values = np.array([[np.mean([v for k, v in r.items() if k.startswith("credit_")]) for r in credit_rows]])
-    values = values.reshape(len(p_success), len(p_partial))
-    rec = np.array([r["recommend"] for r in credit_rows]).reshape(len(p_success), len(p_partial))
+    p_success, p_partial, values = np.atleast_1d(d["p_success"]), np.atleast_1d(d["p_partial"]), d["credit"]
+    rec = np.array(d["recommend"]).reshape(values.shape)
     fig, ax = plt.subplots(figsize=(6.4, 4.8), layout="constrained")
     lim = max(1e-9, float(np.max(np.abs(values))))
     im = ax.imshow(values, cmap="RdBu", vmin=-lim, vmax=lim, origin="lower", aspect="auto")

@@ -678,7 +678,8 @@ def run_rm_metrics(cfg: dict, out: Path, quick: bool) -> dict:
     write_csv(out / "correlations.csv", rows)
     write_csv(out / "correlations_by_family.csv", by_family)
     write_csv(out / "proxies.csv", proxy_rows)
-    figures = _figures(out, per_policy, rows, pol["names"], budgets, px["families"])
+    _save_figure_data(out, per_policy, rows, pol["names"], budgets, px["families"])
+    figures = plot_rm_metrics(out)
     _print_report(cfg, quick, setting, info, per_policy, rows, by_family, budgets, n_boot, sim_time, corr_time)
     print(f"Results in {out.resolve()}/:")
     for p in ["correlations.csv", "correlations_by_family.csv", "proxies.csv", *[f.name for f in figures]]:
@@ -796,49 +797,97 @@ def _print_report(cfg, quick, setting, info, per_policy, rows, by_family, budget
 # ----------------------------------------------------------------------------- figures
 
 
-def _figures(out: Path, per_policy: dict, rows: list[dict], names, budgets, families) -> list[Path]:
+SHOWN_VS_BUDGET = ("acc", "hacc_w", "ovm_hacc", "reward_variance", "rate_tabular", "rate_loglinear")
+
+
+def _save_figure_data(out: Path, per_policy: dict, rows: list[dict], names, budgets, families) -> None:
+    """Save what the figures show (`figures.npz`): the correlation table, the correlation of
+    each shown metric at every recorded budget, and the metric values and gains behind the
+    scatter plots."""
+    from .plotting import save_figure_data
+
+    lookup = {(r["metric"], r["pairs"], r["method"]): r for r in rows}
+    labels = [_label(*s) for s in _settings(names, budgets)]
+    every = math.gcd(*budgets)
+    b = budgets[-1]
+    data: dict = {
+        "study": "rm-metrics", "names": list(names), "budgets": list(budgets), "families": list(families),
+        "settings": labels,
+        "spearman": np.array([[lookup[(m, s, lab)]["spearman"] for lab in labels] for s in PAIR_SETS for m in METRICS]),
+        "policies": {},
+    }
+    for nm in names:
+        d = per_policy[nm]
+        traj = d["runs"]["exact"][0]
+        fam = np.asarray(d["pop"].family)
+        entry = {
+            "steps": np.arange(1, traj.shape[1]) * every,
+            "gain": np.asarray(d["outcomes"][("exact", b)]),
+            "family": np.array([list(families).index(f) for f in fam]),
+        }
+        for s in PAIR_SETS:
+            entry[s] = {
+                "vs_budget": {m: np.array([spearman(d["metrics"][s][m], traj[:, t] - traj[:, 0])
+                                           for t in range(1, traj.shape[1])]) for m in SHOWN_VS_BUDGET},
+                "metric": {m: np.asarray(d["metrics"][s][m]) for m in METRICS},
+                "spearman": np.array([lookup[(m, s, _label("exact", nm, b))]["spearman"] for m in METRICS]),
+                "kendall": np.array([lookup[(m, s, _label("exact", nm, b))]["kendall"] for m in METRICS]),
+            }
+        data["policies"][nm] = entry
+    save_figure_data(out, data)
+
+
+def plot_rm_metrics(out: Path) -> list[Path]:
+    """Draw the rm-metrics figures from the data saved in `out`.
+
+    **Arguments:**
+
+    - `out`: the study's result folder (with `figures.npz`).
+
+    **Returns:** the paths of the figures written: `correlation_heatmap.png`,
+    `correlation_vs_budget.png`, and one `scatter_<initial policy>_<pair set>.png` per
+    initial policy and preference set.
+    """
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
+    from .plotting import load_figure_data
+
+    out = Path(out)
+    d = load_figure_data(out)
+    names, budgets, families = list(d["names"]), [int(b) for b in np.atleast_1d(d["budgets"])], list(d["families"])
+    labels = list(d["settings"])
     paths = []
-    lookup = {(r["metric"], r["pairs"], r["method"]): r for r in rows}
-    settings = _settings(names, budgets)
 
     # Heat map of Spearman correlations: metric x pair set (rows) by setting (columns).
-    labels = [_label(*s) for s in settings]
-    mat = np.array([[lookup[(m, s, lab)]["spearman"] for lab in labels] for s in PAIR_SETS for m in METRICS])
-    fig, ax = plt.subplots(figsize=(0.62 * len(labels) + 4.2, 0.26 * mat.shape[0] + 1.9))
-    fig.subplots_adjust(left=0.19, right=0.955, bottom=0.2, top=0.94)
+    mat = d["spearman"]
+    fig, ax = plt.subplots(figsize=(0.7 * len(labels) + 4.6, 0.3 * mat.shape[0] + 2.4), layout="constrained")
     im = ax.imshow(mat, cmap="RdBu", vmin=-1, vmax=1, aspect="auto")
     for (i, j), v in np.ndenumerate(mat):
-        ax.text(j, i, "n/a" if not np.isfinite(v) else f"{v:+.2f}", ha="center", va="center", fontsize=7,
+        ax.text(j, i, "n/a" if not np.isfinite(v) else f"{v:+.2f}", ha="center", va="center", fontsize=8,
                 color="white" if np.isfinite(v) and abs(v) > 0.6 else "black")
     ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=8)
     ax.set_yticks(range(mat.shape[0]), [f"{m} ({s})" for s in PAIR_SETS for m in METRICS], fontsize=8)
     ax.axhline(len(METRICS) - 0.5, color="black", lw=1)
     ax.set_xlabel("PG method / initial policy / budget (steps)")
-    fig.colorbar(im, ax=ax, label="Spearman correlation with the true-reward gain", fraction=0.04, pad=0.01)
-    ax.set_title("Which metric predicts the true-reward gain of policy gradient on the proxy?", fontsize=10)
+    ax.set_ylabel("metric (preference set)")
+    fig.colorbar(im, ax=ax, label="Spearman correlation of the metric\nwith the true-reward gain", fraction=0.04,
+                 pad=0.01)
+    ax.set_title("Which metric predicts the true-reward gain of policy gradient on the proxy?\n(cell text and "
+                 "colour: Spearman rank correlation across the proxy reward models)", fontsize=10)
     paths.append(out / "correlation_heatmap.png")
     save_figure(fig, paths[-1], dpi=110)
 
     # Correlation against the budget, at every recorded step (point estimates).
-    shown = ("acc", "hacc_w", "ovm_hacc", "reward_variance", "rate_tabular", "rate_loglinear")
-    every = math.gcd(*budgets)
-    fig, axes = plt.subplots(len(PAIR_SETS), len(names), figsize=(5.2 * len(names), 3.4 * len(PAIR_SETS) + 0.6),
-                             sharex=True, sharey=True, squeeze=False)
-    fig.subplots_adjust(left=0.07, right=0.99, bottom=0.14, top=0.92, wspace=0.06, hspace=0.25)
+    fig, axes = plt.subplots(len(PAIR_SETS), len(names), figsize=(5.2 * len(names), 3.4 * len(PAIR_SETS) + 1.0),
+                             sharex=True, sharey=True, squeeze=False, layout="constrained")
     for j, nm in enumerate(names):
-        d = per_policy[nm]
-        traj = d["runs"]["exact"][0]
-        steps = np.arange(1, traj.shape[1]) * every
+        pol = d["policies"][nm]
         for i, s in enumerate(PAIR_SETS):
             ax = axes[i, j]
-            for k, m in enumerate(shown):
-                xv = d["metrics"][s][m]
-                rho = [spearman(xv, traj[:, t] - traj[:, 0]) for t in range(1, traj.shape[1])]
-                ax.plot(steps, rho, color=f"C{k}", lw=1.5, label=m)
+            for k, m in enumerate(SHOWN_VS_BUDGET):
+                ax.plot(pol["steps"], pol[s]["vs_budget"][m], color=f"C{k}", lw=1.5, label=m)
             ax.axhline(0, color="black", lw=0.6)
             for b in budgets:
                 ax.axvline(b, color="grey", lw=0.6, ls=":")
@@ -851,42 +900,49 @@ def _figures(out: Path, per_policy: dict, rows: list[dict], names, budgets, fami
                 ax.set_ylabel("Spearman(metric, gain)")
             ax.grid(alpha=0.3)
     handles, labs = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labs, loc="lower center", ncol=len(shown), fontsize=8, frameon=False)
+    handles.append(Line2D([], [], color="grey", lw=0.6, ls=":"))
+    labs.append("budgets in the tables")
+    fig.legend(handles, labs, loc="outside lower center", ncol=len(labs), fontsize=8, frameon=False)
     fig.suptitle("How well each metric predicts the true-reward gain, as a function of the training budget",
                  fontsize=10)
     paths.append(out / "correlation_vs_budget.png")
     save_figure(fig, paths[-1], dpi=110)
 
-    # Scatter grid: one row per (initial policy, preference set), one column per metric;
+    # Scatter plots, one figure per (initial policy, preference set), one panel per metric;
     # the outcome is the exact-gradient gain at the last budget.
     colors = {f: f"C{i}" for i, f in enumerate(families)}
     b = budgets[-1]
-    grid = [(nm, s) for nm in names for s in PAIR_SETS]
-    fig, axes = plt.subplots(len(grid), len(METRICS), figsize=(1.9 * len(METRICS), 1.9 * len(grid) + 0.9),
-                             sharey="row", squeeze=False)
-    fig.subplots_adjust(left=0.045, right=0.995, bottom=0.1, top=0.92, wspace=0.12, hspace=0.55)
-    for i, (nm, s) in enumerate(grid):
-        d = per_policy[nm]
-        y = d["outcomes"][("exact", b)]
-        fam = d["pop"].family
-        for j, m in enumerate(METRICS):
-            ax = axes[i, j]
-            xv = d["metrics"][s][m]
-            for f in families:
-                sel = fam == f
-                ax.plot(xv[sel], y[sel], ".", ms=2.5, alpha=0.6, color=colors[f])
-            r = lookup[(m, s, _label("exact", nm, b))]
-            ax.set_title(f"rho_s {r['spearman']:+.2f}  tau {r['kendall']:+.2f}", fontsize=7, pad=2)
-            ax.set_xlabel(f"{m} ({s})", fontsize=7, labelpad=1)
-            ax.xaxis.set_major_locator(MaxNLocator(3))
-            ax.yaxis.set_major_locator(MaxNLocator(4))
-            ax.tick_params(labelsize=6, pad=1)
-            if j == 0:
-                ax.set_ylabel(f"{nm}: gain@{b}", fontsize=7)
-    handles = [Line2D([], [], ls="", marker="o", color=colors[f], label=f) for f in families]
-    fig.legend(handles=handles, loc="lower center", ncol=len(families), fontsize=8, frameon=False)
-    fig.suptitle(f"Metric (x) vs true-reward gain of exact-gradient SGD after {b} steps (y), one point per proxy "
-                 f"reward model; rho_s: Spearman, tau: Kendall", fontsize=10)
-    paths.append(out / "scatter.png")
-    save_figure(fig, paths[-1], dpi=100)
+    ncol = 4
+    nrow = math.ceil(len(METRICS) / ncol)
+    for nm in names:
+        pol = d["policies"][nm]
+        y, fam = pol["gain"], pol["family"]
+        for s in PAIR_SETS:
+            fig, axes = plt.subplots(nrow, ncol, figsize=(3.3 * ncol, 2.7 * nrow + 1.2), sharey=True,
+                                     squeeze=False, layout="constrained")
+            for j, m in enumerate(METRICS):
+                ax = axes.flat[j]
+                xv = pol[s]["metric"][m]
+                for fi, f in enumerate(families):
+                    sel = fam == fi
+                    ax.plot(xv[sel], y[sel], ".", ms=3.5, alpha=0.6, color=colors[f])
+                ax.set_title(f"Spearman {pol[s]['spearman'][j]:+.2f}, Kendall {pol[s]['kendall'][j]:+.2f}",
+                             fontsize=9)
+                ax.set_xlabel(m, fontsize=9)
+                ax.xaxis.set_major_locator(MaxNLocator(4))
+                ax.yaxis.set_major_locator(MaxNLocator(5))
+                ax.tick_params(labelsize=8)
+                if j % ncol == 0:
+                    ax.set_ylabel(f"true-reward gain after {b} steps", fontsize=9)
+                ax.grid(alpha=0.3)
+            for ax in axes.flat[len(METRICS):]:
+                ax.set_visible(False)
+            handles = [Line2D([], [], ls="", marker="o", color=colors[f], label=f) for f in families]
+            fig.legend(handles=handles, loc="outside lower center", ncol=len(families), fontsize=9, frameon=False,
+                       title="proxy family", title_fontsize=9)
+            fig.suptitle(f"Initial policy {nm!r}, metrics on the {s} preference set: metric (x) vs true-reward "
+                         f"gain of exact-gradient SGD after {b} steps (y),\none point per proxy reward model",
+                         fontsize=10)
+            paths.append(out / f"scatter_{nm}_{s}.png")
+            save_figure(fig, paths[-1], dpi=100)
     return paths

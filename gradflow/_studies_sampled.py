@@ -128,7 +128,6 @@ REINFORCE_SEEDS_SCHEMA = {
 
 
 def run_reinforce_seeds(cfg: dict, out: Path, quick: bool) -> dict:
-    import matplotlib.pyplot as plt
 
     from . import plotting
 
@@ -158,25 +157,17 @@ def run_reinforce_seeds(cfg: dict, out: Path, quick: bool) -> dict:
           f"{rc['baseline']!r}, SGD lr {lr:g}, {steps} steps{' (quick)' if quick else ''}; the exact "
           "columns are exact-gradient SGD with the same learning rate.")
     out.mkdir(parents=True, exist_ok=True)
-    n = len(prob["p_best"])
-    colors = {"true": "C0", "proxy": "C3"}
-    fig, axes = plt.subplots(2, n, figsize=(5 * n, 8), layout="constrained", squeeze=False)
-    for j, p in enumerate(prob["p_best"]):
-        label = {name: f"trained on {name} reward" for name in colors}
-        plotting.plot_seed_band(
-            {label[k]: summaries[(p, k)] for k in colors}, exact={label[k]: exacts[(p, k)] for k in colors},
-            targets=targets, colors={label[k]: c for k, c in colors.items()}, ax=axes[0, j],
-            title=f"initial p(y*) = {p:g}", legend=j == 0,
-        )
-        plotting.plot_time_to_reward_cdf(
-            {label[k]: summaries[(p, k)] for k in colors}, targets[0],
-            colors={label[k]: c for k, c in colors.items()},
-            exact_times={label[k]: float(time_to_reward(exacts[(p, k)], targets[0])) for k in colors},
-            ax=axes[1, j], title=f"time to true reward {targets[0]:g}, initial p(y*) = {p:g}",
-        )
-    fig.suptitle(f"REINFORCE ({seeds} seeds, {rc['samples']} sample/step, lr {lr:g}) vs the exact gradient")
-    figures = [out / "reinforce_seeds.png"]
-    save_figure(fig, figures[0], dpi=120)
+    plotting.save_figure_data(out, {
+        "study": "reinforce-seeds", "p_best": list(prob["p_best"]), "targets": list(targets), "seeds": seeds,
+        "samples": rc["samples"], "lr": lr,
+        "summaries": {f"{j}": {k: plotting.summary_to_data(summaries[(p, k)]) for k in ("true", "proxy")}
+                      for j, p in enumerate(prob["p_best"])},
+        "exact": {f"{j}": {k: plotting.Trajectory.of(exacts[(p, k)], probs=False).to_data()
+                           for k in ("true", "proxy")} for j, p in enumerate(prob["p_best"])},
+        "exact_times": {f"{j}": {k: float(time_to_reward(exacts[(p, k)], targets[0])) for k in ("true", "proxy")}
+                        for j, p in enumerate(prob["p_best"])},
+    })
+    figures = plot_reinforce_seeds(out)
 
     _report(out, rows, _shown(rows, targets),
             _columns([("p_best", "p(y*)"), ("trained_on", "trained on")], targets), figures, elapsed,
@@ -189,6 +180,47 @@ def run_reinforce_seeds(cfg: dict, out: Path, quick: bool) -> dict:
               f"{px[f'reached_{t0:g}']:.0%} do, median {fmt(px[f'time_to_{t0:g}_q0.5'], ' steps')} "
               f"(exact: {fmt(px[f'exact_time_to_{t0:g}'], ' steps')}).")
     return {"rows": rows, "figures": figures, "summaries": summaries, "exact": exacts}
+
+
+def plot_reinforce_seeds(out: Path) -> list[Path]:
+    """Draw the reinforce-seeds figure from the data saved in `out`.
+
+    **Arguments:**
+
+    - `out`: the study's result folder (with `figures.npz`).
+
+    **Returns:** the paths of the figures written (`reinforce_seeds.png`).
+    """
+    import matplotlib.pyplot as plt
+
+    from . import plotting
+
+    out = Path(out)
+    d = plotting.load_figure_data(out)
+    p_best, targets = [float(p) for p in d["p_best"]], [float(t) for t in d["targets"]]
+    n = len(p_best)
+    colors = {"true": "C0", "proxy": "C3"}
+    label = {name: f"trained on {name} reward" for name in colors}
+    fig, axes = plt.subplots(2, n, figsize=(4.8 * n, 8.4), layout="constrained", squeeze=False)
+    for j, p in enumerate(p_best):
+        summaries = {label[k]: plotting.summary_from_data(d["summaries"][f"{j}"][k]) for k in colors}
+        exacts = {label[k]: plotting.Trajectory.from_data(d["exact"][f"{j}"][k]) for k in colors}
+        plotting.plot_seed_band(
+            summaries, exact=exacts, targets=targets, colors={label[k]: c for k, c in colors.items()},
+            ax=axes[0, j], title=f"initial p(y*) = {p:g}", legend=False,
+        )
+        plotting.plot_time_to_reward_cdf(
+            summaries, targets[0], colors={label[k]: c for k, c in colors.items()},
+            exact_times={label[k]: d["exact_times"][f"{j}"][k] for k in colors},
+            ax=axes[1, j], title=f"time to true reward {targets[0]:g}, initial p(y*) = {p:g}", legend=False,
+        )
+        axes[1, j].legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(0.0, -0.16), ncol=1,
+                          borderaxespad=0)
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside right upper", fontsize="small")
+    fig.suptitle(f"REINFORCE ({d['seeds']} seeds, {d['samples']} sample/step, lr {d['lr']:g}) vs the exact gradient")
+    figures = [out / "reinforce_seeds.png"]
+    save_figure(fig, figures[0], dpi=120)
+    return figures
 
 
 # --------------------------------------------------------------------------- estimators
@@ -216,7 +248,6 @@ ESTIMATORS_SCHEMA = {
 
 
 def run_estimators(cfg: dict, out: Path, quick: bool) -> dict:
-    import matplotlib.pyplot as plt
 
     from . import plotting
 
@@ -251,25 +282,56 @@ def run_estimators(cfg: dict, out: Path, quick: bool) -> dict:
           f"{' (quick)' if quick else ''}. PPO makes {ec['ppo_epochs']} updates per batch; the exact "
           "columns are exact-gradient SGD with the same learning rate and steps.")
     out.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8), layout="constrained", squeeze=False)
-    for j, trained in enumerate(("true", "proxy")):
-        label = {name: name.upper() if name != "reinforce" else "REINFORCE" for name in ec["names"]}
-        plotting.plot_seed_band(
-            {label[n]: summaries[(n, trained)] for n in ec["names"]}, exact={"exact-gradient SGD": exacts[trained]},
-            targets=targets, colors={"exact-gradient SGD": "black"}, show_spread=False, ax=axes[0, j],
-            title=f"trained on the {trained} reward", legend=j == 0,
-        )
-        plotting.plot_time_to_reward_cdf(
-            {label[n]: summaries[(n, trained)] for n in ec["names"]}, targets[0], ax=axes[1, j],
-            title=f"time to true reward {targets[0]:g}, trained on the {trained} reward",
-        )
-    fig.suptitle(f"Four estimators, {k} samples per step, initial p(y*) = {prob['p_best']:g}")
-    figures = [out / "estimators.png"]
-    save_figure(fig, figures[0], dpi=120)
+    plotting.save_figure_data(out, {
+        "study": "estimators", "names": list(ec["names"]), "targets": list(targets), "samples": k,
+        "p_best": prob["p_best"],
+        "summaries": {n: {t: plotting.summary_to_data(summaries[(n, t)]) for t in ("true", "proxy")}
+                      for n in ec["names"]},
+        "exact": {t: plotting.Trajectory.of(exacts[t], probs=False).to_data() for t in ("true", "proxy")},
+    })
+    figures = plot_estimators(out)
     _report(out, rows, _shown(rows, targets),
             _columns([("estimator", "estimator"), ("trained_on", "trained on")], targets), figures, elapsed,
             len(rows) * seeds + 2)
     return {"rows": rows, "figures": figures, "summaries": summaries, "exact": exacts}
+
+
+def plot_estimators(out: Path) -> list[Path]:
+    """Draw the estimators figure from the data saved in `out`.
+
+    **Arguments:**
+
+    - `out`: the study's result folder (with `figures.npz`).
+
+    **Returns:** the paths of the figures written (`estimators.png`).
+    """
+    import matplotlib.pyplot as plt
+
+    from . import plotting
+
+    out = Path(out)
+    d = plotting.load_figure_data(out)
+    names, targets = list(d["names"]), [float(t) for t in d["targets"]]
+    label = {name: name.upper() if name != "reinforce" else "REINFORCE" for name in names}
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8.4), layout="constrained", squeeze=False)
+    for j, trained in enumerate(("true", "proxy")):
+        summaries = {label[n]: plotting.summary_from_data(d["summaries"][n][trained]) for n in names}
+        plotting.plot_seed_band(
+            summaries, exact={"exact-gradient SGD": plotting.Trajectory.from_data(d["exact"][trained])},
+            targets=targets, colors={"exact-gradient SGD": "black"}, show_spread=False, ax=axes[0, j],
+            title=f"trained on the {trained} reward", legend=False,
+        )
+        plotting.plot_time_to_reward_cdf(
+            summaries, targets[0], ax=axes[1, j], legend=False,
+            title=f"time to true reward {targets[0]:g}, trained on the {trained} reward",
+        )
+        axes[1, j].legend(fontsize="small", loc="upper left", bbox_to_anchor=(0.0, -0.16), ncol=2,
+                          borderaxespad=0)
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside right upper", fontsize="small")
+    fig.suptitle(f"{len(names)} estimators, {d['samples']} samples per step, initial p(y*) = {d['p_best']:g}")
+    figures = [out / "estimators.png"]
+    save_figure(fig, figures[0], dpi=120)
+    return figures
 
 
 # ------------------------------------------------------------------- feature-similarity
@@ -306,7 +368,6 @@ def similarity_features(n_outputs: int, best_norm: float, cosine: float) -> np.n
 
 
 def run_feature_similarity(cfg: dict, out: Path, quick: bool) -> dict:
-    import matplotlib.pyplot as plt
 
     from . import plotting
 
@@ -360,27 +421,56 @@ def run_feature_similarity(cfg: dict, out: Path, quick: bool) -> dict:
                 ("final_true_reward", "final true reward")]
 
     out.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
-    cmap = plt.get_cmap("plasma")
-    cos = prob["mediocre_cosines"]
-    styles = {f"cos = {c:+.2f}": {"color": cmap(0.42 + 0.42 * c), "lw": 1.6} for c in cos}
-    styles["tabular"] = {"color": "black", "ls": "--", "lw": 1.2}
-    plotting.plot_true_reward(runs, targets=targets, styles=styles, ax=axes[0],
-                              title="true reward (trained on it)")
+    plotting.save_figure_data(out, {
+        "study": "feature-similarity", "cosines": list(prob["mediocre_cosines"]), "targets": list(targets),
+        "runs": {f"{j}": plotting.Trajectory.of(sol).to_data() for j, sol in enumerate(runs.values())},
+    })
+    figures = plot_feature_similarity(out)
+    _report(out, rows, shown, columns, figures, elapsed, len(rows))
+    return {"rows": rows, "figures": figures, "solutions": runs}
+
+
+def plot_feature_similarity(out: Path) -> list[Path]:
+    """Draw the feature-similarity figure from the data saved in `out`.
+
+    **Arguments:**
+
+    - `out`: the study's result folder (with `figures.npz`).
+
+    **Returns:** the paths of the figures written (`feature_similarity.png`).
+    """
+    import matplotlib.pyplot as plt
+
+    from . import plotting
+
+    out = Path(out)
+    d = plotting.load_figure_data(out)
+    cos = [float(c) for c in np.atleast_1d(d["cosines"])]
+    labels = [f"cos = {c:+.2f}" for c in cos] + ["tabular"]
+    runs = {label: plotting.Trajectory.from_data(d["runs"][f"{j}"]) for j, label in enumerate(labels)}
+    # Distinct hues (ordered along the cosine) and line styles: curves that coincide (those
+    # that stall like the tabular policy) stay distinguishable.
+    palette = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#1f78b4"]
+    dashes = ["-", (0, (6, 2)), (0, (2, 1.5)), (0, (6, 2, 2, 2)), (0, (1, 1))]
+    styles = {f"cos = {c:+.2f}": {"color": palette[i % len(palette)], "ls": dashes[i % len(dashes)], "lw": 2.0}
+              for i, c in enumerate(cos)}
+    styles["tabular"] = {"color": "black", "ls": (0, (3, 3)), "lw": 1.2, "zorder": 3}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
+    plotting.plot_true_reward(runs, targets=[float(t) for t in np.atleast_1d(d["targets"])], styles=styles,
+                              ax=axes[0], title="true reward (trained on it)", legend=False)
     axes[0].set_xlabel("step")
     for label, sol in runs.items():
         steps_axis = np.asarray(sol.time, dtype=float)
         keep = steps_axis > 0
-        axes[1].plot(steps_axis[keep], np.asarray(sol.probs[:, 0, 0])[keep], label=f"p(y*), {label}",
-                     **styles[label])
-    axes[1].set(xscale="log", ylim=(0, 1), xlabel="step", ylabel="probability", title="probability of y*")
-    axes[1].legend(fontsize="small")
+        axes[1].plot(steps_axis[keep], np.asarray(sol.probs[:, 0, 0])[keep], label=label, **styles[label])
+    axes[1].set(xscale="log", ylim=(0, 1), xlabel="step", ylabel="probability of y*", title="probability of y*")
     axes[1].grid(alpha=0.3)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize="small",
+               title="cos(y*, y_med) features")
     fig.suptitle("Similarity of y_med's feature to y*'s decides whether the true reward stalls on y_med")
     figures = [out / "feature_similarity.png"]
     save_figure(fig, figures[0], dpi=120)
-    _report(out, rows, shown, columns, figures, elapsed, len(rows))
-    return {"rows": rows, "figures": figures, "solutions": runs}
+    return figures
 
 
 def _feature_row(sol: Solution, targets) -> dict:

@@ -282,12 +282,14 @@ def plot_dir(out: str | Path) -> list[Path]:
         axes[1].set_title(f"time to {target:g} under the proxy\n(true reward: "
                           f"{'never' if not np.isfinite(t_ref) else f'{t_ref:g}'})")
         if zoom:
-            axes[2].set_title("zoom on the true reward")
+            axes[2].set_title("zoom on the true reward (box in the left panel)")
+            y0, y1, x0, x1 = gi[si][0], gi[si][-1], gj[sj][0], gj[sj][-1]
+            axes[0].plot([x0, x1, x1, x0, x0], [y0, y0, y1, y1, y0], color="black", lw=0.8)
         handles = [Line2D([], [], marker="*", ms=14, color="gold", mec="black", ls="none", label="the true reward")]
         handles += [Patch(color=colors[k], label=k) for k in LABELS]
         if np.any(table["status"] != OK_CODE):
             handles.append(Patch(color=colors["failed"], label="failed"))
-        handles.append(Patch(color="0.93", label=f"never reaches {target:g} (right panel)"))
+        handles.append(Patch(color="0.93", label=f"never reaches {target:g} (time panel)"))
         if n_done < n_rows:
             handles.append(not_computed)
         fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize="small")

@@ -236,3 +236,21 @@ def problems(paths) -> dict:
         elif found:
             out[Path(p).name] = found
     return out
+
+
+def redraw_differences(out, figures) -> list[str]:
+    """Redraw the result folder `out` (`gradflow._studies.redraw`) and compare with the
+    `figures` its run wrote: the same files, byte for byte. Returns the differences."""
+    from pathlib import Path
+
+    from gradflow._studies import redraw
+
+    before = {Path(p).name: Path(p).read_bytes() for p in figures}
+    again = redraw(out)
+    diffs = []
+    if [Path(p).name for p in again] != [Path(p).name for p in figures]:
+        diffs.append(f"redraw wrote {[Path(p).name for p in again]}, the run {[Path(p).name for p in figures]}")
+    for p in again:
+        if Path(p).name in before and Path(p).read_bytes() != before[Path(p).name]:
+            diffs.append(f"{Path(p).name} differs after the redraw")
+    return diffs

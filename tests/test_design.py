@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from figcheck import problems as figure_problems, redraw_differences
 
 import gradflow as gf
 from gradflow import _config as C, design as D
@@ -191,4 +192,6 @@ def test_partial_credit_quick_study(tmp_path):
     for path in result["figures"]:
         assert path.stat().st_size > 0
     assert {p.name for p in result["figures"]} == {"phase_0.5.png", "phase_0.9.png", "trajectories.png"}
+    assert figure_problems(result["figures"]) == {}
+    assert redraw_differences(tmp_path, result["figures"]) == []
     assert (tmp_path / "sampled.csv").stat().st_size > 0

@@ -13,6 +13,7 @@ import numpy as np
 import optax
 import pytest
 import scipy.optimize
+from figcheck import problems as figure_problems, redraw_differences
 
 import gradflow as gf
 import gradflow._studies
@@ -256,6 +257,8 @@ def test_proxy_design_quick_shows_the_fastest_teacher(tmp_path):
     for name in ["front.csv", "accuracy.csv", "partial_credit.csv", "proxy_design_front.png",
                  "proxy_design_credit.png"]:
         assert (tmp_path / name).exists(), name
+    assert figure_problems(result["figures"]) == {}
+    assert redraw_differences(tmp_path, result["figures"]) == []
     (row,) = result["front"]
     assert row["budget"] == 1.0 and row["speedup_any"] > 10 and row["accuracy_any"] == 1.0
     assert row["time_any"] <= float(np.min(result["categorization"].time))

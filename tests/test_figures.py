@@ -144,3 +144,55 @@ def test_redraw_refuses_a_folder_without_results(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"kind": "study", "name": "no-such-study"}))
     with pytest.raises(ValueError, match="no-such-study"):
         _studies.redraw(tmp_path)
+
+
+def _synthetic_sweep(out, n: int, done: int):
+    """A `grid_2d` sweep folder of `n x n` proxies of which the first `done` rows are
+    written, with labels and times made up (no runs): for the sweep figures only."""
+    from gradflow import sweep
+
+    cfg = {"problem": {"output_names": ["y*", "y_med", "bad 1"], "true_reward": [1.0, 0.8, -1.0]},
+           "proxies": {"outputs": [1, 2]}, "analysis": {"targets": [0.9], "tolerance": 0.05},
+           "method": {"name": "sgd"}}
+    gi, gj = np.linspace(-1, 1, n), np.linspace(-2, 2, n)
+    out.mkdir()
+    (out / "sweep.json").write_text(json.dumps({"rows": n * n, "fingerprint": "synthetic",
+                                                "meta": {"config": cfg, "quick": True}}))
+    (out / "reference.json").write_text(json.dumps({"reference": {"time_to_0.9": 1000.0},
+                                                    "grid": [gi.tolist(), gj.tolist()]}))
+    a, b = np.meshgrid(gi, gj, indexing="ij")
+    label = np.where(b > 1, "harmful", np.where(a > 0.75, "benign", "beneficial")).ravel()[:done]
+    t = np.where(b > 1.5, np.inf, 100 + 50 * (a + 1)).ravel()[:done]
+    sweep._write(out, 0, done, {"label": label.astype(object), "status": np.zeros(done, np.int32),
+                                "time_to_0.9": t, "time_ratio": t / 1000.0})
+
+
+@pytest.mark.parametrize("n, done, zoom", [(21, 200, False), (101, 101 * 101, True)])
+def test_sweep_map_marks_unfinished_cells_and_zooms_only_when_it_magnifies(tmp_path, n, done, zoom):
+    import figcheck
+
+    from gradflow._sweeps import plot_dir
+
+    out = tmp_path / "sweep"
+    _synthetic_sweep(out, n, done)
+    fig_titles = {}
+
+    def hook(fig, path):
+        fig_titles["suptitle"] = fig._suptitle.get_text()
+        fig_titles["legend"] = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+        fig_titles["axes"] = [ax.get_title() for ax in fig.axes]
+
+    from gradflow import _results
+
+    _results.FIGURE_HOOKS.append(hook)
+    try:
+        paths = plot_dir(out)
+    finally:
+        _results.FIGURE_HOOKS.remove(hook)
+    assert figcheck.problems(paths) == {}
+    if done < n * n:
+        assert f"{done} of {n * n} proxies done" in fig_titles["suptitle"]
+        assert "not computed" in fig_titles["legend"]
+    else:
+        assert "done" not in fig_titles["suptitle"] and "not computed" not in fig_titles["legend"]
+    assert ("zoom on the true reward" in fig_titles["axes"]) == zoom

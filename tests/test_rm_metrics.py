@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from figcheck import problems as figure_problems, redraw_differences
 from scipy import stats
 
 from gradflow import _config as C, _studies_rm as R
@@ -184,9 +185,12 @@ def test_quick_writes_correlations_with_the_required_columns(quick):
         for s in R.STATS:
             est, lo, hi = float(r[s]), float(r[f"{s}_lo"]), float(r[f"{s}_hi"])
             assert -1 <= lo <= est <= hi <= 1, (r["metric"], r["pairs"], r["method"], s)
-    for name in ("proxies.csv", "correlations_by_family.csv", "correlation_heatmap.png", "scatter.png",
+    scatters = [f"scatter_{nm}_{s}.png" for nm in cfg["policies"]["names"] for s in R.PAIR_SETS]
+    for name in ("proxies.csv", "correlations_by_family.csv", "correlation_heatmap.png", *scatters,
                  "correlation_vs_budget.png"):
         assert (out / name).stat().st_size > 0
+    assert figure_problems(result["figures"]) == {}
+    assert redraw_differences(out, result["figures"]) == []
     n = len(cfg["policies"]["names"]) * len(cfg["proxies"]["families"]) * cfg["quick"]["per_family"]
     assert len(result["proxies"]) == n
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from figcheck import problems as figure_problems, redraw_differences
 
 from gradflow import _config as C, cli
 from gradflow._studies import STALLING_SCHEMA, STUDIES, run_study
@@ -66,6 +67,12 @@ def test_stalling_study_quick_writes_table_and_figures(quick_stalling):
     assert len(lines) == 1 + len(result["rows"]) == 1 + 12
 
 
+def test_stalling_study_figures_are_clean_and_redraw(quick_stalling):
+    out, result = quick_stalling
+    assert figure_problems(result["figures"]) == {}
+    assert redraw_differences(out, result["figures"]) == []
+
+
 def test_stalling_study_shows_the_claim(quick_stalling):
     """Proxy reaches 0.9 >= 5x sooner for p(y*) = 0.05; the true-reward run stalls near 0.8."""
     _, result = quick_stalling
@@ -107,6 +114,12 @@ def test_reinforce_seeds_quick_writes_table_and_figure(quick_reinforce_seeds):
     assert all(r["seeds"] == 64 and r["excluded"] == 0 for r in result["rows"])
 
 
+def test_reinforce_seeds_figures_are_clean_and_redraw(quick_reinforce_seeds):
+    out, result = quick_reinforce_seeds
+    assert figure_problems(result["figures"]) == {}
+    assert redraw_differences(out, result["figures"]) == []
+
+
 def test_reinforce_seeds_quick_shows_the_claim(quick_reinforce_seeds):
     """On the proxy every seed reaches 0.9 near the exact run's step; on the true reward
     (p(y*) = 0.05) the exact run never does and most seeds stall."""
@@ -138,6 +151,8 @@ def test_estimators_quick(quick_estimators):
         r = rows[(name, "proxy")]
         assert abs(r["time_to_0.9_q0.5"] - r["exact_time_to_0.9"]) <= 0.2 * r["exact_time_to_0.9"]
     assert rows[("grpo", "true")]["reached_0.9"] > rows[("rloo", "true")]["reached_0.9"] + 0.5
+    assert figure_problems(result["figures"]) == {}
+    assert redraw_differences(out, result["figures"]) == []
 
 
 def test_feature_similarity_quick(tmp_path):
@@ -153,6 +168,8 @@ def test_feature_similarity_quick(tmp_path):
     assert not towards["stall_duration"] > 0.1 * away["stall_duration"]
     times = [rows[c]["time_to_0.9"] for c in sorted(rows)]
     assert times == sorted(times, reverse=True)  # more similar => sooner (inf first)
+    assert figure_problems(result["figures"]) == {}
+    assert redraw_differences(tmp_path, result["figures"]) == []
 
 
 def test_unknown_estimator_name_is_rejected():
@@ -176,6 +193,8 @@ def test_categorization_map_quick_shows_all_three_regions(tmp_path):
     t = result["table"]
     at_truth = np.isclose(t["reward_1"], 0.8, atol=1e-6) & np.isclose(t["reward_2"], -1.0, atol=1e-6)
     assert at_truth.sum() == 1 and t["label"][at_truth][0] == "benign"
+    assert figure_problems(result["figures"]) == {}
+    assert redraw_differences(tmp_path, result["figures"]) == []
 
 
 def test_cli_sweep_resumes_and_plots(tmp_path, capsys):
@@ -247,6 +266,8 @@ def test_token_credit_quick_shows_stalling_at_the_token_level(quick_token_credit
         assert r["failed"] == 0 and 0 <= r["agreement"] <= 1
     for labels in result["maps"].values():
         assert labels.shape == (5, 5) and set(np.unique(labels)) <= {"harmful", "benign", "beneficial"}
+    assert figure_problems(result["figures"]) == {}
+    assert redraw_differences(out, result["figures"]) == []
 
 
 def test_neural_policy_quick_categorises_errors(tmp_path):
@@ -257,4 +278,6 @@ def test_neural_policy_quick_categorises_errors(tmp_path):
     # Demoting the likely mediocre output speeds both policies up: beneficial under both.
     assert rows["demote y_med"]["tabular_label"] == rows["demote y_med"]["neural_label"] == "beneficial"
     assert all(r["neural_label"] != "failed" and r["tabular_label"] != "failed" for r in rows.values())
+    assert figure_problems(result["figures"]) == {}
+    assert redraw_differences(tmp_path, result["figures"]) == []
 

@@ -212,7 +212,7 @@ def plot_reinforce_seeds(out: Path) -> list[Path]:
         plotting.plot_time_to_reward_cdf(
             summaries, targets[0], colors={label[k]: c for k, c in colors.items()},
             exact_times={label[k]: d["exact_times"][f"{j}"][k] for k in colors},
-            ax=axes[1, j], title=f"time to true reward {targets[0]:g}, initial p(y*) = {p:g}", legend=False,
+            ax=axes[1, j], title=f"time to true reward {targets[0]:g},\ninitial p(y*) = {p:g}", legend=False,
         )
         axes[1, j].legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(0.0, -0.16), ncol=1,
                           borderaxespad=0)
@@ -323,7 +323,7 @@ def plot_estimators(out: Path) -> list[Path]:
         )
         plotting.plot_time_to_reward_cdf(
             summaries, targets[0], ax=axes[1, j], legend=False,
-            title=f"time to true reward {targets[0]:g}, trained on the {trained} reward",
+            title=f"time to true reward {targets[0]:g},\ntrained on the {trained} reward",
         )
         axes[1, j].legend(fontsize="small", loc="upper left", bbox_to_anchor=(0.0, -0.16), ncol=2,
                           borderaxespad=0)

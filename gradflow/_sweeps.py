@@ -271,7 +271,7 @@ def plot_dir(out: str | Path) -> list[Path]:
         im = axes[1].pcolormesh(gj, gi, logt, cmap="viridis", shading="nearest")
         axes[1].pcolormesh(gj, gi, never, cmap=ListedColormap(["0.93"]), shading="nearest")
         fig.colorbar(im, ax=axes[1], label=f"log10(steps to true reward {target:g})")
-        t_ref = info["reference"][first]
+        t_ref = float(info["reference"][first])  # "inf" (standard JSON) reads back as a float
         for ax in axes:
             ax.plot(r_true[j], r_true[i], marker="*", ms=16 if ax is not axes[-1] or not zoom else 12,
                     color="gold", mec="black", ls="none")
@@ -282,7 +282,7 @@ def plot_dir(out: str | Path) -> list[Path]:
         axes[1].set_title(f"time to {target:g} under the proxy\n(true reward: "
                           f"{'never' if not np.isfinite(t_ref) else f'{t_ref:g}'})")
         if zoom:
-            axes[2].set_title("zoom on the true reward (box in the left panel)")
+            axes[2].set_title("zoom on the true reward\n(box in the left panel)")
             y0, y1, x0, x1 = gi[si][0], gi[si][-1], gj[sj][0], gj[sj][-1]
             axes[0].plot([x0, x1, x1, x0, x0], [y0, y0, y1, y1, y0], color="black", lw=0.8)
         handles = [Line2D([], [], marker="*", ms=14, color="gold", mec="black", ls="none", label="the true reward")]

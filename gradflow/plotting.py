@@ -156,10 +156,25 @@ def _positive(t: np.ndarray, *ys: np.ndarray):
     return (t[keep], *(y[keep] for y in ys))
 
 
+def _whole_decades(ax) -> None:
+    """Widen a logarithmic x axis that holds fewer than two powers of ten to whole decades:
+    otherwise matplotlib labels every minor tick (2x10^2, 3x10^2, ...), and in a narrow
+    panel those labels overlap."""
+    lo, hi = ax.get_xlim()
+    if not (lo > 0 and np.isfinite(hi) and hi > lo):
+        return
+    if np.floor(np.log10(hi)) - np.ceil(np.log10(lo)) < 1:  # first widen to the decade below
+        lo = 10 ** np.floor(np.log10(lo))
+        if np.floor(np.log10(hi)) - np.log10(lo) < 1:
+            hi = 10 ** np.ceil(np.log10(hi))
+        ax.set_xlim(lo, hi)
+
+
 def _finish(ax, *, xlabel: str, ylabel: str, title: str | None, legend: bool, logx: bool) -> None:
     """The common finish of every time plot: axis scale and labels, title, legend, grid."""
     if logx:
         ax.set_xscale("log")
+        _whole_decades(ax)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:

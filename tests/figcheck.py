@@ -90,6 +90,50 @@ def _overlap(a: Bbox, b: Bbox, tol: float = TOLERANCE) -> bool:
     return (min(a.x1, b.x1) - max(a.x0, b.x0) > tol) and (min(a.y1, b.y1) - max(a.y0, b.y0) > tol)
 
 
+def _outline(t: Text, box: Bbox) -> np.ndarray:
+    """The corners of the text's own (rotated) rectangle, from its axis-aligned window
+    extent (which has the same centre) and its angle; the extent itself for angles that
+    are multiples of 90 degrees (or too close to 45 to invert)."""
+    corners = np.array([[box.x0, box.y0], [box.x1, box.y0], [box.x1, box.y1], [box.x0, box.y1]])
+    theta = np.deg2rad(t.get_rotation())
+    c, s = np.cos(theta), np.sin(theta)
+    ac, as_ = abs(c), abs(s)
+    det = ac**2 - as_**2
+    if min(ac, as_) < 1e-6 or abs(det) < 0.2:
+        return corners
+    w = (ac * box.width - as_ * box.height) / det
+    h = (ac * box.height - as_ * box.width) / det
+    if w <= 0 or h <= 0:
+        return corners
+    half = np.array([[-w, -h], [w, -h], [w, h], [-w, h]]) / 2
+    rot = np.array([[c, -s], [s, c]])
+    return np.array([(box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2]) + half @ rot.T
+
+
+def _polygons_overlap(p: np.ndarray, q: np.ndarray, tol: float = TOLERANCE) -> bool:
+    """Separating-axis test for two convex polygons, overlapping by more than `tol` pixels."""
+    for poly in (p, q):
+        edges = np.roll(poly, -1, axis=0) - poly
+        for e in edges:
+            n = np.array([-e[1], e[0]])
+            norm = np.hypot(*n)
+            if norm == 0:
+                continue
+            n = n / norm
+            a, b = p @ n, q @ n
+            if min(a.max(), b.max()) - max(a.min(), b.min()) <= tol:
+                return False
+    return True
+
+
+def _texts_overlap(ta: Text, ba: Bbox, tb: Text, bb: Bbox) -> bool:
+    if not _overlap(ba, bb):
+        return False
+    if ta.get_rotation() % 90 == 0 and tb.get_rotation() % 90 == 0:
+        return True
+    return _polygons_overlap(_outline(ta, ba), _outline(tb, bb))
+
+
 def _segments(xy: np.ndarray, step: float = 2.0) -> np.ndarray:
     """Points along a polyline in display space, at most `step` pixels apart (vertices
     included; segments touching a non-finite vertex are dropped)."""
@@ -188,7 +232,7 @@ def check(fig, dpi: float | None = None) -> list[str]:
                 or ba.y1 > figbox.y1 + TOLERANCE:
             problems.append(f"clipped: {_describe(na, ta)} extends outside the figure")
         for nb, tb, bb in extents[i + 1:]:
-            if _overlap(ba, bb):
+            if _texts_overlap(ta, ba, tb, bb):
                 problems.append(f"overlap: {_describe(na, ta)} and {_describe(nb, tb)}")
 
     axes = [ax for ax in fig.axes if ax.get_visible() and not hasattr(ax, "_colorbar")]

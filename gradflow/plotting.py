@@ -146,7 +146,7 @@ def summary_from_data(d: Mapping[str, Any]) -> SeedSummary:
 
 
 
-def _time(sol: Solution, time_scale: float) -> np.ndarray:
+def _time(sol: Solution | Trajectory, time_scale: float) -> np.ndarray:
     return np.asarray(sol.time, dtype=float) * time_scale
 
 
@@ -185,7 +185,7 @@ def _finish(ax, *, xlabel: str, ylabel: str, title: str | None, legend: bool, lo
 
 
 def plot_true_reward(
-    solutions: Mapping[str, Solution],
+    solutions: Mapping[str, Solution | Trajectory],
     *,
     time_scales: Mapping[str, float] | None = None,
     targets: Sequence[float] = (),
@@ -234,7 +234,7 @@ def plot_true_reward(
 
 
 def plot_probs(
-    solutions: Mapping[str, Solution],
+    solutions: Mapping[str, Solution | Trajectory],
     outputs: Mapping[int, str],
     *,
     prompt: int = 0,
@@ -284,7 +284,7 @@ def plot_probs(
 def plot_seed_band(
     summaries: Mapping[str, SeedSummary],
     *,
-    exact: Mapping[str, Solution] | None = None,
+    exact: Mapping[str, Solution | Trajectory] | None = None,
     time_scales: Mapping[str, float] | None = None,
     targets: Sequence[float] = (),
     colors: Mapping[str, str] | None = None,

@@ -7,11 +7,14 @@ flow, and offline over a recorded trajectory in [`gradflow.find_stalls`][].
 
 from __future__ import annotations
 
+import math
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
+from . import _validate as v
 from ._objective import as_reward, expected
 from ._status import Status
 from .policies import AbstractPolicy
@@ -238,8 +241,12 @@ def time_to_reward(sol, target, normalized: bool = False) -> Float[Array, ""]:
     `max_steps`) before reaching it. A target that was not tracked (flow, or a discrete
     run recorded less often than every step) is a `ValueError` that says how to track it.
     """
+    if isinstance(target, (int, float)) and math.isnan(target):
+        raise ValueError("`target` must be a number; got nan.")
     if normalized and isinstance(target, (int, float)) and not 0 <= target <= 1:
         raise ValueError(f"`target` must be in [0, 1] when `normalized=True`; got {target}.")
+    if not normalized and isinstance(target, (int, float)):
+        v.targets_in_range("target", (float(target),), sol.min_true_reward, sol.max_true_reward)
     tracked = (
         isinstance(target, (int, float))
         and float(target) in sol.targets

@@ -20,7 +20,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from . import _validate as v, sweep
 from ._dynamics import AbstractMethod
-from ._objective import Problem, Regularization, as_reward, gradient, true_reward_rate
+from ._objective import Problem, Regularization, as_reward, gradient, reward_range, true_reward_rate
 from ._solve import SaveAt, solve
 from ._status import OK_CODE, status_code, status_name
 from .policies import AbstractPolicy
@@ -263,6 +263,8 @@ def proxy_row(
     r_true = as_reward("true_reward", true_reward, policy)
     if key is not None and not method.needs_key:
         raise ValueError("`key` is only used by the sample-based methods.")
+    if not normalized:  # checked here, while the true reward is concrete
+        v.targets_in_range("targets", tuple(float(t) for t in targets), *reward_range(r_true, policy.weights))
     spec = _RowSpec(policy, r_true, method, t1, key, tuple(float(t) for t in targets), normalized, attracts)
     # A `jax.tree_util.Partial` of a module-level function is a pytree (its arrays are leaves) and
     # still hashable for `jax.jit`: sweeps of the same structure (a new true reward, new policy

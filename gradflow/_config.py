@@ -58,7 +58,7 @@ def _convert(path: str, field: Field, value):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         value = float(value) if ok else value
     elif kind == "int":
-        ok = isinstance(value, int) and not isinstance(value, bool)
+        ok = isinstance(value, int) and not isinstance(value, bool) and abs(value) <= 2**31 - 1
     elif kind == "floats":
         ok = isinstance(value, list) and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
@@ -69,13 +69,14 @@ def _convert(path: str, field: Field, value):
     elif kind == "str":
         ok = isinstance(value, str)
     elif kind == "ints":
-        ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and abs(v) <= 2**31 - 1
+                                             for v in value)
     elif kind == "strs":
         ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
     else:  # pragma: no cover - schema error
         raise TypeError(f"unknown field kind {kind!r}")
     if not ok:
-        want = {"floats": "a list of finite numbers", "float": "a finite number", "strs": "a list of strings", "ints": "a list of integers"}.get(kind, f"a {kind}")
+        want = {"floats": "a list of finite numbers", "float": "a finite number", "strs": "a list of strings", "ints": "a list of integers below 2**31", "int": "an integer below 2**31"}.get(kind, f"a {kind}")
         raise ValueError(f"config key `{path}`: expected {want}; got {value!r}.")
     if field.check is not None and (problem := field.check(value)) is not None:
         raise ValueError(f"config key `{path}`: expected {problem}; got {value!r}.")

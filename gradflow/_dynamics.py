@@ -174,9 +174,22 @@ class AbstractDiscreteMethod(AbstractMethod):
 
 def check_optimizer(method) -> None:
     v.positive_int("steps", method.steps)
-    if not (hasattr(method.optimizer, "init") and hasattr(method.optimizer, "update")):
+    opt = method.optimizer
+    if not (hasattr(opt, "init") and hasattr(opt, "update")):
+        raise ValueError(f"`optimizer` must be an optax.GradientTransformation; got {opt!r}.")
+    # Probe the first update on a one-parameter problem whose ascent direction is +1: an
+    # optimiser that steps the other way (optax.sgd(-0.1)) would quietly minimise the reward.
+    try:
+        with jax.ensure_compile_time_eval():
+            x = jnp.zeros(1)
+            step = opt.update(-jnp.ones(1), opt.init(x), x)[0]
+            descends = jnp.any(step < 0) if isinstance(step, jax.Array) else jnp.asarray(False)
+    except Exception:  # noqa: BLE001 - an optimiser for a specific parameter structure: not probed
+        return
+    if v.is_concrete(descends) and bool(descends):
         raise ValueError(
-            f"`optimizer` must be an optax.GradientTransformation; got {method.optimizer!r}."
+            "`optimizer` steps against the gradient (a negative learning rate?), so it would "
+            "minimise the reward. To train towards low reward, negate the reward instead."
         )
 
 

@@ -161,6 +161,8 @@ def solve(
         raise ValueError(f"`targets` must be finite numbers; got {targets}.")
     if normalized_targets and any(not 0 <= x <= 1 for x in targets):
         raise ValueError(f"`targets` must lie in [0, 1] when `normalized_targets=True`; got {targets}.")
+    if not normalized_targets:
+        v.targets_in_range("targets", targets, *reward_range(true_reward, policy.weights))
 
     if method.needs_key:
         key = _as_key(key, method)
@@ -234,8 +236,11 @@ def _solve(method, policy, reward, true_reward, t1, key, saveat, targets, normal
     tracking = Tracking(abs_targets, *stall.resolve(vmin, vmax, horizon))
     problem = Problem.make(policy, reward, true_reward, method.regularization)
     run = method.integrate(problem, t1=t1, key=key, saveat=saveat, tracking=tracking, stop_at_targets=stop_at_targets)
+    status = run.status
+    status = Status.where((status == Status.ok) & policy.with_params(run.params).saturated(), Status.saturated,
+                          status)
     hit = run.target_times
-    hit = jnp.where(jnp.isinf(hit) & (run.status != Status.ok), jnp.nan, hit)  # unknown, not "never"
+    hit = jnp.where(jnp.isinf(hit) & (status != Status.ok), jnp.nan, hit)  # unknown, not "never"
     recs = run.records
     return Solution(
         ts=run.ts,
@@ -245,7 +250,7 @@ def _solve(method, policy, reward, true_reward, t1, key, saveat, targets, normal
         reward_variance=recs.reward_variance,
         grad_norm=recs.grad_norm,
         probs=recs.probs,
-        status=run.status,
+        status=status,
         params=run.params,
         num_steps=run.num_steps,
         num_rejected_steps=run.num_rejected_steps,

@@ -33,12 +33,19 @@ class Status(eqx.Enumeration):
     linear_solve = "linear solve failed: the implicit solver met a singular or ill-conditioned system."
     step_size = "step size too small: the adaptive solver could not keep the error within tolerance."
     solver_failed = "solver failed: diffrax reported an internal error."
+    saturated = (
+        "saturated: a probability underflowed below the smallest normal float, so the policy's "
+        "parameters are beyond the range where a float softmax still changes (typically a learning "
+        "rate far too large, e.g. optax.sgd(1e6)); the run stopped for reasons of rounding. Lower the "
+        "learning rate or the reward scale."
+    )
 
 
 # In code order: each item's name and the short name that `status_name` gives.
 _ORDER = (("ok", "ok"), ("diverged", "diverged"), ("max_steps", "max steps hit"),
           ("nonlinear_solve", "nonlinear solve failed"), ("linear_solve", "linear solve failed"),
-          ("step_size", "step size too small"), ("solver_failed", "solver failed"))
+          ("step_size", "step size too small"), ("solver_failed", "solver failed"),
+          ("saturated", "saturated"))
 #: The items in code order: `STATUSES[code]`.
 STATUSES: tuple = tuple(getattr(Status, item) for item, _ in _ORDER)
 

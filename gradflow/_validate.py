@@ -12,6 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+#: The largest count (steps, sizes) the engine takes: its loop counters are 32-bit.
+MAX_INT = 2**31 - 1
+
 
 def is_concrete(x) -> bool:
     """`True` when `x` holds actual values (not a tracer inside `jit`/`vmap`)."""
@@ -30,7 +33,9 @@ def check(x, bad, message: str):
         if bool(flagged):
             raise ValueError(message)
         return x
-    return eqx.error_if(x, flagged, message)
+    # The value a traced message would show is a tracer's repr: say what was wrong instead.
+    head = message.split("; got ")[0].rstrip(".")
+    return eqx.error_if(x, flagged, f"{head} (a value traced under jit/vmap was not)." if head != message else message)
 
 
 def as_float_array(name: str, x, ndim: tuple[int, ...] | None = None) -> jax.Array:
@@ -62,6 +67,8 @@ def positive_int(name: str, x) -> int:
         raise ValueError(f"`{name}` must be a positive integer; got {x!r}.")
     if x < 1:
         raise ValueError(f"`{name}` must be a positive integer; got {x}.")
+    if x > MAX_INT:
+        raise ValueError(f"`{name}` must be at most {MAX_INT} (a 32-bit count); got {x}.")
     return int(x)
 
 
@@ -79,3 +86,25 @@ def probabilities(name: str, p, *, atol: float = 1e-5) -> jax.Array:
         lambda a: jnp.abs(jnp.sum(a, axis=-1) - 1) > atol,
         f"`{name}` must sum to 1 along its last (outputs) axis (tolerance {atol}).",
     )
+
+
+def targets_in_range(name: str, targets: tuple[float, ...], vmin, vmax) -> None:
+    """Refuse targets outside `[vmin, vmax]`, the range the expected true reward can reach
+    (up to rounding): such a target is a typo, not a question, and would be reported as
+    "never" (or "at once"). Checked when the range is concrete (a true reward given as data,
+    also under `jit`); a true reward traced per run (vmapped) is not checked, and a run
+    whose range excludes the target reports `inf`."""
+    if not targets:
+        return
+    lo, hi = min(targets), max(targets)
+    tol = 1e-6 * (1.0 + max(abs(lo), abs(hi)))
+    with jax.ensure_compile_time_eval():
+        vmin, vmax = jnp.max(jnp.asarray(vmin)), jnp.min(jnp.asarray(vmax))
+        bad = (vmin > lo + tol) | (vmax < hi - tol)
+    if is_concrete(bad) and bool(bad):
+        given = f"{lo:g}" if len(targets) == 1 else str(list(targets))
+        raise ValueError(
+            f"`{name}` {given} is outside the range the expected true reward can reach, "
+            f"[{float(vmin):.6g}, {float(vmax):.6g}]; pass levels within it (or fractions of the way "
+            "from the start to the maximum, with normalized targets)."
+        )

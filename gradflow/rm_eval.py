@@ -279,6 +279,11 @@ def _read(path: str | Path) -> tuple[list[str], _Rows, str]:
 # ---------------------------------------------------------------------------------------
 
 
+#: The largest magnitude a number in a records file may have: its square (in a variance)
+#: must stay finite in float64.
+MAX_MAGNITUDE = 1e150
+
+
 def _missing(value) -> bool:
     return value is None or (isinstance(value, str) and value.strip() == "")
 
@@ -302,14 +307,22 @@ def _number(loc: str, col: str, value) -> float:
         raise ValueError(f"{loc}, column '{col}': missing value.")
     if isinstance(value, bool):
         raise ValueError(f"{loc}, column '{col}': expected a number; got {value!r}.")
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
     try:
         x = float(value)
+    except OverflowError:
+        raise ValueError(f"{loc}, column '{col}': the value {shown} overflows a float.") from None
     except (TypeError, ValueError):
-        raise ValueError(f"{loc}, column '{col}': expected a number; got {value!r}.") from None
+        raise ValueError(f"{loc}, column '{col}': expected a number; got {shown}.") from None
     if not math.isfinite(x):
         raise ValueError(
-            f"{loc}, column '{col}': the value {value!r} is not finite (NaN and inf are not "
+            f"{loc}, column '{col}': the value {shown} is not finite (NaN and inf are not "
             "allowed)."
+        )
+    if abs(x) > MAX_MAGNITUDE:
+        raise ValueError(
+            f"{loc}, column '{col}': the value {shown} is too large: rewards and log-likelihoods "
+            f"must be at most {MAX_MAGNITUDE:g} in magnitude, so that their variances are finite."
         )
     return x
 

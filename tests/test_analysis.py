@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from helpers import (
     N_SAVE,
@@ -71,7 +72,7 @@ def test_flow_time_to_reward_matches_scipy_event(dtype, seed):
     assert checked >= 3
     # A flow locates only the targets it tracked.
     with pytest.raises(ValueError, match="not tracked"):
-        gf.time_to_reward(sol, float(r.max()) + 0.1)
+        gf.time_to_reward(sol, float(r.max()))
 
 
 @pytest.mark.parametrize("p0, delta", [(0.3, 0.8), (0.1, 2.0)])
@@ -95,7 +96,7 @@ def test_flow_time_to_reward_two_armed_closed_form(dtype, p0, delta):
 # ---------------------------------------------------------------------------------------
 
 _D_REWARD = (1.0, 0.5, -1.0)
-_D_TARGETS = (0.0, 0.5, 0.9, 2.0)  # 2.0 is above the best reward: never reached
+_D_TARGETS = (0.0, 0.5, 0.9, 1.0)  # 1.0 is the best reward: approached, never reached
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -111,7 +112,13 @@ def test_discrete_time_to_reward_is_first_step_at_or_above(dtype, seed):
         assert sol.target_times[i] == expect
         assert gf.time_to_reward(sol, target) == expect  # tracked
         assert gf.time_to_reward(sol, jnp.asarray(target)) == expect  # untracked
-    assert np.isposinf(gf.time_to_reward(sol, 2.0))
+    # Above the best reward: refused, with the range (by solve and by time_to_reward).
+    with pytest.raises(ValueError, match=r"`target` 2 is outside the range .* \[-1, 1\]"):
+        gf.time_to_reward(sol, 2.0)
+    with pytest.raises(ValueError, match=r"`targets` \[0.5, 2.0\] is outside the range .* \[-1, 1\]"):
+        gf.solve(policy, reward=_D_REWARD, method=gf.GradientAscent(optax.sgd(0.1), 10), targets=(0.5, 2.0))
+    with pytest.raises(ValueError, match="`target` must be a number; got nan"):
+        gf.time_to_reward(sol, float("nan"))
     tt = np.asarray(sol.target_times)
     assert np.any((tt > 0) & np.isfinite(tt))  # a genuine crossing, mid-run
     # Untracked level, recorded every step: found from the recording.

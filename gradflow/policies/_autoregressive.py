@@ -403,6 +403,11 @@ class Autoregressive(AbstractPolicy):
     def log_probs(self):
         return self._lexicographic(self._forward(self.head.scores())[0])
 
+    def saturated(self):
+        # Per token: a long sequence's probability may legitimately be below float range.
+        logp = jax.nn.log_softmax(self.head.scores() / self.temperature, axis=1)
+        return jnp.any(logp < jnp.log(jnp.finfo(logp.dtype).tiny))
+
     def probs(self):
         return self._lexicographic(self._forward(self.head.scores())[1])
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
 from .. import _validate as v
 from .._ops import inverse_cdf, softmax_outputs, sum_draws, sum_outputs, take_outputs
@@ -103,6 +103,14 @@ class AbstractPolicy(eqx.Module):
     def probs(self) -> Float[Array, "prompts outputs"]:
         """`pi(y | x)`; each row sums to 1."""
         return jnp.exp(self.log_probs())
+
+    def saturated(self) -> Bool[Array, ""]:
+        """Whether some probability has underflowed below the smallest normal float: the
+        parameters have left the range where a float softmax still resolves them, and
+        training stops changing them for reasons of rounding, not of the dynamics
+        (default: from `log_probs`; a product of per-token softmaxes checks each factor)."""
+        logp = self.log_probs()
+        return jnp.any(logp < jnp.log(jnp.finfo(logp.dtype).tiny))
 
     def linearize(self) -> Linearization:
         """`log pi`, `pi` and the pull-back of cotangents on `log pi` to the parameters

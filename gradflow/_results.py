@@ -190,7 +190,10 @@ def result_folder(
             break
         created.append(p)
     old_bytes = (out / RUN_RECORD).read_bytes() if (out / RUN_RECORD).is_file() else None
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"`{what}` {out} cannot be created: {e.strerror or e}.") from None
     record = {**identity, "command": [Path(sys.argv[0]).name, *sys.argv[1:]], "versions": _versions(),
               "started": _now(), "finished": None}
     write_json(out / RUN_RECORD, record)

@@ -1,7 +1,8 @@
 """How a run ended: `Status`, an `equinox.Enumeration` with a message per outcome.
 
-`Solution.status` is a `Status` item. Tables (sweeps, categorisations, study CSVs) store
-its integer code, `status_code(status)`, which `status_name(code)` turns back into words.
+`Solution.status` is a `Status` item. Arrays (`gradflow.proxy_row`, `gradflow.categorize`)
+hold its integer code, `status_code(status)`; tables written to disk (sweep Parquet files,
+study CSVs) hold its short name, `status_name(code)` (`"ok"`, `"diverged"`, ...).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import functools
 import diffrax
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Int
 
 
@@ -65,6 +67,11 @@ def status_name(status) -> str:
     an integer code."""
     code = status_code(status) if isinstance(status, Status) else status
     return _ORDER[int(code)][1]
+
+
+def status_names(codes) -> np.ndarray:
+    """`status_name` of every entry of an integer array of codes (tables store these)."""
+    return np.asarray([name for _, name in _ORDER])[np.asarray(codes, int)]
 
 
 # diffrax's outcomes, each kept under its own reason.

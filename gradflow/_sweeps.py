@@ -21,7 +21,7 @@ import numpy as np
 from . import _config as C, _progress, perturb, sweep
 from ._categorize import LABELS, _predict, classify, proxy_row
 from ._results import save_figure, write_json
-from ._status import OK_CODE, status_name
+from ._status import OK_CODE, status_name, status_names
 from ._study_utils import METHOD_NAMES, make_method
 from .policies import TabularSoftmax
 
@@ -155,13 +155,16 @@ def run_sweep(cfg: dict, out: Path, quick: bool = False, force: bool = False) ->
     if int(ref["status"]) != OK_CODE:
         raise ValueError(f"the reference run (trained on the true reward) ended with status "
                          f"'{status_name(int(ref['status']))}'.")
+    ref["status"] = "ok"
     first = f"time_to_{targets[0]:g}"
 
     def label(columns):
         lab, ratio = classify(columns[first], ref[first], columns["final_true_reward"], ref["final_true_reward"],
                               columns["status"] != OK_CODE, an["tolerance"], an["reward_tolerance"])
         pred = _predict(columns["rate"], ref["rate"], an["tolerance"])
-        return {**columns, "time_ratio": ratio, "label": lab, "predicted": pred}
+        # Tables on disk name the status (as the studies' CSVs do).
+        return {**columns, "status": status_names(columns["status"]), "time_ratio": ratio, "label": lab,
+                "predicted": pred}
 
     meta = {"config": cfg, "quick": quick}
     # Claim the folder (refusing another sweep's) before writing the reference beside it.
@@ -181,7 +184,7 @@ def run_sweep(cfg: dict, out: Path, quick: bool = False, force: bool = False) ->
 
 
 def _summary(table: dict, ref: dict, first: str) -> dict:
-    ok = table["status"] == OK_CODE
+    ok = table["status"] == "ok"
     counts = {name: int(np.sum(table["label"][ok] == name)) for name in LABELS}
     agree = float(np.mean(table["predicted"][ok] == table["label"][ok])) if ok.any() else math.nan
     return {"rows": len(table["row"]), "labels": counts, "failed": int((~ok).sum()),
@@ -287,7 +290,7 @@ def plot_dir(out: str | Path) -> list[Path]:
             axes[0].plot([x0, x1, x1, x0, x0], [y0, y0, y1, y1, y0], color="black", lw=0.8)
         handles = [Line2D([], [], marker="*", ms=14, color="gold", mec="black", ls="none", label="the true reward")]
         handles += [Patch(color=colors[k], label=k) for k in LABELS]
-        if np.any(table["status"] != OK_CODE):
+        if np.any(table["status"] != "ok"):
             handles.append(Patch(color=colors["failed"], label="failed"))
         handles.append(Patch(color="0.93", label=f"never reaches {target:g} (time panel)"))
         if n_done < n_rows:

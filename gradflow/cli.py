@@ -128,7 +128,7 @@ def _run_sweep(args) -> dict:
     cfg = load_config(args.config)
     out = args.out if args.out is not None else _default_out(args.config.stem, args.quick)
     with result_folder(out, kind="sweep", name=args.config.stem, config=cfg, quick=args.quick, force=args.force):
-        summary = run_sweep(cfg, out, args.quick, force=args.force)
+        summary = {k: v for k, v in run_sweep(cfg, out, args.quick, force=args.force).items() if k != "table"}
         if not args.no_plot:
             summary["figures"] = plot_dir(out)
             for path in summary["figures"]:
@@ -251,7 +251,7 @@ def _jsonable(x):
         return str(x)
     if isinstance(x, (str, int, float, bool)) or x is None:
         return x
-    if isinstance(x, (np.generic, np.ndarray)) and x.dtype.kind in "biufU" and x.size <= 100_000:
+    if isinstance(x, (np.generic, np.ndarray)) and x.dtype.kind in "biufU" and x.size <= 1000:
         return x.tolist()
     raise TypeError(type(x).__name__)
 

@@ -115,6 +115,13 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _backend() -> dict:
+    import jax
+
+    devices = jax.devices()
+    return {"platform": devices[0].platform, "devices": len(devices), "processes": jax.process_count()}
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -195,7 +202,7 @@ def result_folder(
     except OSError as e:
         raise ValueError(f"`{what}` {out} cannot be created: {e.strerror or e}.") from None
     record = {**identity, "command": [Path(sys.argv[0]).name, *sys.argv[1:]], "versions": _versions(),
-              "started": _now(), "finished": None}
+              "backend": _backend(), "started": _now(), "finished": None}
     write_json(out / RUN_RECORD, record)
     try:
         yield out

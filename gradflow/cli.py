@@ -122,6 +122,7 @@ def _run_study(args) -> dict:
 
 
 def _run_sweep(args) -> dict:
+    from . import _progress
     from ._results import result_folder
     from ._sweeps import load_config, plot_dir, run_sweep
 
@@ -130,7 +131,8 @@ def _run_sweep(args) -> dict:
     with result_folder(out, kind="sweep", name=args.config.stem, config=cfg, quick=args.quick, force=args.force):
         summary = {k: v for k, v in run_sweep(cfg, out, args.quick, force=args.force).items() if k != "table"}
         if not args.no_plot:
-            summary["figures"] = plot_dir(out)
+            with _progress.phase("figures"):
+                summary["figures"] = plot_dir(out)
             for path in summary["figures"]:
                 print(f"  {path}")
     return summary

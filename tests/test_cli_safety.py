@@ -18,6 +18,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 
@@ -85,6 +86,28 @@ def test_run_record_says_what_made_the_folder(swept):
     assert record["versions"]["jax"] == jax.__version__
     assert record["finished"] is not None and record["started"] <= record["finished"]
     assert record["command"][0]  # the command line that made it
+
+
+def test_cli_sweep_is_bitwise_the_same_on_8_devices(swept, tmp_path):
+    """`gradflow sweep` in a process with 8 virtual CPU devices writes the same table as
+    with one device, every column bitwise (the labels and the instantaneous `rate`
+    included), and the same reference."""
+    config, out = swept
+    out8 = tmp_path / "o8"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8".strip()}
+    proc = subprocess.run([sys.executable, "-m", "gradflow", "sweep", str(config), "--quick", "--out", str(out8),
+                           "--no-plot", "--quiet"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out8 / "run.json").read_text())["backend"]["devices"] == 8
+    assert json.loads((out / "run.json").read_text())["backend"]["devices"] == 1
+    one, eight = sweep.read(out), sweep.read(out8)
+    assert set(one) == set(eight) and len(one) > 10
+    for k in one:
+        a, b = one[k], eight[k]
+        same = (a == b) | (np.isnan(a) & np.isnan(b)) if a.dtype.kind == "f" else a == b
+        assert a.dtype == b.dtype and same.all(), k
+    assert (out / "reference.json").read_text() == (out8 / "reference.json").read_text()
 
 
 def test_refused_sweep_changes_nothing(swept, tmp_path, capsys):

@@ -18,6 +18,7 @@ import optax
 
 from . import (
     _config as C,
+    _progress,
     _studies_design as SD,
     _studies_policies as SP,
     _studies_proxy as SX,
@@ -29,7 +30,7 @@ from ._dynamics import GradientAscent, GradientFlow
 from ._results import save_figure
 from ._solve import SaveAt, Solution, solve
 from ._status import status_name
-from ._study_utils import Study, fmt, stalling_probs, table, write_csv
+from ._study_utils import Study, fmt, list_files, say, stalling_probs, table, write_csv
 from ._sweeps import SWEEP_SCHEMA, plot_dir, run_sweep
 from .policies import TabularSoftmax
 
@@ -92,11 +93,11 @@ def run_stalling(cfg: dict, out: Path, quick: bool) -> dict:
         return jax.jit(jax.vmap(one))(logits, rewards)
 
     start = time.perf_counter()
-    sols = {
-        "flow": run(flow, SaveAt(ts=ts, probs=True), t1),
-        "SGD": run(sgd, SaveAt(every=every, probs=True), None),
-    }
-    jax.block_until_ready(sols)
+    sols = {}
+    with _progress.phase(f"stalling: gradient flow, {len(cases)} runs (compilation included)"):
+        sols["flow"] = jax.block_until_ready(run(flow, SaveAt(ts=ts, probs=True), t1))
+    with _progress.phase(f"stalling: SGD, {len(cases)} runs of {steps} steps (compilation included)"):
+        sols["SGD"] = jax.block_until_ready(run(sgd, SaveAt(every=every, probs=True), None))
     elapsed = time.perf_counter() - start
 
     def pick(sol: Solution, i: int) -> Solution:
@@ -139,14 +140,14 @@ def run_stalling(cfg: dict, out: Path, quick: bool) -> dict:
     ]
     columns = [("p_best", "p(y*)"), ("trained_on", "trained on"), ("method", "method"),
                ("time_unit", "unit")]
-    columns += [(f"time_to_{t:g}", f"time to {t:g}") for t in targets]
-    columns += [("stall_level", "stall level"), ("stall_start", "stall start"),
-                ("stall_duration", "stall length"), ("final_true_reward", "final true reward"),
+    columns += [(f"time_to_{t:g}", f"time to\n{t:g}") for t in targets]
+    columns += [("stall_level", "stall\nlevel"), ("stall_start", "stall\nstart"),
+                ("stall_duration", "stall\nlength"), ("final_true_reward", "final true\nreward"),
                 ("status", "status")]
-    print(f"Stalling study: true reward {r_true.tolist()}, proxy {r_proxy.tolist()}, "
-          f"p(y_med) = {prob['p_mediocre']}; flow to t = {t1:g}, SGD lr {lr:g} for {steps} steps"
-          f"{' (quick)' if quick else ''}.")
-    print(table(shown, columns))
+    say(f"Stalling study: true reward {r_true.tolist()}, proxy {r_proxy.tolist()}, "
+        f"p(y_med) = {prob['p_mediocre']}; flow to t = {t1:g}, SGD lr {lr:g} for {steps} steps"
+        f"{' (quick)' if quick else ''}.")
+    print(table(shown, columns, keys=4))
     first = f"time_to_{targets[0]:g}"
     by_case = {(r["p_best"], r["trained_on"], r["method"]): r for r in rows}
     for p in prob["p_best"]:
@@ -158,19 +159,18 @@ def run_stalling(cfg: dict, out: Path, quick: bool) -> dict:
                 else "only the proxy gets there within the horizon" if math.isinf(t_true) and math.isfinite(t_proxy)
                 else "n/a"
             )
-            print(f"  p(y*) = {p:g}, {m}: time to {targets[0]:g}: true reward {fmt(t_true, unit)}, "
-                  f"proxy {fmt(t_proxy, unit)} -> {verdict}")
+            say(f"  p(y*) = {p:g}, {m}: time to {targets[0]:g}: true reward {fmt(t_true, unit)}, "
+                f"proxy {fmt(t_proxy, unit)} -> {verdict}")
 
     plotting.save_figure_data(out, {
         "study": "stalling", "p_best": list(prob["p_best"]), "targets": list(targets), "lr": lr,
         "runs": {f"{j}": {f"{name}": {m: plotting.Trajectory.of(runs[(p, name, m)]).to_data() for m in sols}
                           for name in ("true", "proxy")} for j, p in enumerate(prob["p_best"])},
     })
-    figures = plot_stalling(out)
+    with _progress.phase("stalling: figures"):
+        figures = plot_stalling(out)
     print(f"Solved {len(rows)} runs in {elapsed:.1f} s (compilation included).")
-    print(f"Results in {out.resolve()}/:")
-    for path in [out / "summary.csv", *figures]:
-        print(f"  {path.name}")
+    list_files(out, [out / "summary.csv", *figures])
     return {"rows": rows, "figures": figures, "solutions": runs}
 
 
@@ -241,11 +241,20 @@ def plot_stalling(out: Path) -> list[Path]:
 
 def run_categorization_map(cfg: dict, out: Path, quick: bool) -> dict:
     """The categorisation map: a `gradflow sweep` of its config, then the figure."""
-    summary = run_sweep(cfg, out, quick)
-    figures = plot_dir(out)
-    print(f"Results in {out.resolve()}/:")
-    for path in ["summary.parquet/", *[p.name for p in figures]]:
-        print(f"  {path}")
+    import contextlib
+    import io
+
+    # The sweep's own summary, wrapped to the study width (`gradflow sweep` prints it as is).
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(said):
+            summary = run_sweep(cfg, out, quick)
+    finally:
+        if said.getvalue():
+            say(said.getvalue().rstrip("\n"))
+    with _progress.phase("categorization-map: figures"):
+        figures = plot_dir(out)
+    list_files(out, ["summary.parquet/", *figures])
     return {**summary, "figures": figures}
 
 

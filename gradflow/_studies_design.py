@@ -23,13 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import _config as C
+from . import _config as C, _progress
 from ._dynamics import GradientFlow
 from ._estimators import GRPO, RLOO
 from ._results import save_figure
 from ._solve import SaveAt, solve
 from ._status import OK_CODE, status_code
-from ._study_utils import table, write_csv
+from ._study_utils import list_files, say, table, write_csv
 from .design import (
     ConstraintSatisfaction,
     loglinear_theta,
@@ -203,7 +203,8 @@ def run_partial_credit(cfg: dict, out: Path, quick: bool) -> dict:
 
     timings = {}
     start = time.perf_counter()
-    flow_sols = jax.block_until_ready(run_flow(LP, MIX, R))
+    with _progress.phase(f"partial-credit: gradient flow, {n_cases} runs (compilation included)"):
+        flow_sols = jax.block_until_ready(run_flow(LP, MIX, R))
     timings["flow"] = time.perf_counter() - start
     times = {"flow": np.asarray(flow_sols.target_times, dtype=float)[:, None, :]}  # (cases, 1, targets)
     status = {"flow": np.asarray(status_code(flow_sols.status))[:, None]}
@@ -226,7 +227,9 @@ def run_partial_credit(cfg: dict, out: Path, quick: bool) -> dict:
             return jax.vmap(lambda a, b, c: jax.vmap(lambda k: one(a, b, c, k))(keys))(lp, mx, r)
 
         start = time.perf_counter()
-        tt, st, nu = jax.block_until_ready(run_sampled(LP, MIX, R, keys))
+        with _progress.phase(f"partial-credit: {_method_label(name)}, {n_cases} x {seeds} seeds "
+                             "(compilation included)"):
+            tt, st, nu = jax.block_until_ready(run_sampled(LP, MIX, R, keys))
         timings[name] = time.perf_counter() - start
         times[name], status[name], stuck[name] = np.asarray(tt, dtype=float), np.asarray(st), np.asarray(nu)
 
@@ -289,16 +292,17 @@ def run_partial_credit(cfg: dict, out: Path, quick: bool) -> dict:
 
     # ------------------------------------------------------------------- report
     unit = {"flow": "flow time", **{n: "steps" for n in names}}
-    print(f"Partial credit vs binary credit: {m} constraints, {problem.num_patterns} satisfaction patterns "
-          f"x {pc['outputs_per_pattern']} outputs each ({problem.num_outputs} outputs); ground truth = all "
-          f"constraints satisfied; partial scheme: {scheme_text}. Tabular policy and log-linear policy "
-          f"(mix = {mix:g}). Exact flow to t = {t1:g}; "
-          + ", ".join(_method_label(n) for n in names)
-          + f" with {sc['samples']} samples per prompt, SGD lr {sc['learning_rate']:g}, {steps} steps, "
-          f"median of {seeds} seeds{' (quick)' if quick else ''}.")
-    print("Cells: ratio = time_partial / time_binary to success probability "
-          f"{targets[-1]:g} (median over seeds for the sampled methods); < 1: partial credit faster. P: only partial credit gets there, B: only binary, "
-          "-: neither; *: in some seeds binary credit made no update at all (no group ever sampled a success).")
+    say(f"Partial credit vs binary credit: {m} constraints, {problem.num_patterns} satisfaction patterns "
+        f"x {pc['outputs_per_pattern']} outputs each ({problem.num_outputs} outputs); ground truth = all "
+        f"constraints satisfied; partial scheme: {scheme_text}. Tabular policy and log-linear policy "
+        f"(mix = {mix:g}). Exact flow to t = {t1:g}; "
+        + ", ".join(_method_label(n) for n in names)
+        + f" with {sc['samples']} samples per prompt, SGD lr {sc['learning_rate']:g}, {steps} steps, "
+        f"median of {seeds} seeds{' (quick)' if quick else ''}.")
+    say("Cells: ratio = time_partial / time_binary to success probability "
+        f"{targets[-1]:g} (median over seeds for the sampled methods); < 1: partial credit faster. P: only "
+        "partial credit gets there, B: only binary, -: neither; *: in some seeds binary credit made no update "
+        "at all (no group ever sampled a success).")
     tgt = targets[-1]
     for k in methods:
         for pname in PARAMETERISATIONS:
@@ -312,7 +316,8 @@ def run_partial_credit(cfg: dict, out: Path, quick: bool) -> dict:
                         text += "*"
                     row[f"c{j}"] = text
                 shown.append(row)
-            print(f"\n{_method_label(k)}, {pname} (time in {unit[k]}): ratio by p_success (rows) and p_partial (columns)")
+            say(f"\n{_method_label(k)}, {pname} (time in {unit[k]}): ratio by p_success (rows) and p_partial "
+                "(columns)")
             print(table(shown, [("p_success", "p_success")] + [(f"c{j}", f"{b:g}") for j, b in enumerate(grid_pp)]))
 
     print("\nWhere each regime occurs:")
@@ -323,7 +328,7 @@ def run_partial_credit(cfg: dict, out: Path, quick: bool) -> dict:
                 g = grids[(k, pname, tgt)]
                 line = _regime_line(k, pname, tgt, g, valid, grid_ps, grid_pp)
                 regime_lines.append(line)
-                print(line)
+                say(line)
     for k in names:
         same = np.array_equal(nosig[(k, "tabular")], nosig[(k, "log-linear")], equal_nan=True)
         for pname in (("both parameterisations",) if same else PARAMETERISATIONS):
@@ -334,25 +339,24 @@ def run_partial_credit(cfg: dict, out: Path, quick: bool) -> dict:
                 parts = ", ".join(
                     f"{frac:.0%} of seeds at p_success = {a:g} (exact probability (1-p)^(k*steps) = "
                     f"{no_signal_probability(a, sc['samples'], steps):.0%})" for a, frac in where)
-                print(f"  {label}: no update at all (no group ever sampled a success, so the time is reported "
-                      f"as never) in {parts}.")
+                say(f"  {label}: no update at all (no group ever sampled a success, so the time is reported "
+                    f"as never) in {parts}.")
             else:
-                print(f"  {label}: every seed sampled a success at least once.")
+                say(f"  {label}: every seed sampled a success at least once.")
     failed = {k: int((~ok_all[k]).sum()) for k in methods}
     if any(failed.values()):
-        print(f"  Failed runs (excluded; nan): {failed}.")
+        say(f"  Failed runs (excluded; nan): {failed}.")
 
     _save_figure_data(out, methods, grids, nosig, valid, grid_ps, grid_pp, targets, flow_sols, problem,
                       traj, cells, case_index, mix)
-    figures = plot_partial_credit(out)
+    with _progress.phase("partial-credit: figures"):
+        figures = plot_partial_credit(out)
     elapsed = time.perf_counter() - wall_start
     runs = n_cases + sum(n_cases * seeds for _ in names)
-    print("\nTimings (one jit of one vmap over the whole grid per method; compilation included): "
-          + ", ".join(f"{_method_label(k)} {timings[k]:.1f} s" for k in methods)
-          + f"; {runs} runs in all; wall time {elapsed:.1f} s.")
-    print(f"Results in {out.resolve()}/:")
-    for path in [out / "phase.csv", *([out / "sampled.csv"] if sampled_rows else []), *figures]:
-        print(f"  {path.name}")
+    say("\nTimings (one jit of one vmap over the whole grid per method; compilation included): "
+        + ", ".join(f"{_method_label(k)} {timings[k]:.1f} s" for k in methods)
+        + f"; {runs} runs in all; wall time {elapsed:.1f} s.")
+    list_files(out, [out / "phase.csv", *([out / "sampled.csv"] if sampled_rows else []), *figures])
     return {"rows": rows, "sampled_rows": sampled_rows, "figures": figures, "grids": grids,
             "no_update": nosig, "timings": timings, "elapsed": elapsed, "regimes": regime_lines,
             "p_success": grid_ps, "p_partial": grid_pp}

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import _config as C, perturb
+from . import _config as C, _progress, perturb
 from ._analysis import StallCriteria
 from ._categorize import _predict, categorize, classify, initial_rate
 from ._dynamics import GradientFlow
@@ -23,7 +23,7 @@ from ._objective import Regularization
 from ._results import save_figure
 from ._solve import SaveAt, Solution, solve
 from ._status import OK_CODE, status_code
-from ._study_utils import fmt, table, write_csv
+from ._study_utils import fmt, list_files, say, table, write_csv
 from .policies import Autoregressive, NeuralPolicy, TabularSoftmax
 
 LABEL_COLORS = {"harmful": "#d62728", "benign": "#bdbdbd", "beneficial": "#2ca02c", "failed": "black"}
@@ -196,7 +196,9 @@ def run_token_credit(cfg: dict, out: Path, quick: bool) -> dict:
                          setups[s][2][name].params) for s in SCENARIOS])
         rewards = jnp.concatenate([setups[s][3] for s in SCENARIOS])
         trues = jnp.concatenate([jnp.broadcast_to(setups[s][1], setups[s][3].shape) for s in SCENARIOS])
-        sols, rates = _token_runs(setups[SCENARIOS[0]][2][name], params, rewards, trues, ts, target)
+        with _progress.phase(f"token-credit: {name}, {rewards.shape[0]} runs (compilation included)"):
+            sols, rates = jax.block_until_ready(
+                _token_runs(setups[SCENARIOS[0]][2][name], params, rewards, trues, ts, target))
         first = 0
         for scen in SCENARIOS:
             med, _, policies, rewards_s, n_canon = setups[scen]
@@ -249,17 +251,20 @@ def run_token_credit(cfg: dict, out: Path, quick: bool) -> dict:
               "agreement": f"{r['agreement']:.2f}",
               "counts": f"{r['harmful']}/{r['benign']}/{r['beneficial']}"} for r in rows]
     columns = [("scenario", "scenario"), ("parameterisation", "param."), ("p_best_initial", "p(y*)"),
-               ("p_mediocre_initial", "p(y_med)"), ("stalls", "stalls"), ("stall_level", "level"),
-               ("stall_duration", "length"), (tt, f"t({target:g}) true"), (td, f"t({target:g}) demote"),
-               ("demote_label", "demotion is"), ("counts", "harm/benign/benef."), ("agreement", "lens agrees")]
-    print(f"Token credit: vocab {vocab}, length {length} ({n} sequences); y* = {prob['best']} "
-          f"(reward {prob['best_reward']:g}), y_med = {cfg['separate']['mediocre']} (separate) or "
-          f"{cfg['shared']['mediocre']} (shared prefix) at {prob['mediocre_reward']:g}, others "
-          f"{prob['other_reward']:g}; exact flow to t = {t1:g}{' (quick)' if quick else ''}.")
-    print("The same initial sequence distribution under each parameterisation; canonical errors: the "
-          f"reward of y*, y_med and the most likely sequences ({min(max(2, n_err), n)} in all) moved by "
-          f"+-{shift:g}.")
-    print(table(shown, columns))
+               ("p_mediocre_initial", "p(y_med)"), ("stall_level", "stall\nlevel"),
+               ("stall_duration", "stall\nlength"), (tt, f"t({target:g})\ntrue"), (td, f"t({target:g})\ndemote"),
+               ("demote_label", "demotion\nis"), ("counts", "harm/\nbenign/\nbenef."), ("agreement", "lens\nagrees")]
+    say(f"Token credit: vocab {vocab}, length {length} ({n} sequences); y* = {prob['best']} "
+        f"(reward {prob['best_reward']:g}), y_med = {cfg['separate']['mediocre']} (separate) or "
+        f"{cfg['shared']['mediocre']} (shared prefix) at {prob['mediocre_reward']:g}, others "
+        f"{prob['other_reward']:g}; exact flow to t = {t1:g}{' (quick)' if quick else ''}.")
+    say("The same initial sequence distribution under each parameterisation; canonical errors: the "
+        f"reward of y*, y_med and the most likely sequences ({min(max(2, n_err), n)} in all) moved by "
+        f"+-{shift:g}.")
+    print(table(shown, columns, keys=2))
+    say("Stall level and length on the true reward (n/a: no stall; `stalls` in summary.csv); t(target): time to "
+        "the true-reward target trained on the true reward and on the demotion of y_med; harm/benign/benef.: "
+        "the canonical errors' labels; lens agrees: the fraction the instantaneous lens labels alike.")
     from .plotting import save_figure_data
 
     save_figure_data(out, {
@@ -271,11 +276,11 @@ def run_token_credit(cfg: dict, out: Path, quick: bool) -> dict:
                                for kind in ("true", "proxy")} for name in PARAMETERISATIONS} for scen in SCENARIOS},
         "maps": {scen: {name: _label_code(maps[(scen, name)]) for name in PARAMETERISATIONS} for scen in SCENARIOS},
     })
-    figures = plot_token_credit(out)
-    print(f"Solved {sum(len(setups[s][3]) for s in SCENARIOS) * len(PARAMETERISATIONS)} runs in {elapsed:.1f} s (compilation included).")
-    print(f"Results in {out.resolve()}/:")
-    for path in [out / "summary.csv", out / "map.csv", *figures]:
-        print(f"  {path.name}")
+    with _progress.phase("token-credit: figures"):
+        figures = plot_token_credit(out)
+    print(f"Solved {sum(len(setups[s][3]) for s in SCENARIOS) * len(PARAMETERISATIONS)} runs in {elapsed:.1f} s "
+          "(compilation included).")
+    list_files(out, [out / "summary.csv", out / "map.csv", *figures])
     return {"rows": rows, "figures": figures, "solutions": runs, "maps": maps}
 
 
@@ -433,16 +438,18 @@ def run_neural_policy(cfg: dict, out: Path, quick: bool) -> dict:
                        key=key_model)
 
     start = time.perf_counter()
-    neural, residual = fit_neural_policy(model, features, probs, mc["fit_steps"])
+    with _progress.phase(f"neural-policy: fitting the MLP, {mc['fit_steps']} Adam steps (compilation included)"):
+        neural, residual = fit_neural_policy(model, features, probs, mc["fit_steps"])
     policies = {"tabular": TabularSoftmax.from_probs(jnp.asarray(probs)), "neural": neural}
     errors = canonical_errors(r_true, an["error_shift"], best, mediocre)
     proxies = jnp.asarray(np.stack(list(errors.values())), jnp.float32)
     rt = jnp.asarray(r_true, jnp.float32)
     cats, runs = {}, {}
     for name, policy in policies.items():
-        cats[name] = categorize(policy, rt, proxies, method=GradientFlow(), t1=t1, target=target)
-        runs[(name, "true")] = _trajectory(policy, rt, rt, t1, target)
-        runs[(name, "demote")] = _trajectory(policy, proxies[0], rt, t1, target)
+        with _progress.phase(f"neural-policy: {name} policy, {len(errors) + 3} runs (compilation included)"):
+            cats[name] = categorize(policy, rt, proxies, method=GradientFlow(), t1=t1, target=target)
+            runs[(name, "true")] = _trajectory(policy, rt, rt, t1, target)
+            runs[(name, "demote")] = jax.block_until_ready(_trajectory(policy, proxies[0], rt, t1, target))
     elapsed = time.perf_counter() - start
 
     rows = []
@@ -463,14 +470,14 @@ def run_neural_policy(cfg: dict, out: Path, quick: bool) -> dict:
     columns = [("error", "error"), ("tabular_label", "tabular"), ("tabular_time_ratio", "ratio"),
                ("neural_label", "neural"), ("neural_time_ratio", "ratio"), ("neural_predicted", "neural lens"),
                ("same_label", "same")]
-    print(f"Neural policy: an MLP ({mc['depth']} x {mc['width']}, {mc['activation']}) over random "
-          f"{mc['feature_dim']}-d features, fitted to the initial probabilities {probs.tolist()} (total variation "
-          f"{residual:.1e}); exact flow to t = {t1:g}{' (quick)' if quick else ''}, time to true reward {target:g}.")
+    say(f"Neural policy: an MLP ({mc['depth']} x {mc['width']}, {mc['activation']}) over random "
+        f"{mc['feature_dim']}-d features, fitted to the initial probabilities {probs.tolist()} (total variation "
+        f"{residual:.1e}); exact flow to t = {t1:g}{' (quick)' if quick else ''}, time to true reward {target:g}.")
     print(table(shown, columns))
     ref = {name: cat.reference_time for name, cat in cats.items()}
-    print(f"Trained on the true reward, time to {target:g}: tabular {fmt(ref['tabular'])}, neural {fmt(ref['neural'])}. "
-          f"{same} of {len(rows)} canonical errors get the same label under both policies; the instantaneous lens "
-          f"agrees with the neural policy's labels on {cats['neural'].agreement:.0%} of them.")
+    say(f"Trained on the true reward, time to {target:g}: tabular {fmt(ref['tabular'])}, neural {fmt(ref['neural'])}. "
+        f"{same} of {len(rows)} canonical errors get the same label under both policies; the instantaneous lens "
+        f"agrees with the neural policy's labels on {cats['neural'].agreement:.0%} of them.")
 
     from .plotting import save_figure_data
 
@@ -481,11 +488,10 @@ def run_neural_policy(cfg: dict, out: Path, quick: bool) -> dict:
                                "true_reward": np.asarray(runs[(name, kind)].true_reward)}
                         for kind in ("true", "demote")} for name in policies},
     })
-    figures = plot_neural_policy(out)
+    with _progress.phase("neural-policy: figures"):
+        figures = plot_neural_policy(out)
     print(f"Solved {2 * (len(rows) + 3)} runs in {elapsed:.1f} s (compilation and the fit included).")
-    print(f"Results in {out.resolve()}/:")
-    for path in [out / "summary.csv", *figures]:
-        print(f"  {path.name}")
+    list_files(out, [out / "summary.csv", *figures])
     return {"rows": rows, "figures": figures, "solutions": runs, "categorizations": cats, "fit_residual": residual}
 
 

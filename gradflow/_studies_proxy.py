@@ -19,13 +19,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _config as C, metrics
+from . import _config as C, _progress, metrics
 from ._categorize import LABELS, categorize
 from ._dynamics import GradientFlow
 from ._proxy_design import _Pairs, design_proxy
 from ._results import save_figure
 from ._studies_policies import LABEL_COLORS
-from ._study_utils import fmt, stalling_probs, table, write_csv
+from ._study_utils import fmt, list_files, say, stalling_probs, table, write_csv
 from .design import ConstraintSatisfaction, recommend
 from .policies import TabularSoftmax
 
@@ -103,7 +103,9 @@ def run_proxy_design(cfg: dict, out: Path, quick: bool) -> dict:
             return jax.vmap(lambda b: design_proxy(policy, g, method=flow, target=target, t1=t1, budget=b,
                                                    order_preserving=order, steps=steps))(jnp.asarray(budgets))
 
-        designs = {"any": front(False), "order": front(True)}
+        with _progress.phase(f"proxy-design: designed proxies for {budgets.size} budgets, unconstrained and "
+                             "order-preserving (compilation included)"):
+            designs = jax.block_until_ready({"any": front(False), "order": front(True)})
         var_true = float(metrics.reward_variance(policy.log_probs(), g[None]))
         rows = []
         for i, b in enumerate(budgets):
@@ -122,9 +124,10 @@ def run_proxy_design(cfg: dict, out: Path, quick: bool) -> dict:
         eps = des["accuracy_budget"]
         key = jax.random.key(des["seed"])
         proxies = g[None, :] + eps * jax.random.uniform(key, (n_random, g.size), g.dtype, -1.0, 1.0)
-        cat = categorize(policy, g, proxies, method=flow, target=target, t1=t1)
-        pairs = _Pairs(g[None, :], policy.log_probs(), "acc")  # the pairs design_proxy scores
-        acc = np.asarray(jax.vmap(lambda r: pairs.exact(r[None, :])[0])(proxies))
+        with _progress.phase(f"proxy-design: {n_random} random proxies (compilation included)"):
+            cat = categorize(policy, g, proxies, method=flow, target=target, t1=t1)
+            pairs = _Pairs(g[None, :], policy.log_probs(), "acc")  # the pairs design_proxy scores
+            acc = np.asarray(jax.vmap(lambda r: pairs.exact(r[None, :])[0])(proxies))
         at_eps = jax.tree.map(lambda x: x[int(np.flatnonzero(budgets == eps)[0])], designs["any"])
         write_csv(out / "accuracy.csv", [{"accuracy": float(a), "time": float(t), "label": str(lab)}
                                          for a, t, lab in zip(acc, cat.time, cat.label, strict=True)])
@@ -135,11 +138,12 @@ def run_proxy_design(cfg: dict, out: Path, quick: bool) -> dict:
         pols = [problem.policy(ps, pp, parameterisation=pc["parameterisation"], mix=pc["mix"]) for ps, pp in grid]
         stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *pols)
         horizons = jnp.asarray([100.0 * problem.counts[-1] / ps for ps, _ in grid])
-        credit = jax.vmap(lambda pol, h: design_proxy(
-            pol, problem.true_reward(), method=flow, target=pc["target"], t1=h, budget=pc["budget"], steps=steps,
-            groups=problem.output_patterns(), mask=free))(stacked, horizons)
+        with _progress.phase(f"proxy-design: partial credit designed on {len(grid)} cells (compilation included)"):
+            credit = jax.block_until_ready(jax.vmap(lambda pol, h: design_proxy(
+                pol, problem.true_reward(), method=flow, target=pc["target"], t1=h, budget=pc["budget"],
+                steps=steps, groups=problem.output_patterns(), mask=free))(stacked, horizons))
         credit_rows = []
-        for k, (ps, pp) in enumerate(grid):
+        for k, (ps, pp) in enumerate(_progress.each(grid, "proxy-design: recommendations", unit="cell")):
             rec = recommend(ps, pp, problem=problem, target=pc["target"], t1=float(horizons[k]),
                             parameterisation=pc["parameterisation"], mix=pc["mix"])
             values = np.asarray(credit.reward[k])[np.searchsorted(problem.output_patterns(), partial)]
@@ -153,7 +157,8 @@ def run_proxy_design(cfg: dict, out: Path, quick: bool) -> dict:
     elapsed = time.perf_counter() - start
 
     _save_figure_data(out, rows, acc, cat, at_eps, credit_rows, p_success, p_partial, target, eps)
-    figures = plot_proxy_design(out)
+    with _progress.phase("proxy-design: figures"):
+        figures = plot_proxy_design(out)
     _print(rows, acc, cat, at_eps, credit_rows, var_true, target, t1, eps, quick, elapsed, out, figures,
            pc["parameterisation"])
     return {"front": rows, "accuracy": acc, "categorization": cat, "designs": designs, "partial_credit": credit_rows,
@@ -166,29 +171,27 @@ def _print(rows, acc, cat, at_eps, credit_rows, var_true, target, t1, eps, quick
               "acc_any": f"{r['accuracy_any']:.2f}", "t_ord": fmt(r["time_order"]),
               "x_ord": f"{r['speedup_order']:.1f}x", "var": f"{r['variance_order']:.3g}", "proxy": r["reward_any"]}
              for r in rows]
-    print(f"Proxy design on the stalling problem: exact flow, time to true reward {target:g} "
-          f"(truth: {fmt(rows[0]['reference_time'])}, horizon {t1:g}{', quick' if quick else ''}).")
-    print(table(shown, [("budget", "L-inf budget"), ("t_any", "designed"), ("x_any", "speedup"),
-                        ("acc_any", "Acc"), ("t_ord", "order-preserving"), ("x_ord", "speedup"),
-                        ("var", "reward var"), ("proxy", "designed proxy")]))
+    say(f"Proxy design on the stalling problem: exact flow, time to true reward {target:g} "
+        f"(truth: {fmt(rows[0]['reference_time'])}, horizon {t1:g}{', quick' if quick else ''}).")
+    print(table(shown, [("budget", "L-inf\nbudget"), ("t_any", "designed\ntime"), ("x_any", "\nspeedup"),
+                        ("acc_any", "\nAcc"), ("t_ord", "order-\npreserving"), ("x_ord", "\nspeedup"),
+                        ("var", "reward\nvar"), ("proxy", "designed proxy\n(unconstrained)")]))
     print(f"Reward variance under the initial policy: truth {var_true:.3g}.")
     fastest_random = float(np.min(cat.time))
-    print(f"{acc.size} random proxies within L-inf {eps:g} of the truth: the fastest reaches {target:g} at "
-          f"{fmt(fastest_random)}; the designed one at {fmt(float(at_eps.time))} (Acc {float(at_eps.accuracy):.2f}). "
-          f"Accuracy of the random proxies against their time: Spearman {_spearman(acc, cat.time):+.2f}.")
+    say(f"{acc.size} random proxies within L-inf {eps:g} of the truth: the fastest reaches {target:g} at "
+        f"{fmt(fastest_random)}; the designed one at {fmt(float(at_eps.time))} (Acc {float(at_eps.accuracy):.2f}). "
+        f"Accuracy of the random proxies against their time: Spearman {_spearman(acc, cat.time):+.2f}.")
     cr = [{"p_s": f"{r['p_success']:g}", "p_p": f"{r['p_partial']:g}",
            **{k: f"{v:+.2f}" for k, v in r.items() if k.startswith("credit_")},
            "x": f"{r['binary_time'] / r['designed_time']:.2f}x", "rec": r["recommend"]} for r in credit_rows]
     cols = [("p_s", "p(success)"), ("p_p", "p(partial)")]
     cols += [(k, k.replace("credit_", "credit ")) for k in cr[0] if k.startswith("credit_")]
     cols += [("x", "vs binary"), ("rec", "recommend")]
-    print(f"Partial credit on the {parameterisation} policy, designed per pattern (success 1 and failure 0 "
-          "fixed; `vs binary`: how many times sooner than binary credit):")
-    print(table(cr, cols))
+    say(f"Partial credit on the {parameterisation} policy, designed per pattern (success 1 and failure 0 "
+        "fixed; `vs binary`: how many times sooner than binary credit):")
+    print(table(cr, cols, keys=2))
     print(f"Designed in {elapsed:.1f} s (compilation included).")
-    print(f"Results in {out.resolve()}/:")
-    for path in ["front.csv", "accuracy.csv", "partial_credit.csv", *[p.name for p in figures]]:
-        print(f"  {path}")
+    list_files(out, ["front.csv", "accuracy.csv", "partial_credit.csv", *figures])
 
 
 def _spearman(a, b) -> float:

@@ -12,14 +12,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import _config as C
+from . import _config as C, _progress
 from ._analysis import StallCriteria, time_to_reward
 from ._dynamics import GradientAscent
 from ._estimators import Reinforce
 from ._results import save_figure
 from ._seeds import SeedSummary, summarize_seeds
 from ._solve import SaveAt, Solution, solve
-from ._study_utils import fmt, make_method, stalling_probs, table, write_csv
+from ._study_utils import fmt, list_files, make_method, say, stalling_probs, table, write_csv
 from .policies import LogLinear, TabularSoftmax
 
 _PROBLEM = {
@@ -93,20 +93,25 @@ def _shown(rows: list[dict], targets) -> list[dict]:
 def _columns(first: list[tuple[str, str]], targets) -> list[tuple[str, str]]:
     cols = list(first)
     for t in targets:
-        cols += [(f"exact_{t:g}", f"exact: steps to {t:g}"), (f"median_{t:g}", "seeds: median"),
-                 (f"range_{t:g}", "10-90%"), (f"reached_{t:g}", "reached")]
-    return cols + [("stalled", "stalled"), ("stall_duration_median", "stall length (median)"),
-                   ("final", "final true reward (mean, 95% CI)")]
+        cols += [(f"exact_{t:g}", f"to {t:g}\nexact"), (f"median_{t:g}", f"to {t:g}\nmedian"),
+                 (f"range_{t:g}", f"to {t:g}\n10-90%"), (f"reached_{t:g}", f"to {t:g}\nreached")]
+    return cols + [("stalled", "stalled"), ("stall_duration_median", "stall length\n(median)"),
+                   ("final", "final true reward\n(mean, 95% CI)")]
 
 
-def _report(out: Path, rows, shown, columns, figures, elapsed, runs) -> None:
+SEED_COLUMNS_NOTE = ("Steps to each true-reward target: `exact` is exact-gradient SGD; `median`, `10-90%` (the "
+                     "10% and 90% quantiles) and `reached` (the fraction of seeds that get there) are over the "
+                     "seeds.")
+
+
+def _report(out: Path, rows, shown, columns, figures, elapsed, runs, keys: int = 1, notes=()) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "summary.csv", rows)
-    print(table(shown, columns))
+    print(table(shown, columns, keys=keys))
+    for note in notes:
+        say(note)
     print(f"Solved {runs} runs in {elapsed:.1f} s (compilation included).")
-    print(f"Results in {out.resolve()}/:")
-    for path in [out / "summary.csv", *figures]:
-        print(f"  {path.name}")
+    list_files(out, [out / "summary.csv", *figures])
 
 
 # --------------------------------------------------------------------- reinforce-seeds
@@ -144,18 +149,19 @@ def run_reinforce_seeds(cfg: dict, out: Path, quick: bool) -> dict:
 
     start = time.perf_counter()
     rows, summaries, exacts = [], {}, {}
-    for p in prob["p_best"]:
+    cases = [(p, name, r) for p in prob["p_best"] for name, r in (("true", r_true), ("proxy", r_proxy))]
+    for p, name, r in _progress.each(cases, f"reinforce-seeds: {seeds} seeds per case (compilation included)",
+                                     unit="case"):
         logits = jnp.log(jnp.asarray(stalling_probs(p, prob["p_mediocre"], len(r_true))))
-        for name, r in (("true", r_true), ("proxy", r_proxy)):
-            s = summarize_seeds(sampled(logits, jnp.asarray(r), keys), targets)
-            e = exact(logits, jnp.asarray(r))
-            summaries[(p, name)], exacts[(p, name)] = s, e
-            rows.append({"p_best": p, "trained_on": name, **_seed_row(s, e, targets)})
+        s = summarize_seeds(sampled(logits, jnp.asarray(r), keys), targets)
+        e = exact(logits, jnp.asarray(r))
+        summaries[(p, name)], exacts[(p, name)] = s, e
+        rows.append({"p_best": p, "trained_on": name, **_seed_row(s, e, targets)})
     elapsed = time.perf_counter() - start
 
-    print(f"REINFORCE seeds: {seeds} seeds per case, {rc['samples']} sample(s) per step, baseline "
-          f"{rc['baseline']!r}, SGD lr {lr:g}, {steps} steps{' (quick)' if quick else ''}; the exact "
-          "columns are exact-gradient SGD with the same learning rate.")
+    say(f"REINFORCE seeds: {seeds} seeds per case, {rc['samples']} sample(s) per step, baseline "
+        f"{rc['baseline']!r}, SGD lr {lr:g}, {steps} steps{' (quick)' if quick else ''}; the exact "
+        "columns are exact-gradient SGD with the same learning rate.")
     out.mkdir(parents=True, exist_ok=True)
     plotting.save_figure_data(out, {
         "study": "reinforce-seeds", "p_best": list(prob["p_best"]), "targets": list(targets), "seeds": seeds,
@@ -167,18 +173,20 @@ def run_reinforce_seeds(cfg: dict, out: Path, quick: bool) -> dict:
         "exact_times": {f"{j}": {k: float(time_to_reward(exacts[(p, k)], targets[0])) for k in ("true", "proxy")}
                         for j, p in enumerate(prob["p_best"])},
     })
-    figures = plot_reinforce_seeds(out)
+    with _progress.phase("reinforce-seeds: figures"):
+        figures = plot_reinforce_seeds(out)
 
-    _report(out, rows, _shown(rows, targets),
-            _columns([("p_best", "p(y*)"), ("trained_on", "trained on")], targets), figures, elapsed,
-            len(rows) * (seeds + 1))
     t0 = targets[0]
+    notes = [SEED_COLUMNS_NOTE]
     for p in prob["p_best"]:
         tr, px = (next(r for r in rows if r["p_best"] == p and r["trained_on"] == k) for k in ("true", "proxy"))
-        print(f"  p(y*) = {p:g}: on the true reward {tr[f'reached_{t0:g}']:.0%} of seeds reach {t0:g} "
-              f"(exact run: {fmt(tr[f'exact_time_to_{t0:g}'], ' steps')}); on the proxy "
-              f"{px[f'reached_{t0:g}']:.0%} do, median {fmt(px[f'time_to_{t0:g}_q0.5'], ' steps')} "
-              f"(exact: {fmt(px[f'exact_time_to_{t0:g}'], ' steps')}).")
+        notes.append(f"  p(y*) = {p:g}: on the true reward {tr[f'reached_{t0:g}']:.0%} of seeds reach {t0:g} "
+                     f"(exact run: {fmt(tr[f'exact_time_to_{t0:g}'], ' steps')}); on the proxy "
+                     f"{px[f'reached_{t0:g}']:.0%} do, median {fmt(px[f'time_to_{t0:g}_q0.5'], ' steps')} "
+                     f"(exact: {fmt(px[f'exact_time_to_{t0:g}'], ' steps')}).")
+    _report(out, rows, _shown(rows, targets),
+            _columns([("p_best", "p(y*)"), ("trained_on", "trained on")], targets), figures, elapsed,
+            len(rows) * (seeds + 1), keys=2, notes=notes)
     return {"rows": rows, "figures": figures, "summaries": summaries, "exact": exacts}
 
 
@@ -263,6 +271,8 @@ def run_estimators(cfg: dict, out: Path, quick: bool) -> dict:
 
     start = time.perf_counter()
     rows, summaries, exacts = [], {}, {}
+    bar = _progress.bar(2 * len(ec["names"]), f"estimators: {seeds} seeds per case (compilation included)",
+                        unit="case")
     for name in ec["names"]:
         method = make_method(name, learning_rate=ec["learning_rate"], steps=steps, samples=ec["samples"],
                              reinforce_baseline=ec["reinforce_baseline"],
@@ -270,17 +280,23 @@ def run_estimators(cfg: dict, out: Path, quick: bool) -> dict:
                              ppo_clip=ec["ppo_clip"])
         run = _seed_solver(method, jnp.asarray(r_true), targets, every)
         for trained, r in (("true", r_true), ("proxy", r_proxy)):
+            if bar is not None:
+                bar.set_postfix_str(f"{name}, trained on {trained}")
             exacts[trained] = exacts.get(trained) or exact(logits, jnp.asarray(r))
             s = summarize_seeds(run(logits, jnp.asarray(r), keys), targets)
             summaries[(name, trained)] = s
             rows.append({"estimator": name, "trained_on": trained, **_seed_row(s, exacts[trained], targets)})
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
     elapsed = time.perf_counter() - start
 
     k = ec["samples"]
-    print(f"Estimators at equal sample budget: {k} samples per step x {steps} steps = {k * steps} draws "
-          f"per seed, {seeds} seeds, SGD lr {ec['learning_rate']:g}, initial p(y*) = {prob['p_best']:g}"
-          f"{' (quick)' if quick else ''}. PPO makes {ec['ppo_epochs']} updates per batch; the exact "
-          "columns are exact-gradient SGD with the same learning rate and steps.")
+    say(f"Estimators at equal sample budget: {k} samples per step x {steps} steps = {k * steps} draws "
+        f"per seed, {seeds} seeds, SGD lr {ec['learning_rate']:g}, initial p(y*) = {prob['p_best']:g}"
+        f"{' (quick)' if quick else ''}. PPO makes {ec['ppo_epochs']} updates per batch; the exact "
+        "columns are exact-gradient SGD with the same learning rate and steps.")
     out.mkdir(parents=True, exist_ok=True)
     plotting.save_figure_data(out, {
         "study": "estimators", "names": list(ec["names"]), "targets": list(targets), "samples": k,
@@ -289,10 +305,11 @@ def run_estimators(cfg: dict, out: Path, quick: bool) -> dict:
                       for n in ec["names"]},
         "exact": {t: plotting.Trajectory.of(exacts[t], probs=False).to_data() for t in ("true", "proxy")},
     })
-    figures = plot_estimators(out)
+    with _progress.phase("estimators: figures"):
+        figures = plot_estimators(out)
     _report(out, rows, _shown(rows, targets),
             _columns([("estimator", "estimator"), ("trained_on", "trained on")], targets), figures, elapsed,
-            len(rows) * seeds + 2)
+            len(rows) * seeds + 2, keys=2, notes=[SEED_COLUMNS_NOTE])
     return {"rows": rows, "figures": figures, "summaries": summaries, "exact": exacts}
 
 
@@ -394,7 +411,8 @@ def run_feature_similarity(cfg: dict, out: Path, quick: bool) -> dict:
     start = time.perf_counter()
     runs: dict[str, Solution] = {}
     rows = []
-    for c in prob["mediocre_cosines"]:
+    for c in _progress.each(prob["mediocre_cosines"], "feature-similarity: cosines (compilation included)",
+                            unit="run"):
         phi = similarity_features(n, prob["best_norm"], c)
         policy = LogLinear.from_probs(jnp.asarray(phi), jnp.asarray(probs))
         label = f"cos = {c:+.2f}"
@@ -406,27 +424,28 @@ def run_feature_similarity(cfg: dict, out: Path, quick: bool) -> dict:
                  **_feature_row(sol, targets)})
     elapsed = time.perf_counter() - start
 
-    print(f"Feature similarity: log-linear policy, y* feature {prob['best_norm']:g} e1, y_med a unit "
-          f"vector at the given cosine with e1; initial probs {probs.tolist()}, trained on the true reward "
-          f"{prob['true_reward']} with exact-gradient SGD (lr {sc['learning_rate']:g}, {steps} steps"
-          f"{', quick' if quick else ''}).")
+    say(f"Feature similarity: log-linear policy, y* feature {prob['best_norm']:g} e1, y_med a unit "
+        f"vector at the given cosine with e1; initial probs {probs.tolist()}, trained on the true reward "
+        f"{prob['true_reward']} with exact-gradient SGD (lr {sc['learning_rate']:g}, {steps} steps"
+        f"{', quick' if quick else ''}).")
     shown = [{**r, "cosine": "n/a" if math.isnan(r["cosine"]) else f"{r['cosine']:+.3f}",
               "inner_product": "n/a" if math.isnan(r["inner_product"]) else f"{r['inner_product']:+.3f}",
               **{f"time_to_{t:g}": fmt(r[f"time_to_{t:g}"]) for t in targets},
               **{k: fmt(r[k]) for k in ("stall_level", "stall_start", "stall_duration")},
               "final_true_reward": f"{r['final_true_reward']:.4f}"} for r in rows]
-    columns = [("parameterisation", "policy"), ("cosine", "cos(y*, y_med)"), ("inner_product", "<phi*, phi_med>")]
-    columns += [(f"time_to_{t:g}", f"steps to {t:g}") for t in targets]
-    columns += [("stall_level", "stall level"), ("stall_start", "stall start"), ("stall_duration", "stall length"),
-                ("final_true_reward", "final true reward")]
+    columns = [("parameterisation", "policy"), ("cosine", "cos(y*,\ny_med)"), ("inner_product", "<phi*,\nphi_med>")]
+    columns += [(f"time_to_{t:g}", f"steps to\n{t:g}") for t in targets]
+    columns += [("stall_level", "stall\nlevel"), ("stall_start", "stall\nstart"), ("stall_duration", "stall\nlength"),
+                ("final_true_reward", "final true\nreward")]
 
     out.mkdir(parents=True, exist_ok=True)
     plotting.save_figure_data(out, {
         "study": "feature-similarity", "cosines": list(prob["mediocre_cosines"]), "targets": list(targets),
         "runs": {f"{j}": plotting.Trajectory.of(sol).to_data() for j, sol in enumerate(runs.values())},
     })
-    figures = plot_feature_similarity(out)
-    _report(out, rows, shown, columns, figures, elapsed, len(rows))
+    with _progress.phase("feature-similarity: figures"):
+        figures = plot_feature_similarity(out)
+    _report(out, rows, shown, columns, figures, elapsed, len(rows), keys=2)
     return {"rows": rows, "figures": figures, "solutions": runs}
 
 

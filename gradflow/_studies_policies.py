@@ -171,7 +171,7 @@ def run_token_credit(cfg: dict, out: Path, quick: bool) -> dict:
     # reference), the demotion of y_med, the canonical errors (the reward of y*, y_med and
     # the most likely other sequences moved by -shift and +shift) and the map's grid.
     setups = {}
-    for scen in SCENARIOS:
+    for scen in _progress.each(SCENARIOS, "token-credit: policies and rewards of each scenario", unit="scenario"):
         sc = cfg[scen]
         med = _index(sc["mediocre"], vocab)
         r_true = np.full(n, prob["other_reward"])
@@ -262,9 +262,10 @@ def run_token_credit(cfg: dict, out: Path, quick: bool) -> dict:
         f"reward of y*, y_med and the most likely sequences ({min(max(2, n_err), n)} in all) moved by "
         f"+-{shift:g}.")
     print(table(shown, columns, keys=2))
-    say("Stall level and length on the true reward (n/a: no stall; `stalls` in summary.csv); t(target): time to "
-        "the true-reward target trained on the true reward and on the demotion of y_med; harm/benign/benef.: "
-        "the canonical errors' labels; lens agrees: the fraction the instantaneous lens labels alike.")
+    say(f"Stall: on the true reward (n/a: none; column `stalls` in summary.csv). t({target:g}): time to true "
+        f"reward {target:g}, trained on the true reward and on y_med demoted. harm/benign/benef.: how many "
+        "canonical errors get each label; lens agrees: the fraction that the instantaneous lens (the rate at "
+        "t = 0) labels alike.")
     from .plotting import save_figure_data
 
     save_figure_data(out, {

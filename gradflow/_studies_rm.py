@@ -48,14 +48,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import _config as C, metrics as gm, perturb
+from . import _config as C, _progress, metrics as gm, perturb
 from ._analysis import true_reward_rate
 from ._dynamics import GradientAscent
 from ._estimators import RLOO
 from ._results import save_figure
 from ._solve import SaveAt, solve
 from ._status import OK_CODE, status_code, status_name
-from ._study_utils import table, write_csv
+from ._study_utils import list_files, say, table, write_csv
 from .policies import LogLinear
 
 FAMILIES = (
@@ -75,7 +75,7 @@ METRICS = (
 PAIR_SETS = ("off-policy", "on-policy")
 ALGORITHMS = ("exact", "rloo")
 STATS = ("pearson", "spearman", "kendall")
-CSV_COLUMNS = ("metric", "pairs", "method", *STATS, *(f"{s}_{b}" for s in STATS for b in ("lo", "hi")))
+CSV_COLUMNS = ("metric", "pairs", "method", "policy", "budget", *STATS, *(f"{s}_{b}" for s in STATS for b in ("lo", "hi")))
 
 
 def _range_check(x) -> str | None:
@@ -572,6 +572,12 @@ def _label(algorithm: str, policy: str, budget: int) -> str:
     return f"{algorithm}/{policy}/{budget}"
 
 
+def _setting(row: dict) -> str:
+    """The label `<algorithm>/<initial policy>/<budget>` of a correlation row (whose CSV keeps
+    the three in the separate columns `method`, `policy`, `budget`)."""
+    return _label(row["method"], row["policy"], row["budget"])
+
+
 def _fmt_ci(row: dict, stat: str) -> str:
     return f"{row[stat]:+.2f} [{row[stat + '_lo']:+.2f}, {row[stat + '_hi']:+.2f}]"
 
@@ -597,6 +603,8 @@ def run_rm_metrics(cfg: dict, out: Path, quick: bool) -> dict:
     phi, r_true = jnp.asarray(setting.features), jnp.asarray(setting.true_reward)
 
     per_policy, proxy_rows, info = {}, [], {}
+    bar = _progress.bar(len(pol["names"]) * len(ALGORITHMS),
+                        "rm-metrics: proxy populations (compilation included)", unit="run")
     for pi_idx, (name, c) in enumerate(zip(pol["names"], pol["theta_style"], strict=True)):
         theta0 = initial_theta(pc, c)
         logp0 = _log_probs(setting, theta0)
@@ -616,7 +624,11 @@ def run_rm_metrics(cfg: dict, out: Path, quick: bool) -> dict:
         keys = jax.random.split(jax.random.fold_in(jax.random.key(tc["seed"]), pi_idx), n + 1)
         runs, ref = {}, {}
         for a in ALGORITHMS:
+            if bar is not None:
+                bar.set_postfix_str(f"policy {name}, {a}, {n} proxies")
             traj, t_hit, status = (np.asarray(v) for v in trainers[a](jnp.asarray(theta0), phi, r_true, batch, keys))
+            if bar is not None:
+                bar.update(1)
             runs[a] = (traj[:n].astype(float), t_hit[:n].astype(float), status[:n])
             ref[a] = (traj[n:].astype(float), t_hit[n:].astype(float))
         v0 = float(np.sum(p0 * setting.true_reward, axis=-1).mean())
@@ -644,12 +656,15 @@ def run_rm_metrics(cfg: dict, out: Path, quick: bool) -> dict:
                 row[f"time_to_target_{a}"] = float(t_hit[i])
                 row[f"status_{a}"] = status_name(status[i])
             proxy_rows.append(row)
+    if bar is not None:
+        bar.close()
     sim_time = time.perf_counter() - start
 
     # Correlations across the population, with bootstrap intervals.
     t_corr = time.perf_counter()
     rows, by_family = [], []
-    for pi_idx, name in enumerate(pol["names"]):
+    for pi_idx, name in enumerate(_progress.each(pol["names"], f"rm-metrics: correlations ({n_boot} bootstrap "
+                                                 "resamples)", unit="policy")):
         d = per_policy[name]
         family = d["pop"].family
         valid = np.all([np.isfinite(y) for y in d["outcomes"].values()], axis=0)
@@ -663,13 +678,14 @@ def run_rm_metrics(cfg: dict, out: Path, quick: bool) -> dict:
                 ys = _Resampled(y[valid], counts)
                 for s in PAIR_SETS:
                     for mname in METRICS:
-                        row = {"metric": mname, "pairs": s, "method": _label(a, name, b)}
+                        row = {"metric": mname, "pairs": s, "method": a, "policy": name, "budget": b}
                         row.update(_correlate(xs[(s, mname)], ys, counts, ac["confidence"]))
                         rows.append({c: row[c] for c in CSV_COLUMNS})
                         xv = d["metrics"][s][mname]
                         for fam in px["families"]:
                             sel = valid & (family == fam)
-                            by_family.append({"metric": mname, "pairs": s, "method": _label(a, name, b), "family": fam,
+                            by_family.append({"metric": mname, "pairs": s, "method": a, "policy": name,
+                                              "budget": b, "family": fam,
                                               "spearman": float(spearman(xv[sel], y[sel])),
                                               "kendall": float(kendall(xv[sel], y[sel]))})
     corr_time = time.perf_counter() - t_corr
@@ -679,11 +695,10 @@ def run_rm_metrics(cfg: dict, out: Path, quick: bool) -> dict:
     write_csv(out / "correlations_by_family.csv", by_family)
     write_csv(out / "proxies.csv", proxy_rows)
     _save_figure_data(out, per_policy, rows, pol["names"], budgets, px["families"])
-    figures = plot_rm_metrics(out)
+    with _progress.phase("rm-metrics: figures"):
+        figures = plot_rm_metrics(out)
     _print_report(cfg, quick, setting, info, per_policy, rows, by_family, budgets, n_boot, sim_time, corr_time)
-    print(f"Results in {out.resolve()}/:")
-    for p in ["correlations.csv", "correlations_by_family.csv", "proxies.csv", *[f.name for f in figures]]:
-        print(f"  {p}")
+    list_files(out, ["correlations.csv", "correlations_by_family.csv", "proxies.csv", *figures])
     return {"rows": rows, "by_family": by_family, "proxies": proxy_rows, "figures": figures, "info": info}
 
 
@@ -697,22 +712,23 @@ def _print_report(cfg, quick, setting, info, per_policy, rows, by_family, budget
     names = cfg["policies"]["names"]
     n_total = sum(len(per_policy[nm]["pop"].family) for nm in names)
     per_family = len(per_policy[names[0]]["pop"].family) // len(px["families"])
-    print(f"RM metrics vs policy-gradient outcome{' (quick)' if quick else ''}: {x} prompts x {k} outputs "
-          f"(1 best, {pc['mediocre']} mediocre), log-linear policy with {pc['features']} shared features; "
-          f"{per_family} proxies in each of {len(px['families'])} families ({', '.join(px['families'])}), "
-          f"{len(names)} initial policies; SGD (exact gradient) and RLOO ({tc['rloo_samples']} samples per prompt) "
-          f"at lr {tc['learning_rate']:g} for {budgets[-1]} steps; outcome = true-reward gain after "
-          f"{', '.join(str(b) for b in budgets[:-1])}{' and ' if len(budgets) > 1 else ''}{budgets[-1]} steps. Preference sets: {cfg['preferences']['responses']} "
-          f"responses per prompt, all pairs (off-policy: uniform; on-policy: from the initial policy).")
+    say(f"RM metrics vs policy-gradient outcome{' (quick)' if quick else ''}: {x} prompts x {k} outputs "
+        f"(1 best, {pc['mediocre']} mediocre), log-linear policy with {pc['features']} shared features; "
+        f"{per_family} proxies in each of {len(px['families'])} families ({', '.join(px['families'])}), "
+        f"{len(names)} initial policies; SGD (exact gradient) and RLOO ({tc['rloo_samples']} samples per prompt) "
+        f"at lr {tc['learning_rate']:g} for {budgets[-1]} steps; outcome = true-reward gain after "
+        f"{', '.join(str(b) for b in budgets[:-1])}{' and ' if len(budgets) > 1 else ''}{budgets[-1]} steps. "
+        f"Preference sets: {cfg['preferences']['responses']} responses per prompt, all pairs (off-policy: "
+        "uniform; on-policy: from the initial policy).")
     for nm in names:
         inf, d = info[nm], per_policy[nm]
-        print(f"\nInitial policy {nm!r}: p(y*) = {inf['p_best']:.3f}, p(mediocre) = {inf['p_mediocre']:.3f}, "
-              f"V_G(0) = {inf['v0']:.3f}; on-policy set: {inf['on_pairs']} pairs, {inf['on_ovm_prompts']} "
-              f"one-vs-many prompts."
-              + (f" {d['excluded']} proxies left out of the correlations (a failed run or a non-finite metric)."
-                 if d["excluded"] else ""))
+        say(f"\nInitial policy {nm!r}: p(y*) = {inf['p_best']:.3f}, p(mediocre) = {inf['p_mediocre']:.3f}, "
+            f"V_G(0) = {inf['v0']:.3f}; on-policy set: {inf['on_pairs']} pairs, {inf['on_ovm_prompts']} "
+            f"one-vs-many prompts."
+            + (f" {d['excluded']} proxies left out of the correlations (a failed run or a non-finite metric)."
+               if d["excluded"] else ""))
         every = math.gcd(*budgets)
-        shown = []
+        shown, reach = [], []
         for a in ALGORITHMS:
             traj, t_ref = inf["reference"][a]
             _, t_hit, status = d["runs"][a]
@@ -721,34 +737,36 @@ def _print_report(cfg, quick, setting, info, per_policy, rows, by_family, budget
                 shown.append({"method": a, "budget": b, "true": f"{rg:+.3f}",
                               "range": f"{np.nanmin(g):+.3f} .. {np.nanmax(g):+.3f}",
                               "median": f"{np.nanmedian(g):+.3f}", "beat": f"{np.mean(g > rg):.0%}",
-                              "agree": f"{spearman(g, d['outcomes'][('exact', b)]):+.3f}" if a != "exact" else "",
-                              "time": ""})
+                              "agree": f"{spearman(g, d['outcomes'][('exact', b)]):+.3f}" if a != "exact" else ""})
             reached = np.isfinite(t_hit)
             t_txt = f"median step {np.median(t_hit[reached]):.0f}" if reached.any() else "never"
             t_true = "never" if math.isinf(t_ref) else f"step {t_ref:.0f}"
             failed = int((status != OK_CODE).sum())
-            shown[-1]["time"] = (f"{reached.mean():.0%} of proxies, {t_txt} (true reward: {t_true})"
-                                 + (f"; {failed} runs failed (left out)" if failed else ""))
-        print(table(shown, [("method", "method"), ("budget", "steps"), ("true", "gain on r_G"),
-                            ("range", "gain on proxies: range"), ("median", "median"),
-                            ("beat", "beat r_G"), ("agree", "Spearman with exact"),
-                            ("time", f"reach {tc['target']:g} of the way to the best")]))
+            reach.append(f"  {a}: {reached.mean():.0%} of proxies, {t_txt} (true reward: {t_true})"
+                         + (f"; {failed} runs failed (left out)" if failed else ""))
+        print(table(shown, [("method", "method"), ("budget", "steps"), ("true", "gain\non r_G"),
+                            ("range", "gain on proxies:\nrange"), ("median", "\nmedian"),
+                            ("beat", "beat\nr_G"), ("agree", "Spearman\nwith exact")], keys=2))
+        say(f"Reach {tc['target']:g} of the way to the best true reward within {budgets[-1]} steps:")
+        for line in reach:
+            say(line)
 
     settings = _settings(names, budgets)
-    lookup = {(r["metric"], r["pairs"], r["method"]): r for r in rows}
-    short = {"reward_variance": "reward_var", "rate_tabular": "rate_tab", "rate_loglinear": "rate_ll"}
+    lookup = {(r["metric"], r["pairs"], _setting(r)): r for r in rows}
+    header = {"reward_variance": "reward\nvar", "rate_tabular": "rate\ntab", "rate_loglinear": "rate\nll",
+              **{m: m.replace("ovm_", "ovm\n") for m in METRICS if m.startswith("ovm_")}}
     for s in PAIR_SETS:
-        print(f"\nSpearman correlation with the true-reward gain across the population, metrics on the {s} "
-              f"preference set (rows: method/initial policy/budget in steps; 95% CIs from {n_boot} bootstrap "
-              "resamples in correlations.csv):")
+        say(f"\nSpearman correlation with the true-reward gain across the population, metrics on the {s} "
+            f"preference set (rows: method/initial policy/budget in steps; 95% CIs from {n_boot} bootstrap "
+            "resamples in correlations.csv):")
         shown = []
         for a, nm, b in settings:
             label = _label(a, nm, b)
             shown.append({"setting": label, **{m: f"{lookup[(m, s, label)]['spearman']:+.2f}" for m in METRICS}})
-        print(table(shown, [("setting", "setting"), *((m, short.get(m, m)) for m in METRICS)]))
+        print(table(shown, [("setting", "setting"), *((m, header.get(m, m)) for m in METRICS)]))
 
     thr = ac["predictive"]
-    print(f"\nBest predictor per setting (by Spearman; a metric 'predicts' when its CI lower bound exceeds {thr:g}):")
+    say(f"\nBest predictor per setting (by Spearman; a metric 'predicts' when its CI lower bound exceeds {thr:g}):")
     failing = []
     for a, nm, b in settings:
         label = _label(a, nm, b)
@@ -763,24 +781,24 @@ def _print_report(cfg, quick, setting, info, per_policy, rows, by_family, budget
         misleading = [r for r in cand if r["spearman_hi"] < -thr]
         if not good:
             failing.append(label)
-        print(f"  {label}: best {best['metric']} ({best['pairs']}) Spearman {_fmt_ci(best, 'spearman')}, "
-              f"Kendall {_fmt_ci(best, 'kendall')}, Pearson {_fmt_ci(best, 'pearson')}"
-              + (f"; best accuracy-type {best_acc['metric']} ({best_acc['pairs']}) {_fmt_ci(best_acc, 'spearman')}"
-                 if best_acc is not None and best_acc is not best else "")
-              + f"; plain acc (off-policy) {_fmt_ci(plain, 'spearman')}; {len(good)} of {len(cand)} predict"
-              + (f", {len(misleading)} mislead (CI below {-thr:g}: "
-                 + ", ".join(f"{r['metric']} ({r['pairs']}) {r['spearman']:+.2f}" for r in misleading) + ")"
-                 if misleading else "") + ".")
+        say(f"  {label}: best {best['metric']} ({best['pairs']}) Spearman {_fmt_ci(best, 'spearman')}, "
+            f"Kendall {_fmt_ci(best, 'kendall')}, Pearson {_fmt_ci(best, 'pearson')}"
+            + (f"; best accuracy-type {best_acc['metric']} ({best_acc['pairs']}) {_fmt_ci(best_acc, 'spearman')}"
+               if best_acc is not None and best_acc is not best else "")
+            + f"; plain acc (off-policy) {_fmt_ci(plain, 'spearman')}; {len(good)} of {len(cand)} predict"
+            + (f", {len(misleading)} mislead (CI below {-thr:g}: "
+               + ", ".join(f"{r['metric']} ({r['pairs']}) {r['spearman']:+.2f}" for r in misleading) + ")"
+               if misleading else "") + ".")
     if failing:
-        print(f"  No metric predicts (CI lower bound > {thr:g}) in: {', '.join(failing)}.")
+        say(f"  No metric predicts (CI lower bound > {thr:g}) in: {', '.join(failing)}.")
     else:
-        print(f"  In every setting at least one metric predicts (CI lower bound > {thr:g}).")
+        say(f"  In every setting at least one metric predicts (CI lower bound > {thr:g}).")
 
-    print(f"\nWithin one family (Spearman, point estimates; correlations_by_family.csv): families where no metric "
-          f"reaches {thr:g}:")
+    say(f"\nWithin one family (Spearman, point estimates; correlations_by_family.csv): families where no metric "
+        f"reaches {thr:g}:")
     fam_lookup: dict = {}
     for r in by_family:
-        fam_lookup.setdefault((r["method"], r["family"]), []).append(r)
+        fam_lookup.setdefault((_setting(r), r["family"]), []).append(r)
     for a, nm, b in settings:
         label = _label(a, nm, b)
         bad = []
@@ -789,9 +807,9 @@ def _print_report(cfg, quick, setting, info, per_policy, rows, by_family, budget
             best = max(vals) if vals else math.nan
             if not best >= thr:
                 bad.append(f"{fam} (best {best:+.2f})")
-        print(f"  {label}: " + (", ".join(bad) if bad else "none"))
-    print(f"\nSimulated {n_total} proxies x {len(ALGORITHMS)} methods in {sim_time:.1f} s, correlations in "
-          f"{corr_time:.1f} s (compilation included).")
+        say(f"  {label}: " + (", ".join(bad) if bad else "none"))
+    say(f"\nSimulated {n_total} proxies x {len(ALGORITHMS)} methods in {sim_time:.1f} s, correlations in "
+        f"{corr_time:.1f} s (compilation included).")
 
 
 # ----------------------------------------------------------------------------- figures
@@ -806,7 +824,7 @@ def _save_figure_data(out: Path, per_policy: dict, rows: list[dict], names, budg
     scatter plots."""
     from .plotting import save_figure_data
 
-    lookup = {(r["metric"], r["pairs"], r["method"]): r for r in rows}
+    lookup = {(r["metric"], r["pairs"], _setting(r)): r for r in rows}
     labels = [_label(*s) for s in _settings(names, budgets)]
     every = math.gcd(*budgets)
     b = budgets[-1]

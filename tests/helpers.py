@@ -119,3 +119,29 @@ def random_problem(seed, k, dtype):
     logits = rng.normal(size=k) * 1.5
     reward = rng.normal(size=k)
     return gf.TabularSoftmax(jnp.asarray(logits, dtype)), jnp.asarray(reward, dtype)
+
+
+# ------------------------------------------------------------------ what a study prints
+
+SUMMARY_WIDTH = 100  # the widest line a study may print (gradflow._study_utils.WIDTH)
+
+
+def printed(fn, *args, **kwargs):
+    """Call `fn(*args, **kwargs)` and return `(its result, what it printed on stdout)`
+    (module-scoped fixtures cannot use `capsys`)."""
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        result = fn(*args, **kwargs)
+    return result, buf.getvalue()
+
+
+def check_summary(text: str, *expected: str) -> None:
+    """A study's printed summary: not empty, every line at most `SUMMARY_WIDTH` columns, and
+    each of `expected` in it."""
+    assert text.strip(), "the study printed nothing"
+    wide = [f"{len(line)}: {line}" for line in text.splitlines() if len(line) > SUMMARY_WIDTH]
+    assert not wide, "lines wider than 100 columns:\n" + "\n".join(wide)
+    missing = [e for e in expected if e not in text]
+    assert not missing, f"missing from the printed summary: {missing}\n{text}"

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from figcheck import problems as figure_problems, redraw_differences
+from helpers import check_summary, printed
 from scipy import stats
 
 from gradflow import _config as C, _studies_rm as R
@@ -167,24 +168,28 @@ def test_config_copies_agree_and_registration():
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("rm-metrics")
-    return out, R.run_rm_metrics(_cfg(), out, quick=True), _cfg()
+    result, text = printed(R.run_rm_metrics, _cfg(), out, quick=True)
+    return out, result, _cfg(), text
 
 
 def test_quick_writes_correlations_with_the_required_columns(quick):
-    out, result, cfg = quick
+    out, result, cfg, text = quick
     with (out / "correlations.csv").open() as f:
         reader = csv.DictReader(f)
         header, rows = reader.fieldnames, list(reader)
-    assert header[:6] == ["metric", "pairs", "method", "pearson", "spearman", "kendall"]
-    assert set(header[6:]) == {f"{s}_{b}" for s in R.STATS for b in ("lo", "hi")}
-    methods = {f"{a}/{p}/{b}" for a in R.ALGORITHMS for p in cfg["policies"]["names"] for b in cfg["quick"]["budgets"]}
-    keys = [(r["metric"], r["pairs"], r["method"]) for r in rows]
-    assert len(keys) == len(set(keys)) == len(R.METRICS) * len(R.PAIR_SETS) * len(methods)
-    assert set(keys) == {(m, s, meth) for m in R.METRICS for s in R.PAIR_SETS for meth in methods}
+    # method, initial policy and budget in separate columns (the budget an integer), never packed
+    assert header[:8] == ["metric", "pairs", "method", "policy", "budget", "pearson", "spearman", "kendall"]
+    assert set(header[8:]) == {f"{s}_{b}" for s in R.STATS for b in ("lo", "hi")}
+    settings = {(a, p, str(b)) for a in R.ALGORITHMS for p in cfg["policies"]["names"] for b in cfg["quick"]["budgets"]}
+    keys = [(r["metric"], r["pairs"], r["method"], r["policy"], r["budget"]) for r in rows]
+    assert len(keys) == len(set(keys)) == len(R.METRICS) * len(R.PAIR_SETS) * len(settings)
+    assert set(keys) == {(m, s, *st) for m in R.METRICS for s in R.PAIR_SETS for st in settings}
     for r in rows:
         for s in R.STATS:
             est, lo, hi = float(r[s]), float(r[f"{s}_lo"]), float(r[f"{s}_hi"])
-            assert -1 <= lo <= est <= hi <= 1, (r["metric"], r["pairs"], r["method"], s)
+            assert -1 <= lo <= est <= hi <= 1, (r["metric"], r["pairs"], r["method"], r["policy"], r["budget"], s)
+    with (out / "correlations_by_family.csv").open() as f:
+        assert csv.DictReader(f).fieldnames[:6] == ["metric", "pairs", "method", "policy", "budget", "family"]
     scatters = [f"scatter_{nm}_{s}.png" for nm in cfg["policies"]["names"] for s in R.PAIR_SETS]
     for name in ("proxies.csv", "correlations_by_family.csv", "correlation_heatmap.png", *scatters,
                  "correlation_vs_budget.png"):
@@ -193,6 +198,11 @@ def test_quick_writes_correlations_with_the_required_columns(quick):
     assert redraw_differences(out, result["figures"]) == []
     n = len(cfg["policies"]["names"]) * len(cfg["proxies"]["families"]) * cfg["quick"]["per_family"]
     assert len(result["proxies"]) == n
+    # the printed summary: 100 columns at most, every setting and metric still named
+    settings = [f"{a}/{p}/{b}" for a in R.ALGORITHMS for p in cfg["policies"]["names"] for b in cfg["quick"]["budgets"]]
+    check_summary(text, "RM metrics vs policy-gradient outcome", "Spearman", "Best predictor per setting",
+                  "Within one family", "correlations.csv", "correlation_heatmap.png", "acc_w", "hacc_w",
+                  *settings, *(f"{s}: best " for s in settings))
 
 
 def test_quick_run_is_sane(quick):
@@ -200,7 +210,7 @@ def test_quick_run_is_sane(quick):
     agree closely at the last budget (200 prompts' worth of averaging: small noise); on
     the short budget the exact instantaneous rate (log-linear) predicts the gain of the
     exact gradient from the peaked policy."""
-    _, result, cfg = quick
+    _, result, cfg, _ = quick
     for row in result["proxies"]:
         for s in R.PAIR_SETS:
             for m in R.METRICS[:8]:
@@ -209,5 +219,5 @@ def test_quick_run_is_sane(quick):
     b = cfg["quick"]["budgets"]
     gains = np.array([[r[f"gain_{a}_{b[-1]}"] for a in R.ALGORITHMS] for r in result["proxies"]])
     assert stats.spearmanr(gains[:, 0], gains[:, 1]).statistic > 0.9
-    rows = {(r["metric"], r["pairs"], r["method"]): r for r in result["rows"]}
-    assert rows[("rate_loglinear", "on-policy", f"exact/peaked/{b[0]}")]["spearman"] > 0.5
+    rows = {(r["metric"], r["pairs"], r["method"], r["policy"], r["budget"]): r for r in result["rows"]}
+    assert rows[("rate_loglinear", "on-policy", "exact", "peaked", b[0])]["spearman"] > 0.5

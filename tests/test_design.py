@@ -11,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 from figcheck import problems as figure_problems, redraw_differences
+from helpers import check_summary, printed
 
 import gradflow as gf
 from gradflow import _config as C, design as D
@@ -172,7 +173,10 @@ def test_partial_credit_config_errors_name_the_key(tmp_path):
 
 def test_partial_credit_quick_study(tmp_path):
     cfg = C.load(C.packaged_config("partial-credit"), PARTIAL_CREDIT_SCHEMA)
-    result = run_partial_credit(cfg, tmp_path, quick=True)
+    result, text = printed(run_partial_credit, cfg, tmp_path, quick=True)
+    check_summary(text, "Partial credit vs binary credit", "ratio by p_success", "Where each regime occurs",
+                  "partial credit faster at p_success", "Timings", "phase.csv", "sampled.csv", "trajectories.png",
+                  *(line.strip().split(":")[0] for line in result["regimes"]))
     with (tmp_path / "phase.csv").open() as f:
         reader = csv.DictReader(f)
         assert tuple(reader.fieldnames) == PHASE_COLUMNS

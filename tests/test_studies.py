@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from figcheck import problems as figure_problems, redraw_differences
+from helpers import check_summary, printed
 
 from gradflow import _config as C, cli
 from gradflow._studies import STALLING_SCHEMA, STUDIES, run_study
@@ -56,11 +57,12 @@ def test_config_errors_name_the_key(edit, key):
 @pytest.fixture(scope="module")
 def quick_stalling(tmp_path_factory):
     out = tmp_path_factory.mktemp("stalling")
-    return out, run_study("stalling", out=out, quick=True)
+    result, text = printed(run_study, "stalling", out=out, quick=True)
+    return out, result, text
 
 
 def test_stalling_study_quick_writes_table_and_figures(quick_stalling):
-    out, result = quick_stalling
+    out, result, _ = quick_stalling
     for name in ("summary.csv", "true_reward.png", "probs.png"):
         assert (out / name).stat().st_size > 0
     lines = (out / "summary.csv").read_text().splitlines()
@@ -68,14 +70,14 @@ def test_stalling_study_quick_writes_table_and_figures(quick_stalling):
 
 
 def test_stalling_study_figures_are_clean_and_redraw(quick_stalling):
-    out, result = quick_stalling
+    out, result, _ = quick_stalling
     assert figure_problems(result["figures"]) == {}
     assert redraw_differences(out, result["figures"]) == []
 
 
 def test_stalling_study_shows_the_claim(quick_stalling):
     """Proxy reaches 0.9 >= 5x sooner for p(y*) = 0.05; the true-reward run stalls near 0.8."""
-    _, result = quick_stalling
+    _, result, _ = quick_stalling
     rows = {(r["p_best"], r["trained_on"], r["method"]): r for r in result["rows"]}
     for method in ("flow", "SGD"):
         t_true = rows[(0.05, "true", method)]["time_to_0.9"]
@@ -84,6 +86,13 @@ def test_stalling_study_shows_the_claim(quick_stalling):
         assert abs(rows[(0.05, "true", method)]["stall_level"] - 0.8) < 0.05
         assert math.isnan(rows[(0.05, "proxy", method)]["stall_level"])
         assert all(r["status"] == "ok" for r in result["rows"])
+
+
+def test_stalling_study_prints_a_summary_that_fits(quick_stalling):
+    _, result, text = quick_stalling
+    check_summary(text, "Stalling study:", "time to", "stall", "final true", "flow time", "steps",
+                  "only the proxy gets there", "the proxy is", "Results in", "summary.csv", "true_reward.png")
+    assert len([line for line in text.splitlines() if line.lstrip().startswith(("0.05 ", "0.1 ", "0.15 "))]) == 12
 
 
 def test_cli_list_and_errors(capsys, tmp_path):
@@ -103,11 +112,12 @@ def test_cli_list_and_errors(capsys, tmp_path):
 @pytest.fixture(scope="module")
 def quick_reinforce_seeds(tmp_path_factory):
     out = tmp_path_factory.mktemp("reinforce-seeds")
-    return out, run_study("reinforce-seeds", out=out, quick=True)
+    result, text = printed(run_study, "reinforce-seeds", out=out, quick=True)
+    return out, result, text
 
 
 def test_reinforce_seeds_quick_writes_table_and_figure(quick_reinforce_seeds):
-    out, result = quick_reinforce_seeds
+    out, result, _ = quick_reinforce_seeds
     for name in ("summary.csv", "reinforce_seeds.png"):
         assert (out / name).stat().st_size > 0
     assert len((out / "summary.csv").read_text().splitlines()) == 1 + len(result["rows"]) == 1 + 6
@@ -115,7 +125,7 @@ def test_reinforce_seeds_quick_writes_table_and_figure(quick_reinforce_seeds):
 
 
 def test_reinforce_seeds_figures_are_clean_and_redraw(quick_reinforce_seeds):
-    out, result = quick_reinforce_seeds
+    out, result, _ = quick_reinforce_seeds
     assert figure_problems(result["figures"]) == {}
     assert redraw_differences(out, result["figures"]) == []
 
@@ -123,7 +133,7 @@ def test_reinforce_seeds_figures_are_clean_and_redraw(quick_reinforce_seeds):
 def test_reinforce_seeds_quick_shows_the_claim(quick_reinforce_seeds):
     """On the proxy every seed reaches 0.9 near the exact run's step; on the true reward
     (p(y*) = 0.05) the exact run never does and most seeds stall."""
-    _, result = quick_reinforce_seeds
+    _, result, _ = quick_reinforce_seeds
     rows = {(r["p_best"], r["trained_on"]): r for r in result["rows"]}
     for p in (0.05, 0.10, 0.15):
         proxy = rows[(p, "proxy")]
@@ -134,16 +144,25 @@ def test_reinforce_seeds_quick_shows_the_claim(quick_reinforce_seeds):
     assert true["reached_0.9"] < 0.5 and true["stalled"] > 0.5
 
 
+def test_reinforce_seeds_prints_a_summary_that_fits(quick_reinforce_seeds):
+    """The wide table is split into blocks that each repeat p(y*) and `trained on`."""
+    _, _, text = quick_reinforce_seeds
+    check_summary(text, "REINFORCE seeds:", "to 0.9", "to 0.95", "10-90%", "reached", "stalled",
+                  "(mean, 95% CI)", "(exact 0.", "of seeds reach 0.9", "summary.csv", "reinforce_seeds.png")
+    assert text.count("trained on") >= 2
+
+
 @pytest.fixture(scope="module")
 def quick_estimators(tmp_path_factory):
     out = tmp_path_factory.mktemp("estimators")
-    return out, run_study("estimators", out=out, quick=True)
+    result, text = printed(run_study, "estimators", out=out, quick=True)
+    return out, result, text
 
 
 def test_estimators_quick(quick_estimators):
     """Unbiased estimators track the exact run on the proxy; GRPO's std normalisation
     escapes the stall on the true reward where RLOO does not."""
-    out, result = quick_estimators
+    out, result, text = quick_estimators
     assert (out / "estimators.png").stat().st_size > 0
     rows = {(r["estimator"], r["trained_on"]): r for r in result["rows"]}
     assert len(rows) == 8
@@ -153,11 +172,13 @@ def test_estimators_quick(quick_estimators):
     assert rows[("grpo", "true")]["reached_0.9"] > rows[("rloo", "true")]["reached_0.9"] + 0.5
     assert figure_problems(result["figures"]) == {}
     assert redraw_differences(out, result["figures"]) == []
+    check_summary(text, "Estimators at equal sample budget", "reinforce", "rloo", "grpo", "ppo", "to 0.9",
+                  "(mean, 95% CI)", "estimators.png")
 
 
 def test_feature_similarity_quick(tmp_path):
     """y_med's feature pointing towards y* ends the stall; pointing away keeps it."""
-    result = run_study("feature-similarity", out=tmp_path, quick=True)
+    result, text = printed(run_study, "feature-similarity", out=tmp_path, quick=True)
     assert (tmp_path / "feature_similarity.png").stat().st_size > 0
     rows = {r["cosine"]: r for r in result["rows"] if r["parameterisation"] == "log-linear"}
     towards, away = rows[0.7071], rows[-0.7071]
@@ -170,6 +191,8 @@ def test_feature_similarity_quick(tmp_path):
     assert times == sorted(times, reverse=True)  # more similar => sooner (inf first)
     assert figure_problems(result["figures"]) == {}
     assert redraw_differences(tmp_path, result["figures"]) == []
+    check_summary(text, "Feature similarity:", "cos(y*,", "steps to", "tabular", "+0.707", "final true",
+                  "feature_similarity.png")
 
 
 def test_unknown_estimator_name_is_rejected():
@@ -185,7 +208,7 @@ def test_unknown_estimator_name_is_rejected():
 
 
 def test_categorization_map_quick_shows_all_three_regions(tmp_path):
-    result = run_study("categorization-map", out=tmp_path, quick=True)
+    result, text = printed(run_study, "categorization-map", out=tmp_path, quick=True)
     labels = set(result["table"]["label"].tolist())
     assert labels == {"harmful", "benign", "beneficial"}
     assert (tmp_path / "categorization_map.png").stat().st_size > 0
@@ -195,6 +218,7 @@ def test_categorization_map_quick_shows_all_three_regions(tmp_path):
     assert at_truth.sum() == 1 and t["label"][at_truth][0] == "benign"
     assert figure_problems(result["figures"]) == {}
     assert redraw_differences(tmp_path, result["figures"]) == []
+    check_summary(text, "harmful", "benign", "beneficial", "categorization_map.png")
 
 
 def test_cli_sweep_resumes_and_plots(tmp_path, capsys):
@@ -238,14 +262,15 @@ def test_cli_sweep_rejects_bad_configs(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def quick_token_credit(tmp_path_factory):
     out = tmp_path_factory.mktemp("token-credit")
-    return out, run_study("token-credit", out=out, quick=True)
+    result, text = printed(run_study, "token-credit", out=out, quick=True)
+    return out, result, text
 
 
 def test_token_credit_quick_shows_stalling_at_the_token_level(quick_token_credit):
     """Every parameterisation starts from the same sequence distribution; on the true
     reward each stalls near y_med's 0.8 within the quick horizon, and the proxy that
     demotes y_med reaches 0.9 (beneficial)."""
-    out, result = quick_token_credit
+    out, result, text = quick_token_credit
     for name in ("summary.csv", "map.csv", "true_reward.png", "categorization_map.png"):
         assert (out / name).stat().st_size > 0
     assert len((out / "map.csv").read_text().splitlines()) == 1 + 6 * 5 * 5
@@ -268,10 +293,12 @@ def test_token_credit_quick_shows_stalling_at_the_token_level(quick_token_credit
         assert labels.shape == (5, 5) and set(np.unique(labels)) <= {"harmful", "benign", "beneficial"}
     assert figure_problems(result["figures"]) == {}
     assert redraw_differences(out, result["figures"]) == []
+    check_summary(text, "Token credit:", "separate", "shared", "flat", "prefix", "bigram", "demotion",
+                  "beneficial", "lens", "map.csv", "categorization_map.png")
 
 
 def test_neural_policy_quick_categorises_errors(tmp_path):
-    result = run_study("neural-policy", out=tmp_path, quick=True)
+    result, text = printed(run_study, "neural-policy", out=tmp_path, quick=True)
     assert (tmp_path / "summary.csv").stat().st_size > 0 and (tmp_path / "neural_policy.png").stat().st_size > 0
     assert result["fit_residual"] < 1e-3  # the MLP starts from the tabular policy's distribution
     rows = {r["error"]: r for r in result["rows"]}
@@ -280,4 +307,6 @@ def test_neural_policy_quick_categorises_errors(tmp_path):
     assert all(r["neural_label"] != "failed" and r["tabular_label"] != "failed" for r in rows.values())
     assert figure_problems(result["figures"]) == {}
     assert redraw_differences(tmp_path, result["figures"]) == []
+    check_summary(text, "Neural policy:", "demote y_med", "swap y* and y_med", "neural", "canonical errors",
+                  "neural_policy.png")
 

@@ -241,17 +241,7 @@ def plot_stalling(out: Path) -> list[Path]:
 
 def run_categorization_map(cfg: dict, out: Path, quick: bool) -> dict:
     """The categorisation map: a `gradflow sweep` of its config, then the figure."""
-    import contextlib
-    import io
-
-    # The sweep's own summary, wrapped to the study width (`gradflow sweep` prints it as is).
-    said = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(said):
-            summary = run_sweep(cfg, out, quick)
-    finally:
-        if said.getvalue():
-            say(said.getvalue().rstrip("\n"))
+    summary = run_sweep(cfg, out, quick)
     with _progress.phase("categorization-map: figures"):
         figures = plot_dir(out)
     list_files(out, ["summary.parquet/", *figures])

@@ -22,7 +22,7 @@ from . import _config as C, _progress, perturb, sweep
 from ._categorize import LABELS, _predict, classify, proxy_row
 from ._results import save_figure, write_json
 from ._status import OK_CODE, status_name, status_names
-from ._study_utils import METHOD_NAMES, make_method
+from ._study_utils import METHOD_NAMES, make_method, say
 from .policies import TabularSoftmax
 
 FAMILIES = ("grid_2d", "shift_grid", "demote", "gaussian", "with_accuracy", "swaps")
@@ -174,12 +174,12 @@ def run_sweep(cfg: dict, out: Path, quick: bool = False, force: bool = False) ->
     table = sweep.run(with_reward, proxies, out, chunk_size=cfg["sweep"]["chunk_size"], meta=meta,
                       post=label, progress=_progress.enabled())
     elapsed = time.perf_counter() - start
-    print(f"Sweep: {len(table['row'])} proxies ({cfg['proxies']['family']}), method {cfg['method']['name']}"
-          f"{' (quick)' if quick else ''}; {elapsed:.1f} s this call (finished chunks are not recomputed).")
+    say(f"Sweep: {len(table['row'])} proxies ({cfg['proxies']['family']}), method {cfg['method']['name']}"
+        f"{' (quick)' if quick else ''}; {elapsed:.1f} s this call (finished chunks are not recomputed).")
     summary = _summary(table, ref, first)
     _print_summary(summary, first)
-    print(f"Per-proxy results in {(out / 'summary.parquet').resolve()}/")
-    print("  (open with gradflow.sweep.read(DIR), pyarrow.parquet.read_table or pandas.read_parquet).")
+    say(f"Per-proxy results in {(out / 'summary.parquet').resolve()}/ (open with gradflow.sweep.read(DIR), "
+        "pyarrow.parquet.read_table or pandas.read_parquet).")
     return {**summary, "out": str(out), "table": table}
 
 
@@ -194,12 +194,12 @@ def _summary(table: dict, ref: dict, first: str) -> dict:
 def _print_summary(summary: dict, first: str) -> None:
     ref, counts = summary["reference"], summary["labels"]
     t0 = ref[first]
-    print(f"  reference (trained on the true reward): {first.replace('_', ' ')} = "
+    say(f"  reference (trained on the true reward): {first.replace('_', ' ')} = "
           f"{'never' if math.isinf(t0) else f'{t0:g}'}, final true reward {ref['final_true_reward']:.4f}")
     total = max(1, summary["rows"] - summary["failed"])
-    print("  " + ", ".join(f"{k}: {c} ({c / total:.1%})" for k, c in counts.items())
+    say("  " + ", ".join(f"{k}: {c} ({c / total:.1%})" for k, c in counts.items())
           + f"; failed runs excluded: {summary['failed']}")
-    print(f"  the instantaneous prediction (rate at t = 0) agrees with the simulated label for "
+    say(f"  the instantaneous prediction (rate at t = 0) agrees with the simulated label for "
           f"{summary['prediction_agreement']:.1%}")
 
 

@@ -13,9 +13,24 @@
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
-import pytest
+import atexit
+import os
+import shutil
+import tempfile
+
+# One XLA compilation cache for the whole run, shared by the xdist workers and the
+# subprocesses that tests start (they inherit the environment): a program compiled by one
+# process is loaded, not compiled again, by the others. Set before JAX is imported.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="gradflow-tests-xla-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    atexit.register(shutil.rmtree, _cache, True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 

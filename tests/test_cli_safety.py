@@ -124,6 +124,9 @@ def test_refused_sweep_changes_nothing(swept, tmp_path, capsys):
     assert cli.main(["demo", "--quick", "--out", str(out), "--quiet"]) == 2
     assert "holds the results of sweep 'small' (quick)" in capsys.readouterr().err
     assert _snapshot(out) == before
+    # The folder still draws as the sweep it holds.
+    assert cli.main(["plot", str(out)]) == 0
+    assert "categorization_map.png" in capsys.readouterr().out
 
 
 def test_force_replaces_a_different_sweep(swept, tmp_path):
@@ -161,6 +164,16 @@ def test_tables_and_json_are_standard(swept, capsys):
     summary = strict(captured.out)
     assert summary["rows"] == 25 and sum(summary["labels"].values()) + summary["failed"] == 25
     assert "Sweep: 25 proxies" in captured.err  # the human summary went to stderr
+
+
+def test_progress_goes_to_stderr_and_quiet_silences_it(swept, capsys):
+    config, out = swept
+    assert cli.main(["sweep", str(config), "--quick", "--out", str(out), "--no-plot"]) == 0
+    captured = capsys.readouterr()
+    assert "reference run: trained on the true reward (compilation included)" in captured.err
+    assert "reference run" not in captured.out and "Sweep: 25 proxies" in captured.out
+    assert _sweep(config, out) == 0  # --quiet
+    assert capsys.readouterr().err == ""
 
 
 def test_unusable_out_is_refused_before_any_work(tmp_path, monkeypatch, capsys):

@@ -1,5 +1,6 @@
 """The study runner, its configs and the command line."""
 
+import json
 import math
 import tomllib
 from pathlib import Path
@@ -67,6 +68,11 @@ def test_stalling_study_quick_writes_table_and_figures(quick_stalling):
         assert (out / name).stat().st_size > 0
     lines = (out / "summary.csv").read_text().splitlines()
     assert len(lines) == 1 + len(result["rows"]) == 1 + 12
+    # The folder says what made it: the study, the mode, its config and the versions.
+    record = json.loads((out / "run.json").read_text())
+    assert (record["kind"], record["name"], record["mode"]) == ("study", "stalling", "quick")
+    assert record["config"]["problem"]["p_best"] == [0.05, 0.1, 0.15] and record["versions"]["gradflow"]
+    assert record["finished"] is not None
 
 
 def test_stalling_study_figures_are_clean_and_redraw(quick_stalling):

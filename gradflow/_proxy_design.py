@@ -310,7 +310,7 @@ class _Geometry(eqx.Module):
     budget: Float[Array, ""]
     margin: Float[Array, ""]
     norm: str | int = eqx.field(static=True)
-    order: bool = eqx.field(static=True)
+    order: Bool[Array, ""]  # data, not structure: one compilation serves both settings
     iterations: int = eqx.field(static=True)
 
     @property
@@ -347,19 +347,20 @@ class _Geometry(eqx.Module):
     def project(self, u):
         """The exact projection onto the feasible set (to Dykstra's convergence when the
         order is kept too; the result is feasible either way)."""
-        if not self.order:
-            return self._budget(u)
 
-        def dykstra(_, state):
-            x, p, q = state
-            y = self._order(x + p).astype(x.dtype)
-            p = x + p - y
-            x2 = self._budget(y + q).astype(x.dtype)
-            return x2, p, y + q - x2
+        def ordered(u):
+            def dykstra(_, state):
+                x, p, q = state
+                y = self._order(x + p).astype(x.dtype)
+                p = x + p - y
+                x2 = self._budget(y + q).astype(x.dtype)
+                return x2, p, y + q - x2
 
-        zero = jnp.zeros_like(u)
-        x, _, _ = jax.lax.fori_loop(0, self.iterations, dykstra, (u, zero, zero))
-        return self._pull_in(x)
+            zero = jnp.zeros_like(u)
+            x, _, _ = jax.lax.fori_loop(0, self.iterations, dykstra, (u, zero, zero))
+            return self._pull_in(x)
+
+        return jax.lax.cond(self.order, ordered, lambda u: self._budget(u), u)
 
     def _pull_in(self, u):
         """`s u` with the largest `s` in `[0, 1]` that keeps the order (the budget and the
@@ -380,11 +381,10 @@ class _Geometry(eqx.Module):
             budget_ok = jnp.all(jnp.abs(u) <= self.budget * self._root * (1 + 1e-6))
         else:
             budget_ok = jnp.linalg.norm(u) <= self.budget * (1 + 1e-6)
-        if not self.order:
-            return mask_ok & budget_ok
         ordered = self.truth[:, :, None] > self.truth[:, None, :]
         gap = r[:, :, None] - r[:, None, :]
-        return mask_ok & budget_ok & jnp.all(jnp.where(ordered, gap >= self.margin * (1 - 1e-6), True))
+        order_ok = jnp.all(jnp.where(ordered, gap >= self.margin * (1 - 1e-6), True))
+        return mask_ok & budget_ok & (order_ok | ~self.order)
 
 
 # ------------------------------------------------------------------------- accuracy
@@ -540,7 +540,7 @@ def design_proxy(
         margin = v.check(margin, lambda m: m > smallest,
                          "`margin` must not exceed the smallest gap between distinct true rewards (the truth "
                          "itself must keep the order).")
-    geometry = _Geometry(truth, counts, index, free, budget, margin, norm, order_preserving, iterations)
+    geometry = _Geometry(truth, counts, index, free, budget, margin, norm, jnp.asarray(order_preserving), iterations)
     pairs = _Pairs(g, policy.log_probs(), accuracy)
     temperature = budget / 10 if temperature is None else v.positive_scalar("temperature", temperature)
     if optimizer is not None and not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):

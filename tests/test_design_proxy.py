@@ -139,7 +139,7 @@ def _geometry(truth, *, budget, norm, order, free=None, counts=None, margin=0.01
     counts = jnp.ones(truth.shape[-1]) if counts is None else jnp.asarray(counts, float)
     free = jnp.ones(truth.shape, bool) if free is None else jnp.atleast_2d(jnp.asarray(free))
     return _Geometry(truth, counts, jnp.arange(truth.shape[-1]), free, jnp.asarray(budget), jnp.asarray(margin),
-                     norm, order, 200)
+                     norm, jnp.asarray(order), 200)
 
 
 def test_isotonic_projection_matches_a_quadratic_program():

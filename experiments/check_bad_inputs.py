@@ -3,7 +3,8 @@
     python experiments/check_bad_inputs.py SRC WORKDIR
 
 `SRC` is a checkout (its `gradflow/` and `experiments/` are used), `WORKDIR` an empty
-scratch folder. Each case prints one line: the exit status and the first line a user
+scratch folder. The script itself needs gradflow installed (it writes the configs with
+`gradflow._config.dumps`). Each case prints one line: the exit status and the first line a user
 reads. Run it on an old checkout (`git archive <commit> | tar -x -C old`) and on the
 current one to compare.
 """
@@ -16,6 +17,8 @@ import sys
 import time
 import tomllib
 from pathlib import Path
+
+from gradflow._config import dumps
 
 SRC, WORK = Path(sys.argv[1]).resolve(), Path(sys.argv[2]).resolve()
 WORK.mkdir(parents=True, exist_ok=True)
@@ -42,16 +45,6 @@ def err_line(p):
     last = lines[-1] if lines else ""
     return ("traceback: " if tb else "") + last[:150]
 
-def toml(raw):
-    def v(x):
-        if isinstance(x, bool):
-            return "true" if x else "false"
-        if isinstance(x, str):
-            return json.dumps(x)
-        if isinstance(x, list):
-            return "[" + ", ".join(v(y) for y in x) + "]"
-        return repr(x)
-    return "\n".join(f"[{s}]\n" + "".join(f"{k} = {v(x)}\n" for k, x in ks.items()) for s, ks in raw.items())
 
 base = tomllib.loads((SRC / "experiments" / "categorization-map.toml").read_text())
 base["quick"].update(num=[5, 5], steps=200)
@@ -60,7 +53,7 @@ def cfg(name, **edits):
     for k, x in edits.items():
         s, key = k.split("__")
         raw[s][key] = x
-    Path(f"{name}.toml").write_text(toml(raw))
+    Path(f"{name}.toml").write_text(dumps(raw))
     return f"{name}.toml"
 
 rows = []

@@ -7,6 +7,7 @@ types and out-of-range values are rejected with a `ValueError` that names the ke
 
 from __future__ import annotations
 
+import json
 import math
 import tomllib
 from collections.abc import Callable
@@ -109,6 +110,23 @@ def validate(raw: dict, schema: dict[str, dict[str, Field]], source: str = "conf
             else:
                 out[section][key] = field.default
     return out
+
+
+def dumps(raw: dict[str, dict[str, Any]]) -> str:
+    """A config (section -> key -> value: numbers, booleans, strings or lists of them) as
+    TOML text that `tomllib` reads back to the same dict."""
+
+    def value(x) -> str:
+        if isinstance(x, bool):
+            return "true" if x else "false"
+        if isinstance(x, str):
+            return json.dumps(x)  # a TOML basic string
+        if isinstance(x, list):
+            return "[" + ", ".join(value(y) for y in x) + "]"
+        return repr(x)
+
+    return "\n".join(f"[{section}]\n" + "".join(f"{k} = {value(x)}\n" for k, x in keys.items())
+                     for section, keys in raw.items())
 
 
 def packaged_config(name: str) -> Path:

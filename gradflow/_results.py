@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 RUN_RECORD = "run.json"
+#: Where results go when no `--out` is given.
+RESULTS = Path("gradflow-results")
 
 #: Functions called with `(figure, path)` before each figure is saved (tests use this to
 #: check layouts: no overlapping text, nothing covering data).
@@ -101,6 +103,12 @@ def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
     fig.savefig(buf, dpi=dpi, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
     return write_bytes(path, buf.getvalue())
+
+
+def default_out(name: str, quick: bool = False) -> Path:
+    """The default result folder of run `name`: `gradflow-results/<name>/`, or
+    `<name>-quick/` for a quick run (so that the two never share a folder)."""
+    return RESULTS / (f"{name}-quick" if quick else name)
 
 
 def _versions() -> dict[str, str]:

@@ -370,12 +370,12 @@ def run_study(
     The config is validated and `out` claimed (see `gradflow._results.result_folder`) before
     any work; the folder records the run's provenance in `run.json`.
     """
-    from ._results import result_folder
+    from ._results import default_out, result_folder
 
     if name not in STUDIES:
         raise ValueError(f"unknown study {name!r}; available: {', '.join(sorted(STUDIES))}.")
     study = STUDIES[name]
     cfg = C.load(config if config is not None else C.packaged_config(name), study.schema)
-    out = Path("gradflow-results") / (f"{name}-quick" if quick else name) if out is None else Path(out)
+    out = default_out(name, quick) if out is None else Path(out)
     with result_folder(out, kind="study", name=name, config=cfg, quick=quick, force=force):
         return study.run(cfg, out, quick)

@@ -260,15 +260,13 @@ def plot_dir(out: str | Path) -> list[Path]:
         fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels + 1, 5.6), layout="constrained",
                                  width_ratios=[1, 1, 0.8][:panels])
         cmap = ListedColormap([colors[k] for k in ("failed", *LABELS)])
-        label_axes = [axes[0], *([axes[2]] if zoom else [])]
-        for ax, (rows, cols) in zip(label_axes, [(slice(None), slice(None)), (si, sj)], strict=False):
-            ax.set_facecolor(hatch["facecolor"])  # cells without a row yet: hatched
+        for ax in axes:  # cells without a row yet: hatched
+            ax.set_facecolor(hatch["facecolor"])
             ax.patch.set_hatch(hatch["hatch"])
             ax.patch.set_edgecolor(hatch["edgecolor"])
+        label_axes = [axes[0], *([axes[2]] if zoom else [])]
+        for ax, (rows, cols) in zip(label_axes, [(slice(None), slice(None)), (si, sj)], strict=False):
             ax.pcolormesh(gj[cols], gi[rows], grid[rows, cols], cmap=cmap, vmin=-1.5, vmax=2.5, shading="nearest")
-        axes[1].set_facecolor(hatch["facecolor"])
-        axes[1].patch.set_hatch(hatch["hatch"])
-        axes[1].patch.set_edgecolor(hatch["edgecolor"])
         with np.errstate(divide="ignore", invalid="ignore"):
             logt = np.log10(np.maximum(np.where(np.isfinite(t), t, np.nan), 1))
         im = axes[1].pcolormesh(gj, gi, logt, cmap="viridis", shading="nearest")

@@ -18,8 +18,6 @@ from pathlib import Path
 
 from . import __version__
 
-RESULTS = Path("gradflow-results")
-
 _RM_EVAL_DESCRIPTION = """\
 Evaluate reward models from a file of per-response records (one row per response):
 
@@ -108,26 +106,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _default_out(name: str, quick: bool) -> Path:
-    return RESULTS / (f"{name}-quick" if quick else name)
-
-
 def _run_study(args) -> dict:
+    from ._results import default_out
     from ._studies import run_study
 
     name = "stalling" if args.command == "demo" else args.name
-    out = args.out if args.out is not None else _default_out(name, args.quick)
+    out = args.out if args.out is not None else default_out(name, args.quick)
     result = run_study(name, out, args.quick, getattr(args, "config", None), force=args.force)
     return {"study": name, "mode": "quick" if args.quick else "full", "out": str(out), **result}
 
 
 def _run_sweep(args) -> dict:
     from . import _progress
-    from ._results import result_folder
+    from ._results import default_out, result_folder
     from ._sweeps import load_config, plot_dir, run_sweep
 
     cfg = load_config(args.config)
-    out = args.out if args.out is not None else _default_out(args.config.stem, args.quick)
+    out = args.out if args.out is not None else default_out(args.config.stem, args.quick)
     with result_folder(out, kind="sweep", name=args.config.stem, config=cfg, quick=args.quick, force=args.force):
         summary = {k: v for k, v in run_sweep(cfg, out, args.quick, force=args.force).items() if k != "table"}
         if not args.no_plot:
@@ -140,9 +135,9 @@ def _run_sweep(args) -> dict:
 
 def _run_rm_eval(args) -> dict:
     from . import rm_eval
-    from ._results import result_folder
+    from ._results import default_out, result_folder
 
-    out = args.out if args.out is not None else RESULTS / "rm-eval"
+    out = args.out if args.out is not None else default_out("rm-eval")
     models = None if args.models is None else [m.strip() for m in args.models.split(",") if m.strip()]
     config = {"file": str(args.file.resolve()), "pairs": None if args.pairs is None else str(args.pairs.resolve()),
               "models": models}
@@ -161,11 +156,11 @@ def _plot(args) -> dict:
 
 def _interrupted(args) -> str:
     """One line: what an interrupted command kept and how to resume."""
-    from ._results import read_record
+    from ._results import default_out, read_record
 
     out = getattr(args, "out", None)
     if args.command == "sweep":
-        out = out if out is not None else _default_out(args.config.stem, args.quick)
+        out = out if out is not None else default_out(args.config.stem, args.quick)
         from . import sweep
 
         record = sweep.read_manifest(out)

@@ -38,19 +38,6 @@ def _snapshot(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _toml(raw: dict) -> str:
-    def value(v):
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        return repr(v)
-
-    return "\n".join(f"[{s}]\n" + "".join(f"{k} = {value(v)}\n" for k, v in keys.items()) for s, keys in raw.items())
-
-
 def _sweep_config(tmp: Path, name: str = "small", **edits) -> Path:
     """The categorisation map's config with a 5 x 5 quick grid of 200 SGD steps; `edits`
     are `section__key=value`."""
@@ -60,7 +47,7 @@ def _sweep_config(tmp: Path, name: str = "small", **edits) -> Path:
         section, key = k.split("__")
         raw[section][key] = v
     path = tmp / f"{name}.toml"
-    path.write_text(_toml(raw))
+    path.write_text(C.dumps(raw))
     return path
 
 
@@ -203,7 +190,7 @@ def test_unusable_out_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
 
 def test_quick_and_full_runs_never_share_a_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert cli._default_out("stalling", True) != cli._default_out("stalling", False)
+    assert _results.default_out("stalling", True) != _results.default_out("stalling", False)
     out = tmp_path / "gradflow-results" / "stalling"
     out.mkdir(parents=True)
     _results.write_json(out / "run.json", {"kind": "study", "name": "stalling", "mode": "quick", "config": {}})

@@ -51,6 +51,13 @@ class AbstractMethod(eqx.Module):
         """One validated run (called by [`gradflow.solve`][] inside its compiled region).
         `stop_at_targets` (continuous methods only) ends the run at its last target."""
 
+    def differentiable(self, mode: str) -> AbstractMethod:
+        """This method, set up to be differentiated through in `mode` (`"forward"`:
+        `jax.jvp`/`jax.jacfwd`, or `"reverse"`: `jax.grad`). Loops of updates support
+        both as they are."""
+        del mode
+        return self
+
 
 #: Solvers `GradientFlow(solver=...)` accepts by name.
 SOLVERS = {
@@ -100,6 +107,7 @@ class GradientFlow(AbstractMethod):
     adaptive: bool = eqx.field(default=True, static=True)
     max_steps: int = eqx.field(default=4096, static=True)
     regularization: Regularization = Regularization()
+    adjoint: diffrax.AbstractAdjoint = diffrax.RecursiveCheckpointAdjoint()
     continuous: ClassVar[bool] = True
 
     def __check_init__(self):
@@ -124,13 +132,20 @@ class GradientFlow(AbstractMethod):
 
     def make_solver(self, dtype) -> diffrax.AbstractSolver:
         """The diffrax solver (an implicit one gets the controller's tolerances)."""
-        if not isinstance(self.solver, str):
-            return self.solver
-        cls = SOLVERS[self.solver]
-        if issubclass(cls, diffrax.AbstractImplicitSolver):
-            rtol, atol = self.tolerances(dtype)
-            return cls(root_finder=diffrax.VeryChord(rtol=rtol, atol=atol, norm=max_norm))
-        return cls()
+        solver = self.solver
+        if isinstance(solver, str):
+            cls = SOLVERS[solver]
+            if issubclass(cls, diffrax.AbstractImplicitSolver):
+                rtol, atol = self.tolerances(dtype)
+                solver = cls(root_finder=diffrax.VeryChord(rtol=rtol, atol=atol, norm=max_norm))
+            else:
+                solver = cls()
+        if isinstance(self.adjoint, diffrax.ForwardMode) and getattr(solver, "scan_kind", "lax") is None:
+            # What diffrax's ForwardMode does to the solvers it sees (a Runge-Kutta
+            # method's stages must be a plain scan for `jax.jvp`); this one it sees
+            # wrapped in the flow's tracker.
+            solver = eqx.tree_at(lambda s: s.scan_kind, solver, "lax", is_leaf=lambda x: x is None)
+        return solver
 
     def controller(self, dtype) -> diffrax.AbstractStepSizeController:
         if self.adaptive:
@@ -140,6 +155,11 @@ class GradientFlow(AbstractMethod):
 
     def integrate(self, problem, *, t1, key, saveat, tracking, stop_at_targets=False):
         return integrate_flow(self, problem, t1, saveat, tracking, stop_at_targets)
+
+    def differentiable(self, mode: str) -> GradientFlow:
+        if mode == "forward":
+            return eqx.tree_at(lambda m: m.adjoint, self, diffrax.ForwardMode())
+        return self
 
 
 class AbstractDiscreteMethod(AbstractMethod):

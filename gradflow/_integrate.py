@@ -149,6 +149,10 @@ class _Tracked(diffrax.AbstractAdaptiveSolver, diffrax.AbstractWrappedSolver):
         return self.solver.term_compatible_contr_kwargs
 
     @property
+    def scan_kind(self):  # read by diffrax's ForwardMode (GradientFlow.make_solver sets it)
+        return getattr(self.solver, "scan_kind", "lax")
+
+    @property
     def root_finder(self):  # read by diffeqsolve when the wrapped solver is implicit
         return self.solver.root_finder
 
@@ -213,9 +217,11 @@ def _refine(trk, problem: Problem, tracking: Tracking, rtol: float):
         return lambda piece, t: problem.true_value(piece.evaluate(t)) - level
 
     def flatness(sign):  # <= 0 where the curve is flat (the exact rate dV_G/dt at the state)
+        fixed = jax.lax.stop_gradient(problem)
+
         def fn(piece, t):
             params = piece.evaluate(t)
-            value, rate = jax.jvp(problem.true_value, (params,), (gradient(params, problem)[0],))
+            value, rate = jax.jvp(fixed.true_value, (params,), (gradient(params, fixed)[0],))
             return sign * jnp.maximum(value - tracking.stall_target, jnp.abs(rate) - tracking.max_rate)
 
         return fn
@@ -226,9 +232,10 @@ def _refine(trk, problem: Problem, tracking: Tracking, rtol: float):
     found = jnp.isfinite(trk.best.duration)
 
     def ends(best_at):  # both ends in one vmapped search; skipped (outside vmap) when there is no stall
-        pieces = jax.tree.map(lambda a, b: jnp.stack([a, b]), *best_at)
+        pieces = jax.lax.stop_gradient(jax.tree.map(lambda a, b: jnp.stack([a, b]), *best_at))
         signs = jnp.asarray([-1.0, 1.0], trk.hit.dtype)  # flat from the start, not flat after the end
-        # Stall ends are descriptive, not differentiated: the cheaper-to-compile adjoint.
+        # Stall ends are descriptive, not differentiated (constants to autodiff, in
+        # either mode): the cheaper-to-compile adjoint.
         start, end = jax.vmap(lambda piece, sign: _locate(flatness(sign), piece, halvings,
                                                           optx.RecursiveCheckpointAdjoint()))(pieces, signs)
         began, ended = best_at
@@ -268,6 +275,7 @@ def integrate_flow(method, problem: Problem, t1, saveat, tracking: Tracking, sto
         saveat=diffrax.SaveAt(subs=subs, solver_state=True),
         stepsize_controller=method.controller(dtype),
         max_steps=method.max_steps,
+        adjoint=method.adjoint,
         event=event,
         throw=False,
     )

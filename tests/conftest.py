@@ -59,3 +59,18 @@ def _register_figure_check():
 
 
 _register_figure_check()
+
+
+# The test files run whole on the xdist workers (`--dist loadfile`), in collection order:
+# the longest ones (compilation of whole studies) go first, so that the workers finish
+# together instead of one running a long file alone at the end.
+LONGEST_FIRST = ("test_studies.py", "test_design_proxy.py", "test_policies.py", "test_flow_exact.py",
+                 "test_sensitivity.py", "test_design.py", "test_rm_metrics.py", "test_analysis.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a file is kept

@@ -131,6 +131,19 @@ def test_same_key_same_bits_and_random_starts_agree():
     np.testing.assert_allclose(np.asarray(batch.reward[3]), np.asarray(batch.reward[2]), atol=1e-4)  # same optimum
 
 
+def test_forward_and_reverse_mode_designs_agree():
+    """`autodiff="forward"` (jacfwd through the run) and `"reverse"` (grad) are two
+    independent ways to the same design gradient: the whole optimisation agrees."""
+    with jax.enable_x64(True):
+        g = jnp.array([1.0, 0.6, -0.5])
+        policy = gf.TabularSoftmax.from_probs(jnp.array([0.2, 0.5, 0.3]))
+        designs = [gf.design_proxy(policy, g, method=SGD_SHORT, target=0.8, budget=0.3, steps=20, autodiff=mode)
+                   for mode in ("forward", "reverse")]
+        np.testing.assert_allclose(np.asarray(designs[0].history), np.asarray(designs[1].history), rtol=1e-10)
+        np.testing.assert_allclose(np.asarray(designs[0].reward), np.asarray(designs[1].reward), rtol=1e-10)
+        assert float(designs[0].time) < float(designs[0].reference_time)
+
+
 # --------------------------------------------------------------------------- constraints
 
 
@@ -290,6 +303,7 @@ def test_proxy_design_quick_shows_the_fastest_teacher(tmp_path):
         (dict(t1=None), "t1"),
         (dict(groups=np.array([0, 2])), "groups"),
         (dict(steps=0), "steps"),
+        (dict(autodiff="backward"), "autodiff"),
     ],
 )
 def test_bad_input_names_the_argument(kwargs, name):

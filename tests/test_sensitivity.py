@@ -22,9 +22,11 @@ def _central(f, r, h):
 
 
 def test_flow_sensitivities_match_finite_differences():
-    """Reverse mode through diffeqsolve (d V_G(T)/d r) and the implicit-function-theorem
-    time gradient (d t*/d r) agree with central differences of independent solves
-    (float64, tight tolerances: the differences are O(h^2) = 1e-10 accurate)."""
+    """Forward mode through diffeqsolve (d V_G(T)/d r, `autodiff="auto"` on 5 outputs)
+    and the implicit-function-theorem time gradient (d t*/d r) agree with central
+    differences of independent solves (float64, tight tolerances: the differences are
+    O(h^2) = 1e-10 accurate). Reverse mode through the flow: `jax.grad` below, and the
+    area objective in test_design_proxy.py."""
     with jax.enable_x64(True):
         policy = gf.TabularSoftmax.from_probs(_P.astype(jnp.float64))
         r, g = _PROXY.astype(jnp.float64), _R.astype(jnp.float64)

@@ -217,7 +217,7 @@ def _refine(trk, problem: Problem, tracking: Tracking, rtol: float):
         return lambda piece, t: problem.true_value(piece.evaluate(t)) - level
 
     def flatness(sign):  # <= 0 where the curve is flat (the exact rate dV_G/dt at the state)
-        fixed = jax.lax.stop_gradient(problem)
+        fixed = jax.tree.map(lambda x: jax.lax.stop_gradient(x) if eqx.is_array(x) else x, problem)
 
         def fn(piece, t):
             params = piece.evaluate(t)

@@ -77,7 +77,7 @@ def test_crossings_do_not_depend_on_max_steps_or_t1():
         assert base.status == gf.Status.ok and np.all(np.isfinite(base.target_times))
         # LSODA and DOP853 at rtol 1e-12 agree on 10.05709 for the time to 0.9 (issue 11).
         np.testing.assert_allclose(base.target_times[1], 10.05709, rtol=1e-6)
-        for max_steps, t1 in ((512, 100.0), (65536, 100.0), (4096, 1e4)):
+        for max_steps, t1 in ((512, 100.0), (4096, 1e4)):
             other = run(max_steps, t1)
             np.testing.assert_allclose(other.target_times, base.target_times, rtol=1e-12)
         # Stopping at the last target changes nothing but the work done.

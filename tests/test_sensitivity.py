@@ -60,7 +60,7 @@ def test_flow_sensitivities_match_finite_differences():
 
         for eps in (1e-6, -1e-6):
             np.testing.assert_allclose(float(objective(r, t_star * (1 + eps))), t_star, rtol=1e-5)
-        short = np.asarray(jax.grad(objective)(r, t_star / 2))
+        short = np.asarray(jax.grad(objective)(r, t_star / 2))  # reverse mode through the flow
         assert np.all(np.isfinite(short)) and short[0] < 0  # raising y* helps
 
 

@@ -246,6 +246,7 @@ def proxy_row(
     key=None,
     normalized: bool = False,
     attracts: bool = False,
+    record: SaveAt | None = None,
 ) -> Callable[[Float[Array, "prompts outputs"]], dict]:
     """The per-proxy summary that [`gradflow.categorize`][] and reward sweeps record:
     a function `reward -> {column: scalar}` to vmap or pass to [`gradflow.sweep.run`][].
@@ -254,7 +255,9 @@ def proxy_row(
     `final_true_reward`, `status` ([`gradflow.Status`][] code), `stall_level` and
     `stall_duration` (longest stall, `nan` if none), `rate` (`dV_G/dt` at `t = 0` under
     the reward) and, with `attracts=True`, `attracts`, the `(prompts, outputs)` mask of
-    outputs whose probability rises at `t = 0`.
+    outputs whose probability rises at `t = 0`. With `record` (a [`gradflow.SaveAt`][]),
+    also the series `true_reward` and `proxy_reward` (and `probs` if `record.probs`)
+    recorded as it says: the trajectories of [`gradflow.sweep.Trajectories`][].
 
     **Arguments:** as in [`gradflow.categorize`][]; `targets` is a sequence of levels.
     For the sampled methods every row uses the same `key` (common random numbers); to give
@@ -265,7 +268,8 @@ def proxy_row(
         raise ValueError("`key` is only used by the sample-based methods.")
     if not normalized:  # checked here, while the true reward is concrete
         v.targets_in_range("targets", tuple(float(t) for t in targets), *reward_range(r_true, policy.weights))
-    spec = _RowSpec(policy, r_true, method, t1, key, tuple(float(t) for t in targets), normalized, attracts)
+    spec = _RowSpec(policy, r_true, method, t1, key, tuple(float(t) for t in targets), normalized, attracts,
+                    record)
     # A `jax.tree_util.Partial` of a module-level function is a pytree (its arrays are leaves) and
     # still hashable for `jax.jit`: sweeps of the same structure (a new true reward, new policy
     # parameters) reuse one compilation.
@@ -283,6 +287,7 @@ class _RowSpec(eqx.Module):
     targets: tuple[float, ...] = eqx.field(static=True)
     normalized: bool = eqx.field(static=True)
     attracts: bool = eqx.field(static=True)
+    record: SaveAt | None = None
 
 
 
@@ -291,13 +296,18 @@ def _row(spec: _RowSpec, reward) -> dict:
     r = jnp.broadcast_to(reward, r_true.shape)  # a 1-D reward is shared by every prompt
     kw = {} if spec.key is None else {"key": spec.key}
     sol = solve(spec.policy, reward=r, true_reward=r_true, method=spec.method, t1=spec.t1, targets=spec.targets,
-                normalized_targets=spec.normalized, saveat=summary_saveat(spec.method), **kw)
+                normalized_targets=spec.normalized,
+                saveat=summary_saveat(spec.method) if spec.record is None else spec.record, **kw)
     rate, dprobs = initial_rate(spec.policy, r, r_true, spec.method.regularization)
     out = {f"time_to_{t:g}": sol.target_times[i] for i, t in enumerate(spec.targets)}
     out.update(final_true_reward=sol.final_true_reward, status=status_code(sol.status), stall_level=sol.stall.level,
                stall_duration=sol.stall.duration, rate=rate)
     if spec.attracts:
         out["attracts"] = dprobs > 0
+    if spec.record is not None:
+        out.update(true_reward=sol.true_reward, proxy_reward=sol.proxy_reward)
+        if spec.record.probs:
+            out["probs"] = sol.probs
     return out
 
 

@@ -163,7 +163,7 @@ def check_folder(out: Path, what: str = "--out") -> None:
 @contextlib.contextmanager
 def result_folder(
     out: str | Path, *, kind: str, name: str, config: dict, quick: bool, force: bool = False,
-    what: str = "--out",
+    what: str = "--out", shared: bool = False,
 ) -> Iterator[Path]:
     """Claim `out` for one run and record its provenance.
 
@@ -175,6 +175,9 @@ def result_folder(
       `run.json` records another identity is refused unless `force`; so is a non-empty folder
       without `run.json`.
     - `force`: take over the folder anyway (a different sweep's rows are then deleted).
+    - `shared`: one of several processes that run the same thing into `out` at once
+      (the shares of a sweep): a `run.json` of the same identity is kept as the first
+      process wrote it, and the end is recorded by each process in its own record.
 
     **Returns:** a context manager yielding `out`. A `ValueError` raised inside it (a refused
     run) removes what it created and restores the previous `run.json`; a normal exit records
@@ -211,7 +214,9 @@ def result_folder(
         raise ValueError(f"`{what}` {out} cannot be created: {e.strerror or e}.") from None
     record = {**identity, "command": [Path(sys.argv[0]).name, *sys.argv[1:]], "versions": _versions(),
               "backend": _backend(), "started": _now(), "finished": None}
-    write_json(out / RUN_RECORD, record)
+    keep = shared and old is not None and {k: old.get(k) for k in identity} == identity
+    if not keep:
+        write_json(out / RUN_RECORD, record)
     try:
         yield out
     except ValueError:
@@ -223,4 +228,5 @@ def result_folder(
             with contextlib.suppress(OSError):
                 (out / RUN_RECORD).unlink()
         raise
-    write_json(out / RUN_RECORD, {**record, "finished": _now()})
+    if not shared:
+        write_json(out / RUN_RECORD, {**record, "finished": _now()})

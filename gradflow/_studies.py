@@ -327,7 +327,7 @@ STUDIES: dict[str, Study] = {
 }
 
 
-def redraw(folder: str | Path) -> list[Path]:
+def redraw(folder: str | Path, by: str | None = None) -> list[Path]:
     """Redraw the figures of a result folder from the data saved in it (`gradflow plot DIR`).
 
     **Arguments:**
@@ -335,6 +335,7 @@ def redraw(folder: str | Path) -> list[Path]:
     - `folder`: a study's result folder (its `run.json` says which study; a folder without
       one is recognised by the study named in its `figures.npz`) or a sweep folder (with
       `sweep.json`).
+    - `by`: a sweep with trajectories: the column that groups its bands of true reward.
 
     **Returns:** the paths of the figures written.
 
@@ -350,13 +351,15 @@ def redraw(folder: str | Path) -> list[Path]:
             and (folder / FIGURE_DATA).is_file():
         name = load_figure_data(folder).get("study")
     if name is not None:
+        if by is not None:
+            raise ValueError(f"`--by` is for sweeps with trajectories; {folder} holds study {name!r}.")
         study = STUDIES.get(name)
         if study is None or study.plot is None:
             raise ValueError(f"{folder} holds the results of study {name!r}, which has no figures to redraw; "
                              f"known studies: {', '.join(sorted(STUDIES))}.")
         return study.plot(folder)
     if (folder / "sweep.json").is_file():
-        return plot_dir(folder)
+        return plot_dir(folder, by=by)
     raise ValueError(f"{folder} holds neither a study's results (run.json) nor a sweep (sweep.json); "
                      "nothing to redraw.")
 

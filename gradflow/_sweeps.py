@@ -21,6 +21,7 @@ import numpy as np
 from . import _config as C, _progress, perturb, sweep
 from ._categorize import LABELS, _predict, classify, proxy_row
 from ._results import save_figure, write_json
+from ._solve import SaveAt
 from ._status import OK_CODE, status_name, status_names
 from ._study_utils import METHOD_NAMES, make_method, say
 from .policies import TabularSoftmax
@@ -58,7 +59,11 @@ SWEEP_SCHEMA = {
         "tolerance": C.Field("float", C.positive, default=0.05),
         "reward_tolerance": C.Field("float", C.positive, default=1e-3),
     },
-    "sweep": {"chunk_size": C.Field("int", C.positive, default=8192)},
+    "sweep": {
+        "chunk_size": C.Field("int", C.positive, default=8192),
+        "trajectory_points": C.Field("int", lambda x: None if x >= 2 else "at least 2", default=101),
+        "trajectory_probs": C.Field("bool", default=False),
+    },
     "quick": {
         "num": C.Field("ints", default=[]),
         "n": C.Field("int", C.positive, default=64),
@@ -130,28 +135,52 @@ def load_config(path: str | Path) -> dict:
     return C.load(path, SWEEP_SCHEMA)
 
 
-def run_sweep(cfg: dict, out: Path, quick: bool = False, force: bool = False) -> dict:
+def trajectory_grid(method, t1, points: int, probs: bool = False) -> tuple[SaveAt, np.ndarray]:
+    """What a sweep with trajectories records: `points` evenly spaced flow times on
+    `[0, t1]`, or every `steps // (points - 1)` updates (and the last); and those times."""
+    if method.continuous:
+        saveat = SaveAt(n=points, probs=probs)
+        return saveat, np.asarray(jnp.linspace(0.0, t1, points, dtype=jnp.result_type(float)))
+    every = max(1, method.steps // (points - 1))
+    return SaveAt(every=every, probs=probs), np.unique(np.r_[np.arange(0, method.steps + 1, every), method.steps])
+
+
+def run_sweep(cfg: dict, out: Path, quick: bool = False, force: bool = False, shard: tuple[int, int] | None = None,
+              trajectories: bool = False) -> dict:
     """Run (or resume) the sweep of `cfg` into `out` and print a summary.
 
     Everything is checked before anything is written: the config, the reference run
     (trained on the true reward), and that `out` holds no other sweep (with `force`, its
     rows are deleted instead).
 
+    **Arguments:** `shard`: `(i, n)`, compute only the `i`-th of `n` shares of the rows
+    (several processes may sweep one `out` at once); `trajectories`: also write every
+    run's true and proxy reward (and, with `sweep.trajectory_probs`, its probabilities)
+    at `sweep.trajectory_points` times to `out/trajectories.zarr`.
+
     **Returns:** the summary (counts per label, the reference's times, rows done) and,
-    under `"table"`, the full table.
+    under `"table"`, the full table (the rows done so far).
     """
     policy, r_true, proxies, method, t1, key, grid = build(cfg, quick)
-    an = cfg["analysis"]
+    an, sc = cfg["analysis"], cfg["sweep"]
     targets = tuple(an["targets"])
     row = proxy_row(policy, r_true, method=method, targets=targets, t1=t1, key=key)
+    traj, series_row = None, row
+    if trajectories:
+        saveat, times = trajectory_grid(method, t1, sc["trajectory_points"], sc["trajectory_probs"])
+        series_row = proxy_row(policy, r_true, method=method, targets=targets, t1=t1, key=key, record=saveat)
+        series = {"true_reward": (), "proxy_reward": (), **({"probs": ("prompt", "output")} if saveat.probs else {})}
+        traj = sweep.Trajectories(times, series, input_dims={"reward": ("output",)})
 
-    def with_reward(r):
-        return {**row(r), **{f"reward_{j}": r[j] for j in range(r.shape[-1])}}
+    def with_reward(inputs):
+        r = inputs["reward"]
+        return {**series_row(r), **{f"reward_{j}": r[j] for j in range(r.shape[-1])}}
 
     out = Path(out)
     with _progress.phase("reference run: trained on the true reward (compilation included)"):
         # Through the same padded, vmapped path as the sweep's chunks: the same bits per row.
-        ref = {k: float(v[0]) for k, v in sweep.run(row, r_true[None], progress=False).items() if k != "row"}
+        ref = {k: float(v[0]) for k, v in sweep.run(row, r_true[None], progress=False,
+                                                      devices=jax.local_devices()).items() if k != "row"}
     if int(ref["status"]) != OK_CODE:
         raise ValueError(f"the reference run (trained on the true reward) ended with status "
                          f"'{status_name(int(ref['status']))}'.")
@@ -167,15 +196,23 @@ def run_sweep(cfg: dict, out: Path, quick: bool = False, force: bool = False) ->
                 "predicted": pred}
 
     meta = {"config": cfg, "quick": quick}
+    inputs = {"reward": proxies}
+    chunk = sc["chunk_size"]
     # Claim the folder (refusing another sweep's) before writing the reference beside it.
-    sweep.claim(out, proxies, meta, replace=force)
+    sweep.claim(out, inputs, meta, replace=force, trajectories=traj, chunk_size=chunk)
     write_json(out / "reference.json", {"reference": ref, "grid": None if grid is None else [g.tolist() for g in grid]})
     start = time.perf_counter()
-    table = sweep.run(with_reward, proxies, out, chunk_size=cfg["sweep"]["chunk_size"], meta=meta,
-                      post=label, progress=_progress.enabled())
+    table = sweep.run(with_reward, inputs, out, chunk_size=chunk, meta=meta, post=label, shard=shard,
+                      trajectories=traj, progress=_progress.enabled())
     elapsed = time.perf_counter() - start
-    say(f"Sweep: {len(table['row'])} proxies ({cfg['proxies']['family']}), method {cfg['method']['name']}"
-        f"{' (quick)' if quick else ''}; {elapsed:.1f} s this call (finished chunks are not recomputed).")
+    n = int(proxies.shape[0])
+    which = "" if shard is None else (f"shard {shard[0]}/{shard[1]} (rows "
+                                      f"{'{}-{}'.format(*sweep.share(n, *shard, align=chunk if traj else 1))}); ")
+    say(f"Sweep: {which}{len(table.get('row', []))} of {n} proxies done ({cfg['proxies']['family']}), method "
+        f"{cfg['method']['name']}{' (quick)' if quick else ''}; {elapsed:.1f} s this call (finished chunks are "
+        "not recomputed).")
+    if not table:
+        return {"rows": 0, "out": str(out), "table": table}
     summary = _summary(table, ref, first)
     _print_summary(summary, first)
     say(f"Per-proxy results in {(out / 'summary.parquet').resolve()}/ (open with gradflow.sweep.read(DIR), "
@@ -203,13 +240,16 @@ def _print_summary(summary: dict, first: str) -> None:
           f"{summary['prediction_agreement']:.1%}")
 
 
-def plot_dir(out: str | Path) -> list[Path]:
+def plot_dir(out: str | Path, by: str | None = None) -> list[Path]:
     """Figures of a finished (or partial) sweep folder: the categorisation map for a
-    `grid_2d` sweep, else label counts and the time-ratio histogram.
+    `grid_2d` sweep, else label counts and the time-ratio histogram; and, for a sweep
+    with trajectories, bands of the true reward over time (`trajectory_bands.png`).
 
     **Arguments:**
 
     - `out`: the sweep folder (with `sweep.json`, `reference.json` and `summary.parquet/`).
+    - `by`: the column of the sweep's table whose values group the bands (default
+      `label`); a column with more than 6 distinct values is cut at its quartiles.
 
     **Returns:** the paths of the figures written. Rows not yet computed (an interrupted
     sweep) are drawn as "not computed" (hatched) and the title says how many are done.
@@ -317,4 +357,52 @@ def plot_dir(out: str | Path) -> list[Path]:
         fig.suptitle(f"{done_text}, method {cfg['method']['name']}")
         paths.append(out / "sweep_summary.png")
     save_figure(fig, paths[0], dpi=120)
+    if (out / "trajectories.zarr").is_dir():
+        paths.append(_plot_bands(out, table, by or "label", colors, done_text, cfg))
+    elif by is not None:
+        raise ValueError(f"`--by`: {out} has no trajectories (sweep it with --trajectories).")
     return paths
+
+
+def _groups(table: dict, by: str) -> list[tuple[str, np.ndarray]]:
+    """`(name, rows)` for each group of the table's rows by column `by`."""
+    if by not in table:
+        raise ValueError(f"`--by`: the sweep's table has no column {by!r}; its columns: {', '.join(table)}.")
+    col = table[by]
+    values = np.unique(col)
+    if values.size <= 6 or col.dtype.kind not in "fiu":
+        order = [v for v in LABELS + ("failed",) if v in values] if by == "label" else list(values)
+        return [(f"{v}", table["row"][col == v]) for v in order]
+    edges = np.quantile(col, [0, 0.25, 0.5, 0.75, 1])
+    bins = np.clip(np.searchsorted(edges, col, side="right") - 1, 0, 3)
+    return [(f"{by} in [{edges[q]:.3g}, {edges[q + 1]:.3g}]", table["row"][bins == q]) for q in range(4)
+            if np.any(bins == q)]
+
+
+def _plot_bands(out: Path, table: dict, by: str, colors: dict, done_text: str, cfg: dict) -> Path:
+    """The true reward over time of every run done: per group, the median and the
+    25-75% and 5-95% bands."""
+    import matplotlib.pyplot as plt
+
+    store = sweep.read_trajectories(out)
+    time_axis, series = store["time"], store["true_reward"]
+    fig, ax = plt.subplots(figsize=(8, 4.8), layout="constrained")
+    for k, (name, rows) in enumerate(_groups(table, by)):
+        curves = series[rows]
+        curves = curves[np.all(np.isfinite(curves), axis=1)]
+        if not len(curves):
+            continue
+        color = colors.get(name, f"C{k}") if by == "label" else f"C{k}"
+        if color == "#bbbbbb":
+            color = "0.45"  # benign: a grey that stays visible as a line
+        q = np.quantile(curves, [0.05, 0.25, 0.5, 0.75, 0.95], axis=0)
+        ax.fill_between(time_axis, q[0], q[4], color=color, alpha=0.12, lw=0)
+        ax.fill_between(time_axis, q[1], q[3], color=color, alpha=0.3, lw=0)
+        ax.plot(time_axis, q[2], color=color, lw=1.8, label=f"{name} ({len(curves)} runs)")
+    ax.set_xlabel("flow time" if cfg["method"]["name"] == "flow" else "update")
+    ax.set_ylabel("expected true reward")
+    ax.set_title(f"True reward over time by {by}: median, 25-75% and 5-95% bands\n({done_text})")
+    fig.legend(loc="outside right upper", fontsize="small")
+    path = out / "trajectory_bands.png"
+    save_figure(fig, path, dpi=120)
+    return path

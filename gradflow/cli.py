@@ -1,5 +1,5 @@
 """The `gradflow` command line: `gradflow demo`, `gradflow study <name>`, `gradflow sweep`,
-`gradflow plot`, `gradflow rm-eval`.
+`gradflow plot`, `gradflow status`, `gradflow rm-eval`.
 
 Building the parser imports nothing heavy, so `--help` and `--version` answer at once.
 Every command that computes runs in a worker thread: Ctrl-C then stops it within a
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 import threading
 from pathlib import Path
@@ -39,6 +40,47 @@ def _common(p: argparse.ArgumentParser, *, out_help: str, quick: bool = True) ->
     p.add_argument("--quiet", action="store_true", help="no progress bars or phase lines (stderr)")
     p.add_argument("--json", action="store_true",
                    help="print the summary as JSON on stdout (the tables go to stderr)")
+
+
+def _shard(text: str):
+    """`--shard`: `I/N`, or where to read it from (`array`, `jax`)."""
+    if text in ("array", "jax"):
+        return text
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"expected I/N (the I-th of N shares, e.g. 0/4), 'array' or 'jax'; got {text!r}")
+    index, count = int(match[1]), int(match[2])
+    if count < 1 or index >= count:
+        raise argparse.ArgumentTypeError(f"I/N needs N >= 1 and 0 <= I < N; got {text!r}")
+    return index, count
+
+
+def _resolve_shard(spec) -> tuple[int, int] | None:
+    """The share `(I, N)` of this process: as given, from a SLURM job array's task index,
+    or from `jax.distributed` (initialised here, from the environment)."""
+    if spec is None or isinstance(spec, tuple):
+        return spec
+    if spec == "array":
+        task, count = os.environ.get("SLURM_ARRAY_TASK_ID"), os.environ.get("SLURM_ARRAY_TASK_COUNT")
+        if task is None or count is None:
+            raise ValueError("`--shard array`: SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT are not set (this "
+                             "is not a task of a SLURM job array); give the share as --shard I/N.")
+        index = int(task) - int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
+        if not 0 <= index < int(count):
+            raise ValueError(f"`--shard array`: task {task} is not one of {count} tasks numbered from "
+                             f"{os.environ.get('SLURM_ARRAY_TASK_MIN', '0')} in steps of 1 (use --array=0-{int(count) - 1}).")
+        return index, int(count)
+    import jax
+
+    def number(name):
+        return int(os.environ[name]) if os.environ.get(name) else None
+
+    try:
+        jax.distributed.initialize(num_processes=number("JAX_NUM_PROCESSES"), process_id=number("JAX_PROCESS_ID"))
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"`--shard jax`: jax.distributed.initialize() failed ({e}); set JAX_COORDINATOR_ADDRESS, "
+                         "JAX_NUM_PROCESSES and JAX_PROCESS_ID, or run under a cluster that JAX detects.") from None
+    return jax.process_index(), jax.process_count()
 
 
 def add_rm_eval_parser(subparsers) -> argparse.ArgumentParser:
@@ -93,6 +135,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     sw.add_argument("config", type=Path, help="sweep config (TOML)")
     sw.add_argument("--no-plot", action="store_true", help="do not draw the figures at the end")
+    sw.add_argument("--shard", type=_shard, default=None, metavar="I/N",
+                    help="compute only the I-th of N shares of the rows (N processes may sweep one DIR at "
+                    "once); 'array': from a SLURM job array's task index; 'jax': from jax.distributed")
+    sw.add_argument("--trajectories", action="store_true",
+                    help="also write every run's true and proxy reward over time to DIR/trajectories.zarr")
     _common(sw, out_help="output folder (default gradflow-results/CONFIG-NAME/, or CONFIG-NAME-quick/)")
 
     plot = sub.add_parser(
@@ -101,6 +148,17 @@ def _parser() -> argparse.ArgumentParser:
         "`gradflow sweep` from the data saved in it.",
     )
     plot.add_argument("dir", type=Path, help="the result folder")
+    plot.add_argument("--by", default=None, metavar="COLUMN",
+                      help="a sweep with trajectories: group the bands of true reward by this column of its "
+                      "table (default: label)")
+
+    status = sub.add_parser(
+        "status", help="what made a result folder, and how far a sweep has got",
+        description="Print a result folder's provenance (run.json) and, for a sweep, the rows done, per "
+        "shard and in all, the rows missing and the sweep's fingerprint.",
+    )
+    status.add_argument("dir", type=Path, help="the result folder")
+    status.add_argument("--json", action="store_true", help="print it as JSON")
 
     add_rm_eval_parser(sub)
     return parser
@@ -121,11 +179,17 @@ def _run_sweep(args) -> dict:
     from ._results import default_out, result_folder
     from ._sweeps import load_config, plot_dir, run_sweep
 
+    if args.shard is not None and args.force:
+        raise ValueError("`--force` with `--shard` would delete the rows of the other shares; empty the folder "
+                         "first, or use a new --out.")
     cfg = load_config(args.config)
+    shard = _resolve_shard(args.shard)
     out = args.out if args.out is not None else default_out(args.config.stem, args.quick)
-    with result_folder(out, kind="sweep", name=args.config.stem, config=cfg, quick=args.quick, force=args.force):
-        summary = {k: v for k, v in run_sweep(cfg, out, args.quick, force=args.force).items() if k != "table"}
-        if not args.no_plot:
+    with result_folder(out, kind="sweep", name=args.config.stem, config=cfg, quick=args.quick, force=args.force,
+                       shared=shard is not None):
+        summary = run_sweep(cfg, out, args.quick, force=args.force, shard=shard, trajectories=args.trajectories)
+        summary = {k: v for k, v in summary.items() if k != "table"}
+        if not args.no_plot and summary["rows"]:
             with _progress.phase("figures"):
                 summary["figures"] = plot_dir(out)
             for path in summary["figures"]:
@@ -148,10 +212,51 @@ def _run_rm_eval(args) -> dict:
 def _plot(args) -> dict:
     from ._studies import redraw
 
-    paths = redraw(args.dir)
+    paths = redraw(args.dir, by=args.by)
     for path in paths:
         print(f"Wrote {path}")
     return {"figures": paths}
+
+
+def _status(args) -> dict:
+    from . import sweep
+    from ._results import read_record
+
+    folder = args.dir
+    record, progress = read_record(folder), sweep.status(folder)
+    if record is None and progress is None:
+        raise ValueError(f"{folder} is not a gradflow result folder (no run.json, no sweep.json).")
+    lines = [f"{folder}:"]
+    if record is not None:
+        versions = record.get("versions", {})
+        backend = record.get("backend", {})
+        lines += [
+            f"  {record.get('kind')} {record.get('name')!r}, {record.get('mode')} mode",
+            f"  made by: {' '.join(record.get('command', []))}",
+            f"  gradflow {versions.get('gradflow')}, jax {versions.get('jax')} on {backend.get('platform')} "
+            f"({_count(backend.get('devices'), 'device')}, {_count(backend.get('processes'), 'process')})",
+            f"  started {record.get('started')}, finished {record.get('finished') or '-'}",
+        ]
+    if progress is not None:
+        missing = progress["missing"]
+        gaps = ", ".join(f"{a}-{b}" for a, b in missing[:5]) + (", ..." if len(missing) > 5 else "")
+        lines += [f"  rows: {progress['done']} of {progress['rows']} done; "
+                  + (f"missing: {progress['rows'] - progress['done']} (rows {gaps})" if missing else "none missing"),
+                  f"  fingerprint: {progress['fingerprint'][:16]}"]
+        for sh in progress["shards"]:
+            when = (f"finished {sh['finished']}" if sh.get("finished")
+                    else f"started {sh.get('started')}, not finished (running, or stopped)")
+            lines.append(f"  shard {sh['index']}/{sh['count']}: rows {sh['rows'][0]}-{sh['rows'][1]}, "
+                         f"{sh['done']} of {sh['size']} done; {when} (host {sh.get('host')}, pid {sh.get('pid')})")
+        if progress["trajectories"]:
+            lines.append(f"  trajectories: {folder / 'trajectories.zarr'}")
+    if not args.json:
+        print("\n".join(lines))
+    return {"folder": str(folder), "record": record, "sweep": progress}
+
+
+def _count(n, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}es" if word.endswith("s") else f"{n} {word}s"
 
 
 def _interrupted(args) -> str:
@@ -211,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, s in STUDIES.items():
             print(f"{name.ljust(width)}  {s.summary}")
         return 0 if args.list else 2
-    run = {"demo": _run_study, "study": _run_study, "sweep": _run_sweep, "plot": _plot,
+    run = {"demo": _run_study, "study": _run_study, "sweep": _run_sweep, "plot": _plot, "status": _status,
            "rm-eval": _run_rm_eval}[args.command]
     from . import _progress
     from ._results import dumps

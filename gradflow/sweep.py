@@ -1,31 +1,45 @@
-"""Sweeps: run a batch of any size in chunks, sharded over devices, with results written
-incrementally and resumed after an interruption.
+"""Sweeps: run a batch of any size in chunks, sharded over devices and over processes,
+with results written incrementally and resumed after an interruption.
 
 The unit of work is a function `fn` of ONE input (a pytree without batch axis) that
 returns a dict of scalars: one row of the result table. [`gradflow.sweep.run`][] applies
-`jax.jit(jax.vmap(fn))` to chunks of the batch, each chunk sharded over all devices along
+`jax.jit(jax.vmap(fn))` to chunks of the batch, each chunk sharded over the devices along
 one mesh axis (`"batch"`), and writes every finished chunk atomically as one Parquet file
 of the dataset `OUT/summary.parquet/` (a directory that `pandas.read_parquet`,
 `pyarrow.parquet.read_table` and polars open as one table). Rerunning the same sweep on
 the same `OUT` skips the rows already written: nothing finished is lost or recomputed.
 
 Rows depend only on their own input, never on the chunk they ran in, so the table is the
-same whatever the chunk size and the number of devices. Randomness must therefore come
-in with the input (e.g. a key per row, `jax.random.fold_in(key, row)`).
+same whatever the chunk size, the number of devices and the number of processes.
+Randomness must therefore come in with the input (e.g. a key per row,
+`jax.random.fold_in(key, row)`).
 
-Several hosts: call `jax.distributed.initialize()` first on every host; `jax.devices()`
-then lists the devices of all hosts and the mesh spans them. Each chunk is computed
-collectively, and only process 0 should write: pass `out=None` elsewhere, or give each
-host its own range of rows with `rows=`.
+**Several processes** (on one host or on many that share a filesystem) sweep one `OUT`
+together by each taking a share: `run(..., shard=(i, n))` computes the `i`-th of `n`
+contiguous blocks of rows ([`gradflow.sweep.share`][]) on the process's own devices, and
+records itself in `OUT/shards/I-of-N.json`. Shares never overlap, each part file is
+written atomically, and a share that is rerun skips what it finished, so processes may
+start, stop, be killed and be rerun in any order: every finished row is kept once.
+[`gradflow.sweep.status`][] (`gradflow status DIR`) says how far each share has got.
+
+**Trajectories.** With `trajectories=`[`gradflow.sweep.Trajectories`][], the outputs of
+`fn` that are time series go to the Zarr store `OUT/trajectories.zarr` instead: one array
+per series with dimensions `(run, time, ...)`, chunked along runs (one chunk per chunk of
+rows, so that no two processes ever write one chunk), the inputs as coordinates along
+`run`. `xarray.open_zarr(OUT / "trajectories.zarr")` opens it with named dimensions. A
+chunk's series are written before its Parquet part, which marks the rows as done; runs not
+yet done read as `nan`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import equinox as eqx
@@ -34,13 +48,43 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from . import _progress
-from ._results import write_json
+from ._results import _now as now, write_json
 
-__all__ = ["run", "read", "done_rows", "claim", "read_manifest"]
+__all__ = ["run", "read", "done_rows", "claim", "read_manifest", "share", "Trajectories", "read_trajectories",
+           "read_shards",
+           "status"]
 
 _DATASET = "summary.parquet"
 _LANES = 16
 _MANIFEST = "sweep.json"
+_SHARDS = "shards"
+_STORE = "trajectories.zarr"
+
+
+@dataclasses.dataclass(frozen=True)
+class Trajectories:
+    """Which outputs of a sweep's row function are time series, to be written to the Zarr
+    store `OUT/trajectories.zarr` (see the module docs).
+
+    **Arguments:**
+
+    - `time`: the common time grid of every run, shape `(T,)` (flow time, or update
+      index for discrete methods): the store's `time` coordinate.
+    - `series`: the names of the outputs of `fn` that are series (per-row shape
+      `(T, ...)`), each mapped to the names of its dimensions after `time`, e.g.
+      `{"true_reward": (), "probs": ("prompt", "output")}`.
+    - `input_dims`: for each input (by name: the key of a dict of inputs, or `"input"`
+      for a single array), the names of its dimensions after `run`; default
+      `<name>_dim_<i>`.
+    """
+
+    time: np.ndarray
+    series: Mapping[str, tuple[str, ...]]
+    input_dims: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+
+    def describe(self) -> dict:
+        """What identifies the store (part of the sweep's fingerprint)."""
+        return {"time": np.asarray(self.time).tolist(), "series": {k: list(v) for k, v in self.series.items()}}
 
 
 def _fingerprint(inputs, meta: dict) -> str:
@@ -76,16 +120,36 @@ def done_rows(out: str | Path, n: int) -> np.ndarray:
     return done
 
 
-def _chunks(todo: np.ndarray, size: int) -> list[tuple[int, int]]:
-    """Contiguous `[start, stop)` ranges of at most `size` rows covering `todo`."""
+def share(n: int, index: int, count: int, align: int = 1) -> tuple[int, int]:
+    """The rows `[start, stop)` of share `index` of `count` of an `n`-row sweep.
+
+    Shares are contiguous and as equal as possible, with bounds at multiples of `align`
+    (a sweep with trajectories aligns them to its chunks, so that no two shares write one
+    chunk of the store). A share is empty when there are more shares than chunks.
+    """
+    for name, value in (("index", index), ("count", count)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"shard `{name}` must be an integer; got {value!r}.")
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"a shard I/N needs N >= 1 and 0 <= I < N; got {index}/{count}.")
+    blocks = -(-n // align)
+    return min(index * blocks // count * align, n), min((index + 1) * blocks // count * align, n)
+
+
+def _chunks(todo: np.ndarray, size: int, aligned: bool = False) -> list[tuple[int, int]]:
+    """Contiguous `[start, stop)` ranges of at most `size` rows covering `todo`; with
+    `aligned`, within the blocks `[k size, (k + 1) size)` (a chunk of the trajectory
+    store), else packed from the first row to do."""
     out = []
     idx = np.flatnonzero(todo)
     if idx.size == 0:
         return out
     breaks = np.flatnonzero(np.diff(idx) != 1) + 1
     for run in np.split(idx, breaks):
-        for s in range(int(run[0]), int(run[-1]) + 1, size):
-            out.append((s, min(s + size, int(run[-1]) + 1)))
+        first, last = int(run[0]), int(run[-1]) + 1
+        cuts = range((first // size + 1) * size if aligned else first + size, last, size)
+        bounds = [first, *cuts, last]
+        out.extend(zip(bounds[:-1], bounds[1:], strict=True))
     return out
 
 
@@ -139,29 +203,145 @@ def read_manifest(out: str | Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def claim(out: str | Path, inputs, meta: dict | None = None, *, replace: bool = False) -> None:
-    """Make `out` the folder of the sweep of `inputs` and `meta` (as `run` does first).
+def claim(
+    out: str | Path, inputs, meta: dict | None = None, *, replace: bool = False,
+    trajectories: Trajectories | None = None, chunk_size: int | None = None,
+) -> None:
+    """Make `out` the folder of the sweep of `inputs`, `meta` and `trajectories` (with
+    `chunk_size`, the store's chunk), as `run` does first.
 
     A folder that already holds this sweep is kept as it is (its rows are resumed); one
     that holds a different sweep is refused with a `ValueError`, or, with `replace`, has
-    that sweep's rows and manifest deleted.
+    that sweep's rows, trajectories, shard records and manifest deleted.
     """
     out = Path(out)
     inputs = jax.tree.map(lambda x: x if hasattr(x, "shape") else np.asarray(x), inputs)
     n = int(jax.tree.leaves(inputs)[0].shape[0])
-    manifest = {"rows": n, "fingerprint": _fingerprint(inputs, dict(meta or {})), "meta": dict(meta or {})}
+    meta = dict(meta or {})
+    if trajectories is not None:
+        meta["trajectories"] = {**trajectories.describe(), "runs_per_chunk": chunk_size}
+    manifest = {"rows": n, "fingerprint": _fingerprint(inputs, meta), "meta": meta}
     old = read_manifest(out)
     if old is not None and (old.get("fingerprint"), old.get("rows")) == (manifest["fingerprint"], n):
         return
     if old is not None and not replace:
+        had = "trajectories" in old.get("meta", {})
+        why = f"; it was started {'with' if had else 'without'} --trajectories" if had != (trajectories is not None) else ""
         raise ValueError(
-            f"{out} holds the results of a different sweep ({old.get('rows')} rows, other "
-            "inputs or settings); use a new --out folder, or --force to replace it."
+            f"{out} holds the results of a different sweep ({old.get('rows')} rows, other inputs or "
+            f"settings){why}. Use a new --out folder, or --force to replace it."
         )
     if replace:
-        shutil.rmtree(out / _DATASET, ignore_errors=True)
+        for name in (_DATASET, _STORE, _SHARDS):
+            shutil.rmtree(out / name, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / _MANIFEST, manifest)
+
+
+# ----------------------------------------------------------------------------- trajectories
+
+
+def _input_leaves(inputs) -> dict[str, np.ndarray]:
+    """The inputs by name: the keys of a dict (nested keys joined by `/`), or `"input"`."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(inputs):
+        name = "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+        a = jax.random.key_data(leaf) if _is_key(leaf) else leaf
+        out[name or "input"] = np.asarray(a)
+    return out
+
+
+def _create_store(out: Path, traj: Trajectories, inputs, example: dict[str, np.ndarray], n: int, chunk: int):
+    """Create `OUT/trajectories.zarr` (built aside, then renamed into place: when several
+    processes race to create it, one wins and the others use its store)."""
+    import zarr
+
+    path = out / _STORE
+    if path.exists():
+        return
+    tmp = out / f".{_STORE}.{socket.gethostname()}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    group = zarr.open_group(tmp, mode="w", attributes={"runs_per_chunk": chunk})
+    group.create_array("run", data=np.arange(n), dimension_names=("run",))
+    group.create_array("time", data=np.asarray(traj.time), dimension_names=("time",))
+    coords = []
+    for name, a in _input_leaves(inputs).items():
+        dims = tuple(traj.input_dims.get(name, [f"{name}_dim_{i}" for i in range(a.ndim - 1)]))
+        group.create_array(name, data=a, dimension_names=("run", *dims))
+        coords.append(name)
+    for name, dims in traj.series.items():
+        a = example[name]
+        group.create_array(name, shape=(n, *a.shape[1:]), chunks=(chunk, *a.shape[1:]), dtype=a.dtype,
+                           fill_value=np.nan if a.dtype.kind == "f" else 0,
+                           dimension_names=("run", "time", *dims), attributes={"coordinates": " ".join(coords)})
+    zarr.consolidate_metadata(tmp)  # the layout is fixed: readers open it in one read
+    try:
+        os.rename(tmp, path)
+    except OSError:  # another process created it first
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_series(out: Path, start: int, stop: int, series: dict[str, np.ndarray]) -> None:
+    import zarr
+
+    group = zarr.open_group(out / _STORE, mode="r+")
+    for name, a in series.items():
+        group[name][start:stop] = a
+
+
+def read_trajectories(out: str | Path) -> dict[str, np.ndarray] | None:
+    """The arrays of a sweep's trajectory store (`run`, `time`, the inputs and the series;
+    runs not yet done are `nan`), or `None` if the sweep has none. (`xarray.open_zarr`
+    opens the same store with its named dimensions.)"""
+    path = Path(out) / _STORE
+    if not path.is_dir():
+        return None
+    import zarr
+
+    group = zarr.open_group(path, mode="r")
+    return {name: np.asarray(arr[...]) for name, arr in group.arrays()}
+
+
+# ------------------------------------------------------------------------------- shards
+
+
+def _shard_record(out: Path, index: int, count: int) -> Path:
+    return out / _SHARDS / f"{index}-of-{count}.json"
+
+
+def read_shards(out: str | Path) -> list[dict]:
+    """The shard records of a sweep folder (one per share that ever ran), sorted."""
+    folder = Path(out) / _SHARDS
+    records = []
+    for p in folder.glob("*-of-*.json") if folder.is_dir() else []:
+        try:
+            records.append(json.loads(p.read_text()))
+        except (OSError, ValueError):
+            continue
+    return sorted(records, key=lambda r: (r.get("count", 0), r.get("index", 0)))
+
+
+def status(out: str | Path) -> dict | None:
+    """How far the sweep in `out` has got, or `None` if `out` holds no sweep.
+
+    **Returns:** a dict with `rows`, `done`, `missing` (the rows not done, as `[start,
+    stop)` ranges), `fingerprint`, `trajectories` (whether a store exists) and `shards`:
+    each recorded share with its `rows` range, `done` count, host, process and times
+    (`finished` is `None` while it runs, or after it was interrupted).
+    """
+    out = Path(out)
+    manifest = read_manifest(out)
+    if manifest is None:
+        return None
+    n = int(manifest["rows"])
+    done = done_rows(out, n)
+    missing = _chunks(~done, max(n, 1))
+    shards = []
+    for rec in read_shards(out):
+        a, b = rec.get("rows", [0, 0])
+        shards.append({**rec, "done": int(done[a:b].sum()), "size": int(b - a)})
+    return {"rows": n, "done": int(done.sum()), "missing": [list(m) for m in missing],
+            "fingerprint": manifest["fingerprint"], "trajectories": (out / _STORE).is_dir(), "shards": shards}
 
 
 @eqx.filter_jit
@@ -180,6 +360,8 @@ def run(
     chunk_size: int = 4096,
     devices=None,
     rows: tuple[int, int] | None = None,
+    shard: tuple[int, int] | None = None,
+    trajectories: Trajectories | None = None,
     meta: dict | None = None,
     post: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
     progress: bool = True,
@@ -190,16 +372,24 @@ def run(
     **Arguments:**
 
     - `fn`: a function of one input (a pytree without batch axis) returning a dict of
-      scalars (one row).
+      scalars (one row), and of series when `trajectories` names them.
     - `inputs`: a pytree whose leaves share a leading batch axis of length `n`.
     - `out`: a folder; rows go to `out/summary.parquet/part-START-STOP.parquet` and a
       manifest to `out/sweep.json`. Rerunning on the same folder resumes. `None` keeps
       everything in memory.
     - `chunk_size`: rows per chunk (one compiled call, one Parquet part); bounds memory.
+      Chunks are the blocks `[k chunk_size, (k + 1) chunk_size)` of rows still to do.
       Each call is padded to a multiple of 16 rows per device, so one compilation serves
       all chunks. Columns with per-row shape `(a, b)` are written as `name_i_j`.
-    - `devices`: the devices to shard each chunk over (default `jax.devices()`).
-    - `rows`: compute only rows `[start, stop)` (e.g. one host's share).
+    - `devices`: the devices to shard each chunk over (default `jax.devices()`, or
+      `jax.local_devices()` with `shard`).
+    - `rows`: compute only rows `[start, stop)`.
+    - `shard`: `(i, count)`: compute only the `i`-th of `count` shares of the rows
+      ([`gradflow.sweep.share`][]) and record this process in `out/shards/`. Processes
+      with different `i` may run at the same time on the same `out`.
+    - `trajectories`: a [`gradflow.sweep.Trajectories`][]: write these outputs of `fn` to
+      `out/trajectories.zarr` (needs `out`). Its time grid and series are part of the
+      sweep's identity, and so is `chunk_size` (the store's chunk along runs).
     - `meta`: JSON-serialisable description stored in the manifest; part of the sweep's
       identity with the inputs (a different sweep in the same folder is an error). `fn`
       itself cannot be fingerprinted: describe it in `meta` (method, targets, ...).
@@ -222,39 +412,57 @@ def run(
         )
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"`chunk_size` must be a positive integer; got {chunk_size!r}.")
-    start, stop = (0, n) if rows is None else rows
-    if not 0 <= start < stop <= n:
-        raise ValueError(f"`rows` must be a range within [0, {n}); got {rows}.")
-    meta = dict(meta or {})
+    if rows is not None and shard is not None:
+        raise ValueError("give `rows` or `shard`, not both.")
+    if trajectories is not None and out is None:
+        raise ValueError("`trajectories` are written to disk: give `out`.")
+    if shard is not None:
+        start, stop = share(n, *shard, align=chunk_size if trajectories is not None else 1)
+    else:
+        start, stop = (0, n) if rows is None else rows
+        if not 0 <= start < stop <= n:
+            raise ValueError(f"`rows` must be a range within [0, {n}); got {rows}.")
+        if trajectories is not None and (start % chunk_size or (stop % chunk_size and stop != n)):
+            raise ValueError(f"with `trajectories`, `rows` must be whole chunks of {chunk_size} rows; got {rows}.")
 
-    devices = list(jax.devices() if devices is None else devices)
+    devices = list((jax.devices() if shard is None else jax.local_devices()) if devices is None else devices)
     # Chunks are padded to a multiple of `_LANES` rows per device: XLA's CPU code for a
     # batch that is not a multiple of the vector width can round the trailing rows
     # differently (1 ulp), which would make a row's bits depend on its place in a chunk.
     quantum = _LANES * len(devices)
-    rows_per_chunk = min(chunk_size, stop - start)  # a small batch is not padded up to chunk_size
-    size = -(-rows_per_chunk // quantum) * quantum  # rows computed per call, padding included
+    size = -(-min(chunk_size, n) // quantum) * quantum  # rows computed per call, padding included
     mesh = Mesh(np.array(devices), ("batch",))  # "auto" axis: XLA propagates the sharding
     sharding = NamedSharding(mesh, PartitionSpec("batch"))
 
     todo = np.zeros(n, bool)
     todo[start:stop] = True
     results: list[dict[str, np.ndarray]] = []
+    record = None
     if out is not None:
         out = Path(out)
-        claim(out, inputs, meta)
+        claim(out, inputs, meta, trajectories=trajectories, chunk_size=chunk_size)
         todo &= ~done_rows(out, n)
+        if shard is not None:
+            record = {"index": int(shard[0]), "count": int(shard[1]), "rows": [start, stop],
+                      "host": socket.gethostname(), "pid": os.getpid(), "started": now(), "finished": None}
+            (out / _SHARDS).mkdir(exist_ok=True)
+            write_json(_shard_record(out, *shard), record)
 
-    chunks = _chunks(todo, rows_per_chunk)
+    chunks = _chunks(todo, chunk_size, aligned=trajectories is not None)
     bar = _progress.bar(stop - start, "sweep", initial=int((stop - start) - todo.sum())) if progress else None
+    series_names = () if trajectories is None else tuple(trajectories.series)
     for a, b in chunks:
         idx = np.minimum(np.arange(a, a + size), b - 1)  # pad by repeating the last row
         chunk = jax.tree.map(lambda x, idx=idx: jax.device_put(x[idx], sharding), inputs)
         rows_out = jax.device_get(_batched(fn, chunk))
         columns = {k: np.asarray(val)[: b - a] for k, val in rows_out.items()}
+        series = {k: columns.pop(k) for k in series_names}
         if post is not None:
             columns = post(columns)
         if out is not None:
+            if series:  # first the series, then the part that marks the rows as done
+                _create_store(out, trajectories, inputs, series, n, chunk_size)
+                _write_series(out, a, b, series)
             _write(out, a, b, columns)
         else:
             results.append({"row": np.arange(a, b), **columns})
@@ -262,6 +470,8 @@ def run(
             bar.update(b - a)
     if bar is not None:
         bar.close()
+    if record is not None:
+        write_json(_shard_record(out, *shard), {**record, "finished": now()})
     if out is not None:
         return read(out)
     if not results:

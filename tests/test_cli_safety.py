@@ -150,7 +150,7 @@ def test_tables_and_json_are_standard(swept, capsys):
     captured = capsys.readouterr()
     summary = strict(captured.out)
     assert summary["rows"] == 25 and sum(summary["labels"].values()) + summary["failed"] == 25
-    assert "Sweep: 25 proxies" in captured.err  # the human summary went to stderr
+    assert "Sweep: 25 of 25 proxies done" in captured.err  # the human summary went to stderr
 
 
 def test_progress_goes_to_stderr_and_quiet_silences_it(swept, capsys):
@@ -158,7 +158,7 @@ def test_progress_goes_to_stderr_and_quiet_silences_it(swept, capsys):
     assert cli.main(["sweep", str(config), "--quick", "--out", str(out), "--no-plot"]) == 0
     captured = capsys.readouterr()
     assert "reference run: trained on the true reward (compilation included)" in captured.err
-    assert "reference run" not in captured.out and "Sweep: 25 proxies" in captured.out
+    assert "reference run" not in captured.out and "Sweep: 25 of 25 proxies done" in captured.out
     assert _sweep(config, out) == 0  # --quiet
     assert capsys.readouterr().err == ""
 

@@ -175,15 +175,16 @@ def _run_study(args) -> dict:
 
 
 def _run_sweep(args) -> dict:
+    if args.shard is not None and args.force:
+        raise ValueError("`--force` with `--shard` would delete the rows of the other shares; empty the folder "
+                         "first, or use a new --out.")
+    # First, before gradflow's modules touch JAX: jax.distributed must start before any JAX call.
+    shard = _resolve_shard(args.shard)
     from . import _progress
     from ._results import default_out, result_folder
     from ._sweeps import load_config, plot_dir, run_sweep
 
-    if args.shard is not None and args.force:
-        raise ValueError("`--force` with `--shard` would delete the rows of the other shares; empty the folder "
-                         "first, or use a new --out.")
     cfg = load_config(args.config)
-    shard = _resolve_shard(args.shard)
     out = args.out if args.out is not None else default_out(args.config.stem, args.quick)
     with result_folder(out, kind="sweep", name=args.config.stem, config=cfg, quick=args.quick, force=args.force,
                        shared=shard is not None):
@@ -235,8 +236,10 @@ def _status(args) -> dict:
             f"  made by: {' '.join(record.get('command', []))}",
             f"  gradflow {versions.get('gradflow')}, jax {versions.get('jax')} on {backend.get('platform')} "
             f"({_count(backend.get('devices'), 'device')}, {_count(backend.get('processes'), 'process')})",
-            f"  started {record.get('started')}, finished {record.get('finished') or '-'}",
         ]
+        shards = progress is not None and progress["shards"]
+        end = record.get("finished") or ("each shard's below" if shards else "not (running, or stopped)")
+        lines.append(f"  started {record.get('started')}, finished: {end}")
     if progress is not None:
         missing = progress["missing"]
         gaps = ", ".join(f"{a}-{b}" for a, b in missing[:5]) + (", ..." if len(missing) > 5 else "")

@@ -39,6 +39,7 @@ import json
 import os
 import shutil
 import socket
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -274,7 +275,9 @@ def _create_store(out: Path, traj: Trajectories, inputs, example: dict[str, np.n
         group.create_array(name, shape=(n, *a.shape[1:]), chunks=(chunk, *a.shape[1:]), dtype=a.dtype,
                            fill_value=np.nan if a.dtype.kind == "f" else 0,
                            dimension_names=("run", "time", *dims), attributes={"coordinates": " ".join(coords)})
-    zarr.consolidate_metadata(tmp)  # the layout is fixed: readers open it in one read
+    with warnings.catch_warnings():  # "not part of the Zarr 3 specification (yet)": xarray reads it
+        warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
+        zarr.consolidate_metadata(tmp)  # the layout is fixed: readers (xarray) open it in one read
     try:
         os.rename(tmp, path)
     except OSError:  # another process created it first

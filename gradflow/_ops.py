@@ -4,7 +4,10 @@ Below `UNROLL_MAX_OUTPUTS` outputs, sums, maxima and lookups over the outputs ax
 written as a chain of elementwise operations. Under `jax.vmap` that keeps a whole update
 one fused, batch-wide vector loop; XLA's reductions over a short minor axis are ~20x
 slower (see bench/bench_core.py). Above it, the usual reduction is the better choice.
-The choice depends on static shapes only.
+The unrolling is tuned for XLA's CPU code: on other backends (GPU, TPU), whose compilers
+fuse short reductions well, the usual reductions are used (`bench/bench_backend.py`
+times both on whatever backend is present). The choice depends on static shapes and the
+default backend only, so it is made once per compilation.
 """
 
 from __future__ import annotations
@@ -16,9 +19,15 @@ from jaxtyping import Array, Float, Int
 UNROLL_MAX_OUTPUTS = 16
 
 
+def unrolled(n: int) -> bool:
+    """Whether a sum over an axis of length `n` is written out: `n <= UNROLL_MAX_OUTPUTS`
+    on the CPU backend, never elsewhere."""
+    return n <= UNROLL_MAX_OUTPUTS and jax.default_backend() == "cpu"
+
+
 def sum_outputs(x: Float[Array, "... outputs"]) -> Float[Array, "... 1"]:
     """`x.sum(axis=-1, keepdims=True)`, unrolled for few outputs."""
-    if x.shape[-1] > UNROLL_MAX_OUTPUTS:
+    if not unrolled(x.shape[-1]):
         return jnp.sum(x, axis=-1, keepdims=True)
     acc = x[..., :1]
     for k in range(1, x.shape[-1]):
@@ -28,7 +37,7 @@ def sum_outputs(x: Float[Array, "... outputs"]) -> Float[Array, "... 1"]:
 
 def max_outputs(x: Float[Array, "... outputs"]) -> Float[Array, "... 1"]:
     """`x.max(axis=-1, keepdims=True)`, unrolled for few outputs."""
-    if x.shape[-1] > UNROLL_MAX_OUTPUTS:
+    if not unrolled(x.shape[-1]):
         return jnp.max(x, axis=-1, keepdims=True)
     acc = x[..., :1]
     for k in range(1, x.shape[-1]):
@@ -48,7 +57,7 @@ def softmax_outputs(s: Float[Array, "... outputs"]):
 def sum_draws(x: Float[Array, "prompts k ..."]) -> Float[Array, "prompts 1 ..."]:
     """`x.sum(axis=1, keepdims=True)` over the draws, unrolled for small groups (as for
     `sum_outputs`, XLA's CPU reductions over a short middle axis are slow under `vmap`)."""
-    if x.shape[1] > UNROLL_MAX_OUTPUTS:
+    if not unrolled(x.shape[1]):
         return jnp.sum(x, axis=1, keepdims=True)
     acc = x[:, :1]
     for i in range(1, x.shape[1]):
@@ -58,7 +67,7 @@ def sum_draws(x: Float[Array, "prompts k ..."]) -> Float[Array, "prompts 1 ..."]
 
 def cumsum_outputs(x: Float[Array, "... outputs"]) -> Float[Array, "... outputs"]:
     """`jnp.cumsum(x, axis=-1)`, unrolled for few outputs."""
-    if x.shape[-1] > UNROLL_MAX_OUTPUTS:
+    if not unrolled(x.shape[-1]):
         return jnp.cumsum(x, axis=-1)
     parts = [x[..., :1]]
     for j in range(1, x.shape[-1]):
@@ -71,7 +80,7 @@ def take_outputs(table: Float[Array, "... outputs"], index: Int[Array, "... k"])
     table[..., index[..., i]]`. For few outputs a masked sum (differentiates to a masked
     broadcast, no scatter); otherwise a gather."""
     n = table.shape[-1]
-    if n > UNROLL_MAX_OUTPUTS:
+    if not unrolled(n):
         return jnp.take_along_axis(table, index, axis=-1)
     t = table[..., None, :]
     onehot = index[..., None] == jnp.arange(n).reshape((1,) * index.ndim + (n,))

@@ -100,24 +100,18 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(n)))
         return
+    default = subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"], capture_output=True,
+                             text=True, check=True).stdout.strip()
     results = []
-    for platforms in ("cpu", None):
-        env = {**os.environ}
-        if platforms is None:
-            env.pop("JAX_PLATFORMS", None)
-        else:
-            env["JAX_PLATFORMS"] = platforms
-        proc = subprocess.run([sys.executable, __file__, "--child", "--n", str(n)], env=env, capture_output=True,
-                              text=True)
+    for platforms in ["cpu"] + ([default] if default != "cpu" else []):
+        proc = subprocess.run([sys.executable, __file__, "--child", "--n", str(n)],
+                              env={**os.environ, "JAX_PLATFORMS": platforms}, capture_output=True, text=True)
         if proc.returncode != 0:
             print(proc.stderr[-2000:], file=sys.stderr)
-            raise SystemExit(f"the {platforms or 'default'} backend failed")
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
-        if platforms is None and r["backend"] == "cpu":
-            print("(no backend besides the CPU is present: a GPU needs `pip install 'gradflow[cuda]'` on a machine "
-                  "with one)")
-            break
-        results.append(r)
+            raise SystemExit(f"the {platforms} backend failed")
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    if default == "cpu":
+        print("(no backend besides the CPU is present: a GPU needs `pip install 'gradflow[cuda]'` on a machine with one)")
     cpu = results[0]
     names = {"core": "core: SGD, 20,000 steps", "seeds": "seeds: REINFORCE, 20,000 steps",
              "sweep": "sweep: flow to t1 = 5000"}

@@ -83,12 +83,14 @@ def test_flow_time_to_reward_two_armed_closed_form(dtype, p0, delta):
         return 2 * np.log(p / (1 - p)) - 1 / p + 1 / (1 - p)
 
     policy = gf.TabularSoftmax.from_probs(jnp.asarray([p0, 1 - p0]))
-    ps = (0.5, 0.8, 0.95)
-    sol = flow(policy, [delta, 0.0], t1=30.0, targets=tuple(p * delta for p in ps))
-    for p in ps:
+    # The targets as fractions of the way from V(0) = p0 Delta to Delta (the same static
+    # tuple for every case: one compilation per dtype): p = p0 + x (1 - p0).
+    xs = (0.25, 0.6, 0.9)
+    sol = flow(policy, [delta, 0.0], t1=30.0, targets=xs, normalized_targets=True)
+    for i, x in enumerate(xs):
+        p = p0 + x * (1 - p0)
         expect = (F(p) - F(p0)) / (2 * delta)
-        got = gf.time_to_reward(sol, p * delta)
-        np.testing.assert_allclose(got, expect, rtol=tol(dtype, 1e-3, 1e-8))
+        np.testing.assert_allclose(sol.target_times[i], expect, rtol=tol(dtype, 1e-3, 1e-8))
 
 
 # ---------------------------------------------------------------------------------------

@@ -25,8 +25,7 @@ def test_flow_sensitivities_match_finite_differences():
     """Forward mode through diffeqsolve (d V_G(T)/d r, `autodiff="auto"` on 5 outputs)
     and the implicit-function-theorem time gradient (d t*/d r) agree with central
     differences of independent solves (float64, tight tolerances: the differences are
-    O(h^2) = 1e-10 accurate). Reverse mode through the flow: `jax.grad` below, and the
-    area objective in test_design_proxy.py."""
+    O(h^2) = 1e-10 accurate)."""
     with jax.enable_x64(True):
         policy = gf.TabularSoftmax.from_probs(_P.astype(jnp.float64))
         r, g = _PROXY.astype(jnp.float64), _R.astype(jnp.float64)
@@ -60,7 +59,11 @@ def test_flow_sensitivities_match_finite_differences():
 
         for eps in (1e-6, -1e-6):
             np.testing.assert_allclose(float(objective(r, t_star * (1 + eps))), t_star, rtol=1e-5)
-        short = np.asarray(jax.grad(objective)(r, t_star / 2))  # reverse mode through the flow
+        # The fallback's gradient, in forward mode (reverse mode through the flow: the
+        # area objective in test_design_proxy.py).
+        forward = flow.differentiable("forward")
+        short = np.asarray(jax.jacfwd(lambda rr: gf.proxy_objective(policy, g, rr, method=forward, target=target,
+                                                                    t1=t_star / 2))(r))
         assert np.all(np.isfinite(short)) and short[0] < 0  # raising y* helps
 
 

@@ -84,9 +84,9 @@ def _status(out: Path, capsys) -> dict:
 
 @pytest.fixture(scope="module")
 def long_sweep(tmp_path_factory):
-    """A 256-row sweep of 20,000 SGD updates per row with trajectories, in one process."""
+    """A 256-row sweep of 8,000 SGD updates per row with trajectories, in one process."""
     tmp = tmp_path_factory.mktemp("long")
-    config = _config(tmp, "long", num=16, steps=20000)
+    config = _config(tmp, "long", num=16, steps=8000)
     assert cli.main(_args(config, tmp / "one", "--trajectories")) == 0
     return config, tmp / "one"
 

@@ -51,9 +51,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from . import _progress
 from ._results import _now as now, write_json
 
-__all__ = ["run", "read", "done_rows", "claim", "read_manifest", "share", "Trajectories", "read_trajectories",
-           "read_shards",
-           "status"]
+__all__ = ["run", "read", "done_rows", "claim", "read_manifest", "share", "status", "read_shards", "Trajectories",
+           "read_trajectories"]
 
 _DATASET = "summary.parquet"
 _LANES = 16

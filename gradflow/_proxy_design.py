@@ -288,6 +288,8 @@ def sensitivity(
 def _autodiff_mode(autodiff: str, size: int) -> str:
     """`"forward"` or `"reverse"`: the mode asked for, or by the number of values
     differentiated (`"auto"`)."""
+    if autodiff not in ("auto", "forward", "reverse"):
+        raise ValueError(f"`autodiff` must be 'auto', 'forward' or 'reverse'; got {autodiff!r}.")
     if autodiff == "auto":
         return "forward" if size <= FORWARD_MAX else "reverse"
     return autodiff
@@ -523,8 +525,8 @@ def design_proxy(
       `"forward"` (`jax.jacfwd`: one tangent per free proxy value, carried along the
       run), `"reverse"` (`jax.grad`: one backward pass through the checkpointed run), or
       `"auto"` (default): forward up to 32 proxy values (prompts times groups),
-      reverse beyond. Both give the
-      same gradient; forward mode compiles in about half the time.
+      reverse beyond. Both give the same gradient; forward mode compiles in about half
+      the time.
 
     **Returns:** a [`gradflow.ProxyDesign`][]; `.reward` is the designed proxy, the best
     iterate by the exact objective among those that meet every constraint.
@@ -550,8 +552,6 @@ def design_proxy(
         raise ValueError(f"`order_preserving` must be True or False; got {order_preserving!r}.")
     if not (tolerance > 0 and reward_tolerance > 0 and penalty > 0):
         raise ValueError("`tolerance`, `reward_tolerance` and `penalty` must be positive.")
-    if autodiff not in ("auto", "forward", "reverse"):
-        raise ValueError(f"`autodiff` must be 'auto', 'forward' or 'reverse'; got {autodiff!r}.")
 
     index, counts = _groups(groups, g.shape[-1])
     truth = _group_truth(g, index, counts.size)

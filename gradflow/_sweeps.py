@@ -139,8 +139,8 @@ def trajectory_grid(method, t1, points: int, probs: bool = False) -> tuple[SaveA
     """What a sweep with trajectories records: `points` evenly spaced flow times on
     `[0, t1]`, or every `steps // (points - 1)` updates (and the last); and those times."""
     if method.continuous:
-        saveat = SaveAt(n=points, probs=probs)
-        return saveat, np.asarray(jnp.linspace(0.0, t1, points, dtype=jnp.result_type(float)))
+        times = jnp.linspace(0.0, t1, points, dtype=jnp.result_type(float))
+        return SaveAt(ts=times, probs=probs), np.asarray(times)
     every = max(1, method.steps // (points - 1))
     return SaveAt(every=every, probs=probs), np.unique(np.r_[np.arange(0, method.steps + 1, every), method.steps])
 
@@ -206,8 +206,7 @@ def run_sweep(cfg: dict, out: Path, quick: bool = False, force: bool = False, sh
                       trajectories=traj, progress=_progress.enabled())
     elapsed = time.perf_counter() - start
     n = int(proxies.shape[0])
-    which = "" if shard is None else (f"shard {shard[0]}/{shard[1]} (rows "
-                                      f"{'{}-{}'.format(*sweep.share(n, *shard, align=chunk if traj else 1))}); ")
+    which = "" if shard is None else f"shard {shard[0]}/{shard[1]} finished; "
     say(f"Sweep: {which}{len(table.get('row', []))} of {n} proxies done ({cfg['proxies']['family']}), method "
         f"{cfg['method']['name']}{' (quick)' if quick else ''}; {elapsed:.1f} s this call (finished chunks are "
         "not recomputed).")

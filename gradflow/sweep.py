@@ -432,7 +432,8 @@ def run(
     # batch that is not a multiple of the vector width can round the trailing rows
     # differently (1 ulp), which would make a row's bits depend on its place in a chunk.
     quantum = _LANES * len(devices)
-    size = -(-min(chunk_size, n) // quantum) * quantum  # rows computed per call, padding included
+    rows_per_chunk = min(chunk_size, max(stop - start, 1))  # a small range is not padded up to chunk_size
+    size = -(-rows_per_chunk // quantum) * quantum  # rows computed per call, padding included
     mesh = Mesh(np.array(devices), ("batch",))  # "auto" axis: XLA propagates the sharding
     sharding = NamedSharding(mesh, PartitionSpec("batch"))
 

@@ -89,6 +89,8 @@ def test_sensitivity_bad_input_and_not_reached():
         gf.sensitivity(policy, _PROXY, _R, method=_SGD, target=0.9)
     with pytest.raises(ValueError, match="method"):
         gf.sensitivity(policy, _PROXY, _R, method=gf.Reinforce(optax.sgd(0.1), 10))
+    with pytest.raises(ValueError, match="`autodiff`"):
+        gf.sensitivity(policy, _PROXY, _R, method=_SGD, autodiff="backward")
     never = gf.sensitivity(policy, _R, _R, method=gf.GradientFlow(max_steps=256), t1=5.0, target=0.99)
     assert np.all(np.isnan(np.asarray(never)))
 

@@ -459,6 +459,10 @@ def run(
         chunk = jax.tree.map(lambda x, idx=idx: jax.device_put(x[idx], sharding), inputs)
         rows_out = jax.device_get(_batched(fn, chunk))
         columns = {k: np.asarray(val)[: b - a] for k, val in rows_out.items()}
+        missing = [k for k in series_names if k not in columns]
+        if missing:
+            raise ValueError(f"`trajectories` names the series {missing}, which `fn` does not return; it returns "
+                             f"{sorted(columns)}.")
         series = {k: columns.pop(k) for k in series_names}
         if post is not None:
             columns = post(columns)

@@ -281,5 +281,9 @@ def test_unfinished_runs_read_as_nan_and_rows_must_be_whole_chunks(tmp_path):
     assert store["input"].shape == (7, 5)  # a single array input is named "input"
     with pytest.raises(ValueError, match="whole chunks of 3 rows"):
         sweep.run(row, proxies, tmp_path, chunk_size=3, rows=(2, 6), trajectories=traj, progress=False)
+    wrong = sweep.Trajectories(np.linspace(0.0, 50.0, 11), {"reward_curve": ()})
+    with pytest.raises(ValueError, match=r"names the series \['reward_curve'\], which `fn` does not return"):
+        sweep.run(row, proxies, tmp_path / "other", chunk_size=3, trajectories=wrong, progress=False)
+    assert not (tmp_path / "other" / "summary.parquet").exists()
     with pytest.raises(ValueError, match="give `out`"):
         sweep.run(row, proxies, None, trajectories=traj)

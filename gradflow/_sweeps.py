@@ -401,7 +401,7 @@ def _plot_bands(out: Path, table: dict, by: str, colors: dict, done_text: str, c
     ax.set_xlabel("flow time" if cfg["method"]["name"] == "flow" else "update")
     ax.set_ylabel("expected true reward")
     ax.set_title(f"True reward over time by {by}: median, 25-75% and 5-95% bands\n({done_text})")
-    fig.legend(loc="outside right upper", fontsize="small")
+    fig.legend(loc="outside lower center", ncol=2, fontsize="small")
     path = out / "trajectory_bands.png"
     save_figure(fig, path, dpi=120)
     return path

@@ -18,9 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import xarray as xr
+from figcheck import problems as figure_problems
 
 import gradflow as gf
 from gradflow import _config as C, cli, sweep
+from gradflow._studies import redraw
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -142,6 +144,8 @@ def test_two_shards_at_once_one_killed_and_rerun(long_sweep, tmp_path, capsys):
     assert cli.main(["plot", str(out)]) == 0
     assert "trajectory_bands.png" in capsys.readouterr().out
     assert cli.main(["plot", str(out), "--by", "reward_1"]) == 0
+    for by in (None, "reward_1"):  # no text over text, no legend over the curves
+        assert figure_problems(redraw(out, by=by)) == {}
     assert cli.main(["plot", str(out), "--by", "nonsense"]) == 2
     assert "no column 'nonsense'" in capsys.readouterr().err
 

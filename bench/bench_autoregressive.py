@@ -171,7 +171,7 @@ def bench_sgd(n_runs: int, steps: int, n_numpy: int, repeats: int) -> None:
     def one(r):
         sol = gf.solve(policy, reward=r, true_reward=r_true, method=method,
                        saveat=gf.SaveAt(every=steps), targets=(TARGET,))
-        return gf.time_to_reward(sol, TARGET), sol.final_true_reward, sol.status
+        return gf.time_to_reward(sol, TARGET), sol.final_true_reward, gf.status_code(sol.status)
 
     rewards = proxies(n_runs)
     rj = jnp.asarray(rewards, jnp.float32)
@@ -202,7 +202,7 @@ def bench_sgd(n_runs: int, steps: int, n_numpy: int, repeats: int) -> None:
     print(f"[1] Exact SGD lr {LR:g}, {steps} steps, V = {VOCAB}, L = {LENGTH} ({N_SEQ} sequences, "
           f"{N_NODES} x {VOCAB} table), time to true reward {TARGET}:")
     print(f"    gradflow vmap over {n_runs} proxies (float32, one jit, best of {repeats}): {t_jax:.2f} s "
-          f"-> {jax_rate:.2f} runs/s ({int(np.sum(status != gf.Status.OK))} runs not ok); compile "
+          f"-> {jax_rate:.2f} runs/s ({int(np.sum(status != gf.status_code(gf.Status.ok)))} runs not ok); compile "
           f"{t_compile:.2f} s (not timed); {np.isfinite(hits).mean():.1%} of the proxies reach {TARGET}")
     print(f"    NumPy per-run loop ({idx.size} runs timed, float64): {t_np:.3f} s/run -> {np_rate:.3f} runs/s")
     print(f"    ratio gradflow / NumPy: {jax_rate / np_rate:.0f}x")

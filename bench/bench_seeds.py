@@ -98,7 +98,7 @@ def bench_method(name: str, method: gf.AbstractSampledMethod, rloo: bool, n_seed
     def one(key):
         sol = gf.solve(policy, reward=r_true, method=method, saveat=gf.SaveAt(every=steps),
                        targets=(TARGET,), key=key)
-        return gf.time_to_reward(sol, TARGET), sol.final_true_reward, sol.status
+        return gf.time_to_reward(sol, TARGET), sol.final_true_reward, gf.status_code(sol.status)
 
     keys = jax.random.split(jax.random.key(0), n_seeds)
     t0 = time.perf_counter()
@@ -118,7 +118,7 @@ def bench_method(name: str, method: gf.AbstractSampledMethod, rloo: bool, n_seed
     jax_rate, np_rate = n_seeds / t_jax, 1 / t_np
     print(f"{name}, sgd {LR}, {steps} steps, time to true reward {TARGET}:")
     print(f"    gradflow vmap over {n_seeds} keys (float32, one jit): {t_jax:.2f} s -> "
-          f"{jax_rate:.1f} seeds/s ({int(np.sum(status != gf.Status.OK))} seeds not ok); "
+          f"{jax_rate:.1f} seeds/s ({int(np.sum(status != gf.status_code(gf.Status.ok)))} seeds not ok); "
           f"compile {t_compile:.2f} s (not timed)")
     print(f"    NumPy per-seed loop ({n_numpy} seeds timed, float64): {t_np:.3f} s/seed -> "
           f"{np_rate:.3f} seeds/s")

@@ -64,7 +64,7 @@ class ReverseKL(AbstractTerm):
     pi_ref - KL)`; sampled as the "k1" shaping `log pi(y) - log pi_ref(y)`."""
 
     def penalty(self, p, logp, log_ref):
-        return jnp.sum(p * (logp - log_ref), axis=-1)
+        return sum_outputs(p * (logp - log_ref))[..., 0]
 
     def cotangent(self, p, logp, log_ref):
         log_ratio = logp - log_ref
@@ -81,7 +81,7 @@ class ForwardKL(AbstractTerm):
     shaped: ClassVar[bool] = False
 
     def penalty(self, p, logp, log_ref):
-        return jnp.sum(jnp.exp(log_ref) * (log_ref - logp), axis=-1)
+        return sum_outputs(jnp.exp(log_ref) * (log_ref - logp))[..., 0]
 
     def cotangent(self, p, logp, log_ref):
         return p - jnp.exp(log_ref)
@@ -92,7 +92,7 @@ class NegativeEntropy(AbstractTerm):
     cotangent `pi (log pi + H)`; sampled as the shaping `log pi(y)`."""
 
     def penalty(self, p, logp, log_ref):
-        return jnp.sum(p * logp, axis=-1)
+        return sum_outputs(p * logp)[..., 0]
 
     def cotangent(self, p, logp, log_ref):
         return p * (logp - sum_outputs(p * logp))
@@ -286,7 +286,7 @@ def as_reward(name: str, reward, policy: AbstractPolicy) -> Float[Array, "prompt
 
 def expected(probs, reward, weights) -> Float[Array, ""]:
     """`sum_x w_x E_{pi(.|x)}[r(x, .)]`."""
-    return jnp.sum(weights * jnp.sum(probs * reward, axis=-1))
+    return jnp.sum(weights * sum_outputs(probs * reward)[..., 0])
 
 
 def reward_range(reward, weights) -> tuple[Float[Array, ""], Float[Array, ""]]:

@@ -28,7 +28,14 @@ where logprob is the policy's sequence log-likelihood (<= 0). The policy over a
 prompt's listed responses is logprob renormalised with a log-softmax. Preference
 pairs are all pairs of a prompt's responses with different true_reward (ties
 dropped), unless --pairs gives them. A malformed file is reported with the line
-(or Parquet row) and column at fault, and the command exits with status 2."""
+(or Parquet row) and column at fault, and the command exits with status 2.
+
+With --outcomes OUTCOMES.csv (a column 'model' naming each reward model, then one
+numeric column per measured outcome of training on it, e.g. a win rate), every
+metric is also correlated with every outcome across the reward models (Pearson,
+Spearman, Kendall, with 95% percentile-bootstrap intervals), written to
+correlations.csv and drawn in correlations.png. The outcomes file must list exactly
+the evaluated reward models, at least 3; it is checked before anything is computed."""
 
 
 def _common(p: argparse.ArgumentParser, *, out_help: str, quick: bool = True) -> None:
@@ -99,6 +106,10 @@ def add_rm_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--models", default=None, metavar="NAMES",
                    help="comma-separated reward-model columns to evaluate (default: every column "
                    "besides the four required ones)")
+    p.add_argument("--outcomes", type=Path, default=None, metavar="OUTCOMES.csv",
+                   help="measured outcomes per reward model: a column 'model' and one numeric column "
+                   "per outcome (.csv, .jsonl or .parquet); correlate every metric with every outcome "
+                   "across the models and write correlations.csv and correlations.png")
     _common(p, out_help="output folder (default gradflow-results/rm-eval/)", quick=False)
     return p
 
@@ -206,8 +217,15 @@ def _run_rm_eval(args) -> dict:
     models = None if args.models is None else [m.strip() for m in args.models.split(",") if m.strip()]
     config = {"file": str(args.file.resolve()), "pairs": None if args.pairs is None else str(args.pairs.resolve()),
               "models": models}
+    outcomes = None
+    if args.outcomes is not None:
+        # Checked before the folder is claimed; its models are matched after the records load,
+        # before the evaluation. Recorded only when given, so that a folder written without
+        # --outcomes by an earlier version keeps its identity.
+        outcomes = rm_eval.load_outcomes(args.outcomes)
+        config["outcomes"] = str(args.outcomes.resolve())
     with result_folder(out, kind="rm-eval", name=args.file.stem, config=config, quick=False, force=args.force):
-        return rm_eval.run(args.file, out, pairs=args.pairs, reward_models=models)
+        return rm_eval.run(args.file, out, pairs=args.pairs, reward_models=models, outcomes=outcomes)
 
 
 def _plot(args) -> dict:

@@ -44,6 +44,13 @@ are dropped. Explicit pairs come in a separate file (same formats) with columns
 most once. The one-vs-many metrics always take the response with the highest
 `true_reward` as chosen (the first listed on a tie) and every response with a strictly
 lower `true_reward` as rejected.
+
+**Outcomes.** With measured outcomes of training on each reward model (a win rate, a
+benchmark score; [`load_outcomes`][gradflow.rm_eval.load_outcomes]),
+[`correlate_outcomes`][gradflow.rm_eval.correlate_outcomes] correlates every metric with
+every outcome across the reward models (Pearson, Spearman, Kendall, with bootstrap
+intervals) and [`plot_correlations`][gradflow.rm_eval.plot_correlations] draws the scatter
+grid: which metric predicted the outcome?
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ import csv
 import io
 import json
 import math
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -60,7 +68,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from . import _results, metrics as _m
+from . import _results, _stats, metrics as _m
 
 __all__ = [
     "RECORD_COLUMNS",
@@ -75,6 +83,14 @@ __all__ = [
     "write_csv",
     "summary",
     "example_path",
+    "CORRELATION_COLUMNS",
+    "Outcomes",
+    "load_outcomes",
+    "correlate_outcomes",
+    "format_correlations",
+    "write_correlations_csv",
+    "plot_correlations",
+    "outcomes_example_path",
     "run",
 ]
 
@@ -788,14 +804,393 @@ def example_path() -> Path:
     return Path(str(resources.files("gradflow") / "experiments" / "rm-eval-example.jsonl"))
 
 
-def run(file: str | Path, out: str | Path, *, pairs: str | Path | None = None,
-        reward_models: Sequence[str] | None = None) -> dict:
-    """What `gradflow rm-eval` does: load and evaluate `file`, print the summary and the
-    table, write `out/rm_eval.csv`.
+# ---------------------------------------------------------------------------------------
+# Outcomes: which metric predicted what training on each reward model achieved?
+# ---------------------------------------------------------------------------------------
 
-    **Returns:** `{"summary": text, "table": rows, "csv": path}`.
+OUTCOMES_MODEL_COLUMN = "model"
+"""The column of an outcomes file that names the reward model of each row."""
+
+MIN_MODELS = 3
+"""The fewest reward models a correlation across reward models is computed from."""
+
+CORRELATION_COLUMNS: tuple[str, ...] = (
+    "metric", "outcome",
+    "pearson", "pearson_lo", "pearson_hi",
+    "spearman", "spearman_lo", "spearman_hi",
+    "kendall", "kendall_lo", "kendall_hi",
+    "n_models",
+)
+"""The columns of `correlations.csv`, in order (see
+[`correlate_outcomes`][gradflow.rm_eval.correlate_outcomes])."""
+
+
+@dataclass(frozen=True, eq=False)
+class Outcomes:
+    """Validated outcomes of training on each reward model, from
+    [`load_outcomes`][gradflow.rm_eval.load_outcomes].
+
+    **Fields:**
+
+    - `models`: the reward models, in file order (each once).
+    - `columns`: the outcome columns, in file order.
+    - `values`: shape `(len(models), len(columns))`, finite floats.
+    - `source`: the outcomes file's name.
     """
+
+    models: tuple[str, ...]
+    columns: tuple[str, ...]
+    values: np.ndarray
+    source: str
+
+
+def _names(names: Sequence[str]) -> str:
+    return ", ".join(repr(n) for n in names)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def load_outcomes(path: str | Path) -> Outcomes:
+    """Read and validate an outcomes file: one row per reward model, a column `model`
+    naming it (as in `rm_eval.csv`) and one or more numeric outcome columns (a win rate, a
+    benchmark score, ...). CSV, JSON Lines or Parquet, by extension, as for
+    [`load`][gradflow.rm_eval.load].
+
+    Bad input raises a `ValueError` naming the file, and the line (or Parquet row),
+    column and model at fault: no `model` column, no outcome column, a column without a
+    name, a missing or non-numeric or non-finite value, a model listed twice, a row for
+    the reference `true_reward`, fewer than 3 reward models.
+
+    **Arguments:**
+
+    - `path`: the outcomes file.
+
+    **Returns:** an [`Outcomes`][gradflow.rm_eval.Outcomes].
+    """
+    header, rows, source = _read(path)
+    key = OUTCOMES_MODEL_COLUMN
+    for j, name in enumerate(header):
+        if not str(name).strip():
+            raise ValueError(f"{source}: column {j + 1} of the header has no name; name every column.")
+    if key not in header:
+        found = _names(header) or "none"
+        raise ValueError(
+            f"{source}: no column '{key}'; an outcomes file needs a column '{key}' naming the "
+            f"reward model of each row (as in rm_eval.csv) and one or more numeric outcome "
+            f"columns (found: {found})."
+        )
+    columns = [c for c in header if c != key]
+    if not columns:
+        raise ValueError(
+            f"{source}: no outcome column; besides '{key}', give one numeric column per "
+            "outcome (a win rate, a benchmark score, ...)."
+        )
+    models: list[str] = []
+    values: list[list[float]] = []
+    first: dict[str, str] = {}
+    for loc, row in rows:
+        _check_row_keys(loc, row, header, header)
+        model = _ident(loc, key, row[key])
+        if model in first:
+            raise ValueError(
+                f"{loc}, column '{key}': the model {model!r} has a second row (the first at "
+                f"{first[model]}); give one row per reward model."
+            )
+        if model == TRUE_REWARD_ROW:
+            raise ValueError(
+                f"{loc}, column '{key}': {TRUE_REWARD_ROW!r} is the reference row of "
+                "rm_eval.csv (the ground truth scored as a reward model), not a reward model; "
+                "its metrics are perfect by construction, so it is left out of the "
+                "correlations. Remove this row."
+            )
+        first[model] = loc
+        values.append([_number(f"{loc} (model {model!r})", c, row[c]) for c in columns])
+        models.append(model)
+    if len(models) < MIN_MODELS:
+        raise ValueError(
+            f"{source}: {_plural(len(models), 'reward model')} ({_names(models)}); a "
+            f"correlation across reward models needs at least {MIN_MODELS}."
+        )
+    return Outcomes(models=tuple(models), columns=tuple(columns),
+                    values=np.asarray(values, dtype=np.float64), source=source)
+
+
+def _matched(outcomes: Outcomes, models: Sequence[str], where: str) -> np.ndarray:
+    """The outcomes of `models`, in that order, shape `(len(models), outcomes)`; refuses
+    a model on one side only, and fewer than `MIN_MODELS` models."""
+    unknown = [m for m in outcomes.models if m not in models]
+    if unknown:
+        raise ValueError(
+            f"{outcomes.source}, column '{OUTCOMES_MODEL_COLUMN}': "
+            f"{_plural(len(unknown), 'model')} not among the reward models evaluated from "
+            f"{where}: {_names(unknown)} (evaluated: {_names(models) or 'none'})."
+        )
+    missing = [m for m in models if m not in outcomes.models]
+    if missing:
+        raise ValueError(
+            f"{outcomes.source}: no row for {_plural(len(missing), 'reward model')} of "
+            f"{where}: {_names(missing)}; give every evaluated reward model its outcomes, or "
+            "evaluate only the models of the outcomes file (--models, or reward_models=)."
+        )
+    if len(models) < MIN_MODELS:
+        raise ValueError(
+            f"{outcomes.source}: {_plural(len(models), 'reward model')} in common with "
+            f"{where} ({_names(models)}); a correlation across reward models needs at least "
+            f"{MIN_MODELS}."
+        )
+    return outcomes.values[[outcomes.models.index(m) for m in models]]
+
+
+def _reward_model_rows(table: Sequence[Mapping[str, str | float]]) -> list[Mapping[str, str | float]]:
+    return [row for row in table if str(row["model"]) != TRUE_REWARD_ROW]
+
+
+def correlate_outcomes(
+    table: Sequence[Mapping[str, str | float]],
+    outcomes: str | Path | Outcomes,
+    *,
+    confidence: float = 0.95,
+    resamples: int = 9999,
+    seed: int = 0,
+) -> list[dict[str, str | float | int]]:
+    """Correlate every metric of `table` with every outcome, across the reward models:
+    Pearson's `r`, Spearman's `rho` and Kendall's tau-b with paired percentile-bootstrap
+    intervals (resampling reward models), computed by `gradflow._stats.correlate` with
+    `scipy.stats`.
+
+    The reference row `true_reward` of the table is left out. The reward models of the
+    table and of the outcomes file must be the same (in any order), at least 3 of them.
+    Every (metric, outcome) uses the same seed, hence the same resamples of the models.
+    Resamples in which every drawn model has the same metric value (or the same outcome)
+    have no correlation and are left out of the intervals; a metric that is the same for
+    every model has no correlation at all: its estimates and bounds are `nan`.
+
+    **Arguments:**
+
+    - `table`: from [`evaluate`][gradflow.rm_eval.evaluate] (or rows read back from
+      `rm_eval.csv`, with float values).
+    - `outcomes`: an outcomes file (see [`load_outcomes`][gradflow.rm_eval.load_outcomes])
+      or an [`Outcomes`][gradflow.rm_eval.Outcomes].
+    - `confidence`: the level of the two-sided intervals.
+    - `resamples`: the number of bootstrap resamples.
+    - `seed`: the seed of the resampling (the same seed gives the same bits).
+
+    **Returns:** one dict per (metric, outcome), metrics in the order of
+    [`METRICS`][gradflow.rm_eval.METRICS] and outcomes in file order within each metric,
+    with the keys of [`CORRELATION_COLUMNS`][gradflow.rm_eval.CORRELATION_COLUMNS]
+    (`n_models` is the number of reward models) and `degenerate` (how many resamples
+    were left out).
+    """
+    if not isinstance(outcomes, Outcomes):
+        outcomes = load_outcomes(outcomes)
+    rows = _reward_model_rows(table)
+    models = [str(row["model"]) for row in rows]
+    y = _matched(outcomes, models, "the table")
+    out: list[dict[str, str | float | int]] = []
+    for metric in METRICS:
+        x = np.asarray([float(row[metric]) for row in rows])
+        for j, name in enumerate(outcomes.columns):
+            if np.all(np.isfinite(x)):
+                c = _stats.correlate(x, y[:, j], confidence=confidence, resamples=resamples, seed=seed)
+            else:  # a metric undefined for some model (cannot happen with evaluate's table)
+                c = {"n": len(models), "degenerate": resamples,
+                     **{f"{s}{e}": math.nan for s in _stats.STATISTICS for e in ("", "_lo", "_hi")}}
+            out.append({"metric": metric, "outcome": name,
+                        **{k: c[k] for k in CORRELATION_COLUMNS[2:-1]},
+                        "n_models": int(c["n"]), "degenerate": int(c["degenerate"])})
+    return out
+
+
+def _signed(x: float) -> str:
+    return "nan" if math.isnan(x) else f"{x:+.2f}"
+
+
+def format_correlations(
+    rows: Sequence[Mapping[str, str | float | int]],
+    *,
+    confidence: float = 0.95,
+    resamples: int = 9999,
+) -> str:
+    """The correlations as aligned text: one block per outcome, one line per metric, each
+    correlation with its interval `[lo, hi]`; notes on left-out resamples and undefined
+    correlations follow when there are any.
+
+    **Arguments:**
+
+    - `rows`: from [`correlate_outcomes`][gradflow.rm_eval.correlate_outcomes].
+    - `confidence`, `resamples`: those the rows were computed with (for the header).
+
+    **Returns:** a string (no trailing newline).
+    """
+    if not rows:
+        return "no correlations."
+    level = f"{100 * confidence:g}%"
+    outcomes = list(dict.fromkeys(str(r["outcome"]) for r in rows))
+    n = int(rows[0]["n_models"])
+    lines = [textwrap.fill(f"Correlation of each metric with each outcome across {n} reward models "
+                           f"({level} percentile-bootstrap intervals, {resamples} resamples of the "
+                           "models):", width=100)]
+    for outcome in outcomes:
+        block = [r for r in rows if r["outcome"] == outcome]
+        head = [f"outcome {outcome}", *(f"{s} [{level} CI]" for s in _stats.STATISTICS)]
+        body = [[str(r["metric"]), *(f"{_signed(float(r[s]))} [{_signed(float(r[s + '_lo']))}, "
+                                     f"{_signed(float(r[s + '_hi']))}]" for s in _stats.STATISTICS)]
+                for r in block]
+        widths = [max(len(line[j]) for line in [head, *body]) for j in range(len(head))]
+
+        def line(cells: Sequence[str], widths: list[int] = widths) -> str:
+            return "  ".join([cells[0].ljust(widths[0]),
+                              *(c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))])
+
+        lines += ["", line(head), line(["-" * w for w in widths]), *(line(b) for b in body)]
+    notes = []
+    # Rows without a correlation leave out every resample; they have their own note.
+    left_out = max((int(r.get("degenerate", 0)) for r in rows if not math.isnan(float(r["pearson"]))),
+                   default=0)
+    if left_out:
+        notes.append(f"Resamples in which every drawn model has the same metric value or the same "
+                     f"outcome have no correlation; they are left out of the intervals (up to "
+                     f"{left_out} of {resamples} here).")
+    if any(math.isnan(float(r["pearson"])) for r in rows):
+        notes.append("nan: the metric or the outcome is the same for every reward model, so the "
+                     "correlation is undefined.")
+    if n < 8:
+        notes.append(f"With {n} reward models the intervals say little: they are nearly [-1, +1], "
+                     "or of zero width where the models' ranks agree perfectly (every resample then "
+                     "agrees perfectly too). Read them as an illustration, not as evidence.")
+    return "\n".join(lines + ([""] + [textwrap.fill(t, width=100) for t in notes] if notes else []))
+
+
+def write_correlations_csv(rows: Sequence[Mapping[str, str | float | int]], path: str | Path) -> Path:
+    """Write the correlations as CSV with exactly the columns
+    [`CORRELATION_COLUMNS`][gradflow.rm_eval.CORRELATION_COLUMNS], one row per (metric,
+    outcome), numbers at full precision (`nan` where undefined). Creates missing parent
+    folders; the file is written atomically.
+
+    **Arguments:**
+
+    - `rows`: from [`correlate_outcomes`][gradflow.rm_eval.correlate_outcomes].
+    - `path`: the CSV file to write.
+
+    **Returns:** the path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO(newline="")
+    writer = csv.writer(buf)
+    writer.writerow(CORRELATION_COLUMNS)
+    for row in rows:
+        writer.writerow([row["metric"], row["outcome"],
+                         *(repr(float(row[k])) for k in CORRELATION_COLUMNS[2:-1]),
+                         int(row["n_models"])])
+    return _results.write_text(path, buf.getvalue())
+
+
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p")
+
+
+def plot_correlations(
+    table: Sequence[Mapping[str, str | float]],
+    outcomes: str | Path | Outcomes,
+    rows: Sequence[Mapping[str, str | float | int]],
+):
+    """The scatter grid of metrics against outcomes: one row of panels per outcome, one
+    column per metric; in each panel one point per reward model (metric on x, outcome on
+    y, the same colour and marker for a model everywhere, named in the legend below the
+    panels) and the Spearman correlation in the title. Drawn with matplotlib's Agg
+    canvas (no display needed).
+
+    **Arguments:**
+
+    - `table`: from [`evaluate`][gradflow.rm_eval.evaluate].
+    - `outcomes`: the outcomes file or [`Outcomes`][gradflow.rm_eval.Outcomes].
+    - `rows`: from [`correlate_outcomes`][gradflow.rm_eval.correlate_outcomes] (for the
+      titles).
+
+    **Returns:** a `matplotlib.figure.Figure`.
+    """
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    if not isinstance(outcomes, Outcomes):
+        outcomes = load_outcomes(outcomes)
+    models_rows = _reward_model_rows(table)
+    models = [str(row["model"]) for row in models_rows]
+    y = _matched(outcomes, models, "the table")
+    rho = {(str(r["metric"]), str(r["outcome"])): float(r["spearman"]) for r in rows}
+    n_out, n_met = len(outcomes.columns), len(METRICS)
+    fig = Figure(figsize=(2.4 * n_met, 2.3 * n_out + 1.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(n_out, n_met, squeeze=False, sharey="row")
+    cmap = colormaps["tab10" if len(models) <= 10 else "tab20"]
+    handles = []
+    for i, outcome in enumerate(outcomes.columns):
+        for j, metric in enumerate(METRICS):
+            ax = axes[i, j]
+            x = [float(row[metric]) for row in models_rows]
+            for k, model in enumerate(models):
+                h = ax.scatter([x[k]], [y[k, i]], s=36, color=cmap(k % cmap.N),
+                               marker=_MARKERS[k % len(_MARKERS)], label=model, zorder=3)
+                if i == 0 and j == 0:
+                    handles.append(h)
+            value = rho.get((metric, outcome), math.nan)
+            ax.set_title("Spearman undefined" if math.isnan(value) else f"Spearman {value:+.2f}",
+                         fontsize=9)
+            ax.set_xlabel(metric, fontsize=9)
+            if j == 0:
+                ax.set_ylabel(outcome, fontsize=9)
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=3))
+            ax.ticklabel_format(axis="both", useOffset=False)
+            ax.tick_params(labelsize=8)
+            ax.margins(0.12)
+            ax.grid(alpha=0.3)
+    fig.suptitle(f"Reward-model metrics (x) against outcomes (y) across {len(models)} reward "
+                 f"models; outcomes from {outcomes.source}", fontsize=11)
+    fig.legend(handles, models, loc="outside lower center", ncols=min(len(models), 7),
+               fontsize=9, frameon=False)
+    return fig
+
+
+def outcomes_example_path() -> Path:
+    """The path of the example outcomes file shipped with the package
+    (`experiments/rm-eval-outcomes-example.csv` in the repository): made-up outcomes for
+    the three reward models of [`example_path`][gradflow.rm_eval.example_path], to show
+    the format. **Synthetic**: the numbers were written by hand, nothing was trained."""
+    return Path(str(resources.files("gradflow") / "experiments" / "rm-eval-outcomes-example.csv"))
+
+
+def run(file: str | Path, out: str | Path, *, pairs: str | Path | None = None,
+        reward_models: Sequence[str] | None = None,
+        outcomes: str | Path | Outcomes | None = None) -> dict:
+    """What `gradflow rm-eval` does: load and evaluate `file`, print the summary and the
+    table, write `out/rm_eval.csv`; with `outcomes`, also correlate every metric with
+    every outcome ([`correlate_outcomes`][gradflow.rm_eval.correlate_outcomes], default
+    settings: 95% intervals, 9999 resamples, seed 0), print the correlations and write
+    `out/correlations.csv` and `out/correlations.png`.
+
+    The outcomes file, and its models against those evaluated, are checked before the
+    evaluation: a bad outcomes file raises a `ValueError` before any file is written.
+
+    **Arguments:**
+
+    - `file`, `pairs`, `reward_models`: as for [`load`][gradflow.rm_eval.load].
+    - `out`: the folder to write into.
+    - `outcomes`: an outcomes file (see [`load_outcomes`][gradflow.rm_eval.load_outcomes])
+      or an [`Outcomes`][gradflow.rm_eval.Outcomes]; its models must be exactly the
+      evaluated reward models (the reference `true_reward` row aside).
+
+    **Returns:** `{"summary": text, "table": rows, "csv": path}`, with `outcomes` also
+    `"correlations": rows, "correlations_csv": path, "correlations_png": path`.
+    """
+    if outcomes is not None and not isinstance(outcomes, Outcomes):
+        outcomes = load_outcomes(outcomes)
     data = load(file, pairs, reward_models=reward_models)
+    if outcomes is not None:
+        _matched(outcomes, list(data.rewards), data.source)
     table = evaluate(data)
     text = summary(data)
     print(text)
@@ -804,4 +1199,16 @@ def run(file: str | Path, out: str | Path, *, pairs: str | Path | None = None,
     print()
     path = write_csv(table, Path(out) / "rm_eval.csv")
     print(f"wrote {path}")
-    return {"summary": text, "table": table, "csv": path}
+    result: dict = {"summary": text, "table": table, "csv": path}
+    if outcomes is None:
+        return result
+    rows = correlate_outcomes(table, outcomes)
+    print()
+    print(format_correlations(rows))
+    print()
+    csv_path = write_correlations_csv(rows, Path(out) / "correlations.csv")
+    print(f"wrote {csv_path}")
+    png = _results.save_figure(plot_correlations(table, outcomes, rows), Path(out) / "correlations.png")
+    print(f"wrote {png}")
+    result.update(correlations=rows, correlations_csv=csv_path, correlations_png=png)
+    return result

@@ -1057,9 +1057,11 @@ def format_correlations(
         notes.append("nan: the metric or the outcome is the same for every reward model, so the "
                      "correlation is undefined.")
     if n < 8:
-        notes.append(f"With {n} reward models the intervals say little: they are nearly [-1, +1], "
-                     "or of zero width where the models' ranks agree perfectly (every resample then "
-                     "agrees perfectly too). Read them as an illustration, not as evidence.")
+        notes.append(f"With only {n} reward models the intervals say little: a resample holds at "
+                     f"most {n} distinct models, so many resampled correlations are +1 or -1, and "
+                     "where the ranks agree perfectly every resample agrees perfectly too (an "
+                     "interval of width 0 is no certainty). Read them as an illustration, not as "
+                     "evidence.")
     return "\n".join(lines + ([""] + [textwrap.fill(t, width=100) for t in notes] if notes else []))
 
 

@@ -454,11 +454,13 @@ def run(
     chunks = _chunks(todo, chunk_size, aligned=trajectories is not None)
     bar = _progress.bar(stop - start, "sweep", initial=int((stop - start) - todo.sum())) if progress else None
     series_names = () if trajectories is None else tuple(trajectories.series)
-    for a, b in chunks:
+    def dispatch(a, b):
         idx = np.minimum(np.arange(a, a + size), b - 1)  # pad by repeating the last row
         chunk = jax.tree.map(lambda x, idx=idx: jax.device_put(x[idx], sharding), inputs)
-        rows_out = jax.device_get(_batched(fn, chunk))
-        columns = {k: np.asarray(val)[: b - a] for k, val in rows_out.items()}
+        return a, b, _batched(fn, chunk)  # asynchronous: returns before the chunk is computed
+
+    def finish(a, b, rows_out):
+        columns = {k: np.asarray(val)[: b - a] for k, val in jax.device_get(rows_out).items()}
         missing = [k for k in series_names if k not in columns]
         if missing:
             raise ValueError(f"`trajectories` names the series {missing}, which `fn` does not return; it returns "
@@ -475,6 +477,16 @@ def run(
             results.append({"row": np.arange(a, b), **columns})
         if bar is not None:
             bar.update(b - a)
+
+    # One chunk ahead: the next chunk computes while this one is written.
+    pending = None
+    for a, b in chunks:
+        ahead = dispatch(a, b)
+        if pending is not None:
+            finish(*pending)
+        pending = ahead
+    if pending is not None:
+        finish(*pending)
     if bar is not None:
         bar.close()
     if record is not None:

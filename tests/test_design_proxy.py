@@ -17,7 +17,6 @@ from figcheck import problems as figure_problems, redraw_differences
 from helpers import check_recorded_tables, check_summary, printed
 
 import gradflow as gf
-import gradflow.studies
 from gradflow._proxy_design import _Geometry, _isotonic
 
 PROJECT = eqx.filter_jit(lambda geometry, u: geometry.project(u))

@@ -4,7 +4,7 @@
 
 `SRC` is a checkout (its `gradflow/` and `experiments/` are used), `WORKDIR` an empty
 scratch folder. The script itself needs gradflow installed (it writes the configs with
-`gradflow._config.dumps`). Each case prints one line: the exit status and the first line a user
+`gradflow.studies._base.dumps`). Each case prints one line: the exit status and the first line a user
 reads. Run it on an old checkout (`git archive <commit> | tar -x -C old`) and on the
 current one to compare.
 """
@@ -18,7 +18,7 @@ import time
 import tomllib
 from pathlib import Path
 
-from gradflow._config import dumps
+from gradflow.studies._base import dumps
 
 SRC, WORK = Path(sys.argv[1]).resolve(), Path(sys.argv[2]).resolve()
 WORK.mkdir(parents=True, exist_ok=True)
@@ -47,12 +47,16 @@ def err_line(p):
 
 
 base = tomllib.loads((SRC / "experiments" / "categorization-map.toml").read_text())
-base["quick"].update(num=[5, 5], steps=200)
+base["quick"]["proxies"]["num"] = [5, 5]
+base["quick"]["method"]["steps"] = 200
 def cfg(name, **edits):
     raw = json.loads(json.dumps(base))
     for k, x in edits.items():
-        s, key = k.split("__")
-        raw[s][key] = x
+        *tables, key = k.split("__")
+        table = raw
+        for t in tables:
+            table = table[t]
+        table[key] = x
     Path(f"{name}.toml").write_text(dumps(raw))
     return f"{name}.toml"
 
@@ -86,7 +90,7 @@ for out in ["afile", "/proc/gf/out"]:
 p, _ = cli("sweep", ".", "--quick")
 report("a folder as the config", f"rc {p.returncode}; {err_line(p)}")
 # 7. steps 10**12
-p, dt = cli("sweep", cfg("steps", method__steps=10**12, quick__steps=10**12), "--quick", "--out", "o7", "--no-plot", timeout=120)
+p, dt = cli("sweep", cfg("steps", method__steps=10**12, quick__method__steps=10**12), "--quick", "--out", "o7", "--no-plot", timeout=120)
 report("steps = 10**12 in a config", f"rc {p.returncode} after {dt:.1f} s; {err_line(p)}; out exists: {Path('o7').exists()}")
 # 11. learning_rate 1e6
 p, dt = cli("sweep", cfg("lr", method__learning_rate=1e6), "--quick", "--out", "o11", "--no-plot")
@@ -129,7 +133,7 @@ report("gradflow --help", f"{dt:.2f} s")
 p = subprocess.run([PY, "-m", "gradflow", "--version"], env=ENV, capture_output=True, text=True)
 report("python -m gradflow --version", p.stdout.strip() or err_line(p))
 # 16. Ctrl-C
-c3 = cfg("slow", sweep__chunk_size=1, quick__steps=200000)
+c3 = cfg("slow", sweep__chunk_size=1, quick__method__steps=200000)
 proc = subprocess.Popen([PY, "-c", "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); from gradflow.cli import main; sys.exit(main(sys.argv[1:]))", "sweep", c3, "--quick", "--out", "o16", "--no-plot"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 t = time.monotonic()
 while not list(Path("o16/summary.parquet").glob("part-*")) and time.monotonic() - t < 300:

@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # the static view, for type checkers and the API docs
         perturb as perturb,
         policies as policies,
         rm_eval as rm_eval,
+        studies as studies,
         sweep as sweep,
     )
     from ._analysis import (
@@ -72,7 +73,7 @@ if TYPE_CHECKING:  # the static view, for type checkers and the API docs
 
 __version__ = "0.1.0"
 
-_SUBMODULES = frozenset(('design', 'metrics', 'perturb', 'policies', 'rm_eval', 'sweep'))
+_SUBMODULES = frozenset(('design', 'metrics', 'perturb', 'policies', 'rm_eval', 'studies', 'sweep'))
 # name -> the private module that defines it
 _NAMES = {
     "Stall": "._analysis",

@@ -1,6 +1,9 @@
 """Statistics: correlations between two variables with bootstrap confidence intervals.
 
-The one module of statistics of `gradflow rm-eval --outcomes`. The point estimates are
+The one module of statistics: [`correlate`][gradflow._stats.correlate] for
+`gradflow rm-eval --outcomes`, and the bootstrap by resample counts of the `rm-metrics`
+study ([`correlate_counts`][gradflow._stats.correlate_counts], at the end of the module;
+many variables over one population). For `correlate`, the point estimates are
 `scipy.stats.pearsonr`, `scipy.stats.spearmanr` and `scipy.stats.kendalltau` (tau-b); the
 intervals are `scipy.stats.bootstrap` with `paired=True` (the pairs `(x_i, y_i)` are
 resampled together) and the *percentile* method, from `numpy.random.default_rng(seed)`, so
@@ -43,7 +46,8 @@ from collections.abc import Callable
 import numpy as np
 import scipy.stats
 
-__all__ = ["STATISTICS", "correlate"]
+__all__ = ["STATISTICS", "Resampled", "average_ranks", "bootstrap_counts", "correlate", "correlate_counts",
+           "correlate_resampled", "kendall", "pearson", "spearman", "spearman_finite"]
 
 STATISTICS: tuple[str, ...] = ("pearson", "spearman", "kendall")
 """The correlations [`correlate`][gradflow._stats.correlate] computes, in order."""
@@ -217,3 +221,169 @@ def correlate(
         out[name], out[f"{name}_lo"], out[f"{name}_hi"] = estimate, lo, hi
     out["degenerate"] = degenerate
     return out
+
+
+# ---------------------------------------------------------------------------------------
+# The bootstrap by resample counts (the `rm-metrics` study).
+# ---------------------------------------------------------------------------------------
+#
+# A population of hundreds of observations, dozens of variables correlated pairwise, and
+# every pair needs its own intervals: instead of resampling the data, a resample is a row
+# of multinomial *counts* (how often each observation is drawn), shared by every pair,
+# and all the resamples of one pair are scored at once with matrix products. Copies of
+# one observation in a resample are ties (as `scipy.stats` treats the resampled data);
+# `test_rm_metrics.py` checks each statistic against scipy on the explicitly resampled
+# data. The point estimates equal `scipy.stats.pearsonr`, `spearmanr` and `kendalltau`
+# (tau-b) to rounding.
+
+
+def _as_counts(counts, n: int) -> np.ndarray:
+    c = np.ones((1, n)) if counts is None else np.atleast_2d(np.asarray(counts, float))
+    if c.shape[-1] != n:
+        raise ValueError(f"`counts` must have {n} columns (one per observation); got shape {c.shape}.")
+    return c
+
+
+def _pearson_rows(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Weighted Pearson correlation per row: `a`, `b` of shape `(n,)` or `(B, n)`,
+    weights (counts) `c` of shape `(B, n)`; `nan` where a variance vanishes."""
+    total = c.sum(-1, keepdims=True)
+    da = a - (c * a).sum(-1, keepdims=True) / total
+    db = b - (c * b).sum(-1, keepdims=True) / total
+    cov = (c * da * db).sum(-1)
+    va, vb = (c * da * da).sum(-1), (c * db * db).sum(-1)
+    # Relative tolerance: a variance that is rounding error of the mean is zero.
+    scale_a = (c * a * a).sum(-1) * 1e-12
+    scale_b = (c * b * b).sum(-1) * 1e-12
+    ok = (va > scale_a) & (vb > scale_b)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = cov / np.sqrt(va * vb)
+    return np.where(ok, np.clip(r, -1.0, 1.0), np.nan)
+
+
+def _rank_matrix(x: np.ndarray) -> np.ndarray:
+    """`L[a, j] = 1[x_j < x_a] + 0.5 1[x_j = x_a]`: with counts `c`, the average rank of
+    observation `a` within the resample is `(c @ L.T)[a] + 0.5` (1-based, ties averaged)."""
+    less = (x[None, :] < x[:, None]).astype(np.float32)
+    equal = (x[None, :] == x[:, None]).astype(np.float32)
+    return less + 0.5 * equal
+
+
+def _sign_matrix(x: np.ndarray) -> np.ndarray:
+    return np.sign(x[:, None] - x[None, :]).astype(np.float32)
+
+
+def pearson(x, y, counts=None) -> np.ndarray | float:
+    """Pearson's correlation of `x` and `y` (1-D, length `n`). With `counts` of shape
+    `(B, n)` (how often each observation is in each of `B` bootstrap resamples) it is
+    computed on every resample at once; returns shape `(B,)`, else a scalar."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    c = _as_counts(counts, len(x))
+    r = _pearson_rows(x, y, c)
+    return r if counts is not None else r[0]
+
+
+def average_ranks(x) -> np.ndarray:
+    """1-based ranks of `x`, ties given their average rank (as `scipy.stats.rankdata`)."""
+    x = np.asarray(x, float)
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    start = np.r_[True, xs[1:] != xs[:-1]]
+    group = np.cumsum(start) - 1
+    first = np.flatnonzero(start)
+    last = np.r_[first[1:], len(x)] - 1
+    ranks = np.empty(len(x))
+    ranks[order] = (first[group] + last[group]) / 2 + 1
+    return ranks
+
+
+def spearman(x, y, counts=None) -> np.ndarray | float:
+    """Spearman's rank correlation (Pearson's on average ranks, ties averaged, as
+    `scipy.stats.spearmanr`); `counts` as in [`pearson`][gradflow._stats.pearson]."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if counts is None:
+        return _pearson_rows(average_ranks(x), average_ranks(y), np.ones((1, len(x))))[0]
+    c = _as_counts(counts, len(x))
+    lx, ly = _rank_matrix(x), _rank_matrix(y)
+    c32 = c.astype(np.float32)  # counts and half-integer ranks are exact in float32
+    rx = (c32 @ lx.T).astype(float) + 0.5
+    ry = (c32 @ ly.T).astype(float) + 0.5
+    return _pearson_rows(rx, ry, c)
+
+
+def kendall(x, y, counts=None) -> np.ndarray | float:
+    """Kendall's tau-b (as `scipy.stats.kendalltau`), by counting pairs:
+    `tau_b = (P - Q) / sqrt((n0 - n1)(n0 - n2))`, with `P - Q` the concordant minus
+    discordant pairs and `n0 - n1`, `n0 - n2` the pairs not tied in `x`, in `y`. With
+    `counts`, copies of one observation form tied pairs; `counts` as in [`pearson`][gradflow._stats.pearson]."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    sx, sy = _sign_matrix(x), _sign_matrix(y)
+    if counts is None:  # sums over all ordered pairs count each pair twice
+        num, nx, ny = (np.sum(m, dtype=float) / 2 for m in (sx * sy, np.abs(sx), np.abs(sy)))
+    else:
+        c = _as_counts(counts, len(x)).astype(np.float32)
+
+        def quad(m):  # sum_{a<b} c_a c_b m[a, b] for symmetric m with zero diagonal
+            return ((c @ m) * c).sum(-1).astype(float) / 2
+
+        num, nx, ny = quad(sx * sy), quad(np.abs(sx)), quad(np.abs(sy))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tau = num / np.sqrt(nx * ny)
+    return np.where((nx > 0) & (ny > 0), np.clip(tau, -1.0, 1.0), np.nan)
+
+
+def bootstrap_counts(n: int, resamples: int, seed: int) -> np.ndarray:
+    """`(resamples, n)` multinomial counts: resample `b` draws observation `a`
+    `counts[b, a]` times (n draws with replacement), from `numpy.random.default_rng(seed)`."""
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float32)
+
+
+class Resampled:
+    """What the bootstrap needs of one variable `x`, computed once and shared by every
+    correlation it enters: its pair signs and, for every resample (row of `counts`), its
+    average ranks and number of untied pairs."""
+
+    def __init__(self, x, counts: np.ndarray):
+        self.x = np.asarray(x, float)
+        self.signs = _sign_matrix(self.x)
+        self.ranks = (counts @ _rank_matrix(self.x).T).astype(float) + 0.5
+        self.untied = ((counts @ np.abs(self.signs)) * counts).sum(-1).astype(float) / 2
+
+
+def correlate_resampled(a: Resampled, b: Resampled, counts: np.ndarray, confidence: float) -> dict:
+    lo_q, hi_q = 50 * (1 - confidence), 50 * (1 + confidence)
+    x, y = a.x, b.x
+    row = {"pearson": float(pearson(x, y)), "spearman": float(spearman(x, y)), "kendall": float(kendall(x, y))}
+    num = ((counts @ (a.signs * b.signs)) * counts).sum(-1).astype(float) / 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tau = num / np.sqrt(a.untied * b.untied)
+    boot = {
+        "pearson": _pearson_rows(x, y, counts),
+        "spearman": _pearson_rows(a.ranks, b.ranks, counts),
+        "kendall": np.where((a.untied > 0) & (b.untied > 0), np.clip(tau, -1.0, 1.0), np.nan),
+    }
+    for s in STATISTICS:
+        v = boot[s][np.isfinite(boot[s])]
+        lo, hi = (np.percentile(v, [lo_q, hi_q]) if len(v) else (math.nan, math.nan))
+        row[f"{s}_lo"], row[f"{s}_hi"] = float(lo), float(hi)
+    return row
+
+
+def correlate_counts(x, y, counts: np.ndarray, confidence: float) -> dict:
+    """The three correlations of `x` and `y` (keys `pearson`, `spearman`, `kendall`) with
+    percentile-bootstrap intervals at level `confidence` (keys `<stat>_lo`, `<stat>_hi`);
+    the bootstrap resamples are the rows of `counts` (see [`bootstrap_counts`][gradflow._stats.bootstrap_counts])."""
+    counts = _as_counts(counts, len(np.asarray(x))).astype(np.float32)
+    return correlate_resampled(Resampled(x, counts), Resampled(y, counts), counts, confidence)
+
+
+def spearman_finite(x, y) -> float:
+    """`scipy.stats.spearmanr` of `x` and `y` over the pairs where `y` is finite (an
+    observation never reached, `inf`, has no rank to compare); `nan` with fewer than 3
+    such pairs or when `x` is constant on them."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    finite = np.isfinite(y)
+    if finite.sum() < 3 or np.ptp(x[finite]) == 0:
+        return math.nan
+    return float(scipy.stats.spearmanr(x[finite], y[finite]).statistic)

@@ -177,7 +177,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run_study(args) -> dict:
     from ._results import default_out
-    from ._studies import run_study
+    from .studies import run_study
 
     name = "stalling" if args.command == "demo" else args.name
     out = args.out if args.out is not None else default_out(name, args.quick)
@@ -193,17 +193,19 @@ def _run_sweep(args) -> dict:
     shard = _resolve_shard(args.shard)
     from . import _progress
     from ._results import default_out, result_folder
-    from ._sweeps import load_config, plot_dir, run_sweep
+    from .studies import categorization_map as sweeps
+    from .studies._base import load, to_dict
 
-    cfg = load_config(args.config)
+    cfg = load(sweeps.Config, args.config, quick=args.quick)
     out = args.out if args.out is not None else default_out(args.config.stem, args.quick)
-    with result_folder(out, kind="sweep", name=args.config.stem, config=cfg, quick=args.quick, force=args.force,
-                       shared=shard is not None):
-        summary = run_sweep(cfg, out, args.quick, force=args.force, shard=shard, trajectories=args.trajectories)
-        summary = {k: v for k, v in summary.items() if k != "table"}
+    with result_folder(out, kind="sweep", name=args.config.stem, config=to_dict(cfg), quick=args.quick,
+                       force=args.force, shared=shard is not None):
+        tables = sweeps.compute(cfg, out, force=args.force, shard=shard, trajectories=args.trajectories)
+        sweeps.print_summary(tables, cfg)
+        summary = tables.summary()
         if not args.no_plot and summary["rows"]:
             with _progress.phase("figures"):
-                summary["figures"] = plot_dir(out)
+                summary["figures"] = sweeps.plot(out)
             for path in summary["figures"]:
                 print(f"  {path}")
     return summary
@@ -229,7 +231,7 @@ def _run_rm_eval(args) -> dict:
 
 
 def _plot(args) -> dict:
-    from ._studies import redraw
+    from .studies import redraw
 
     paths = redraw(args.dir, by=args.by)
     for path in paths:
@@ -329,13 +331,13 @@ def _in_worker(fn, args):
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "study" and (args.list or args.name is None):
-        from ._studies import STUDIES
+        from .studies import STUDIES
 
         if args.name is None and not args.list:
             print("gradflow study: give a study name, or --list.", file=sys.stderr)
         width = max(len(n) for n in STUDIES)
         for name, s in STUDIES.items():
-            print(f"{name.ljust(width)}  {s.summary}")
+            print(f"{name.ljust(width)}  {s.SUMMARY}")
         return 0 if args.list else 2
     run = {"demo": _run_study, "study": _run_study, "sweep": _run_sweep, "plot": _plot, "status": _status,
            "rm-eval": _run_rm_eval}[args.command]

@@ -283,11 +283,11 @@ def problems(paths) -> dict:
 
 
 def redraw_differences(out, figures) -> list[str]:
-    """Redraw the result folder `out` (`gradflow._studies.redraw`) and compare with the
+    """Redraw the result folder `out` (`gradflow.studies.redraw`) and compare with the
     `figures` its run wrote: the same files, byte for byte. Returns the differences."""
     from pathlib import Path
 
-    from gradflow._studies import redraw
+    from gradflow.studies import redraw
 
     before = {Path(p).name: Path(p).read_bytes() for p in figures}
     again = redraw(out)

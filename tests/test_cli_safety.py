@@ -4,7 +4,6 @@ leaving the disk exactly as it was."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -23,9 +22,9 @@ import optax
 import pytest
 
 import gradflow as gf
-from gradflow import _config as C, _results, cli, sweep
-from gradflow._studies import STUDIES
-from gradflow._sweeps import SWEEP_SCHEMA
+from gradflow import _results, cli, sweep
+from gradflow.studies import categorization_map, stalling
+from gradflow.studies._base import dumps, load, packaged_config, to_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,14 +39,18 @@ def _snapshot(folder: Path) -> dict[str, str]:
 
 def _sweep_config(tmp: Path, name: str = "small", **edits) -> Path:
     """The categorisation map's config with a 5 x 5 quick grid of 200 SGD steps; `edits`
-    are `section__key=value`."""
-    raw = tomllib.loads(C.packaged_config("categorization-map").read_text())
-    raw["quick"].update(num=[5, 5], steps=200)
+    are `section__key=value` (`quick__section__key=value` for the `--quick` values)."""
+    raw = tomllib.loads(packaged_config("categorization-map").read_text())
+    raw["quick"]["proxies"]["num"] = [5, 5]
+    raw["quick"]["method"]["steps"] = 200
     for k, v in edits.items():
-        section, key = k.split("__")
-        raw[section][key] = v
+        *tables, key = k.split("__")
+        table = raw
+        for t in tables:
+            table = table[t]
+        table[key] = v
     path = tmp / f"{name}.toml"
-    path.write_text(C.dumps(raw))
+    path.write_text(dumps(raw))
     return path
 
 
@@ -69,7 +72,7 @@ def test_run_record_says_what_made_the_folder(swept):
     config, out = swept
     record = json.loads((out / "run.json").read_text())
     assert record["kind"] == "sweep" and record["name"] == "small" and record["mode"] == "quick"
-    assert record["config"] == json.loads(_results.dumps(C.load(config, SWEEP_SCHEMA)))
+    assert record["config"] == json.loads(_results.dumps(to_dict(load(categorization_map.Config, config, quick=True))))
     assert record["versions"]["jax"] == jax.__version__
     assert record["finished"] is not None and record["started"] <= record["finished"]
     assert record["command"][0]  # the command line that made it
@@ -167,7 +170,7 @@ def test_unusable_out_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
     def never(*args):
         raise AssertionError("the study ran")
 
-    monkeypatch.setitem(STUDIES, "stalling", dataclasses.replace(STUDIES["stalling"], run=never))
+    monkeypatch.setattr(stalling, "compute", never)
     a_file = tmp_path / "file"
     a_file.write_text("keep me")
     for out, message in [(a_file, "exists and is not a folder"),
@@ -294,7 +297,7 @@ def test_ctrl_c_stops_at_once_and_says_how_to_resume(tmp_path):
     """SIGINT during a sweep of many chunks: the command exits within seconds with status
     130 and one line saying how many rows were kept and how to resume (resuming itself is
     tested in test_sweep.py)."""
-    config = _sweep_config(tmp_path, sweep__chunk_size=1, quick__steps=200000)
+    config = _sweep_config(tmp_path, sweep__chunk_size=1, quick__method__steps=200000)
     out = tmp_path / "out"
     # As `gradflow sweep ...`, with Python's Ctrl-C handler even if this process ignores SIGINT.
     main = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "

@@ -11,11 +11,13 @@ import numpy as np
 import optax
 import pytest
 from figcheck import problems as figure_problems, redraw_differences
-from helpers import check_summary, printed
+from helpers import check_recorded_tables, check_summary, printed
 
 import gradflow as gf
-from gradflow import _config as C, design as D
-from gradflow._studies_design import PARTIAL_CREDIT_SCHEMA, PHASE_COLUMNS, run_partial_credit
+from gradflow import design as D
+from gradflow.studies import load_config, partial_credit, run_study
+from gradflow.studies._base import from_toml, packaged_config
+from gradflow.studies.partial_credit import PHASE_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -154,37 +156,46 @@ def test_bad_input_names_the_argument(call, name):
 
 def test_partial_credit_configs_are_identical():
     assert (ROOT / "experiments" / "partial-credit.toml").read_bytes() == (
-        C.packaged_config("partial-credit").read_bytes()
+        packaged_config("partial-credit").read_bytes()
     )
 
 
 def test_partial_credit_config_errors_name_the_key(tmp_path):
     import tomllib
 
-    raw = tomllib.loads(C.packaged_config("partial-credit").read_text())
+    raw = tomllib.loads(packaged_config("partial-credit").read_text())
     raw["problem"]["mix"] = 1.0
     with pytest.raises(ValueError, match=r"problem\.mix"):
-        C.validate(raw, PARTIAL_CREDIT_SCHEMA)
+        from_toml(partial_credit.Config, raw)
     raw["problem"]["mix"] = 0.5
-    raw["sampled"]["names"] = ["rloo", "ppo"]
-    with pytest.raises(ValueError, match=r"sampled\.names"):
-        C.validate(raw, PARTIAL_CREDIT_SCHEMA)
+    raw["sampled"]["names"] = ["rloo", "ppo"]  # the group estimators only
+    with pytest.raises(ValueError, match=r"sampled\.names.*\['rloo', 'grpo'\]"):
+        from_toml(partial_credit.Config, raw)
+    raw["sampled"]["names"] = ["rloo"]
+    # Keys checked together name the one the user wrote: with --quick, its [quick.*] entry.
+    raw["quick"]["trajectories"]["p_success"] = [0.05]
+    raw["quick"]["trajectories"]["p_partial"] = [0.002, 0.2]
+    from_toml(partial_credit.Config, raw)  # not used in a full run
+    with pytest.raises(ValueError, match=r"`quick\.trajectories\.p_success` and `quick\.trajectories\.p_partial`"):
+        from_toml(partial_credit.Config, raw, quick=True)
 
 
 def test_partial_credit_quick_study(tmp_path):
-    cfg = C.load(C.packaged_config("partial-credit"), PARTIAL_CREDIT_SCHEMA)
-    result, text = printed(run_partial_credit, cfg, tmp_path, quick=True)
+    cfg = load_config("partial-credit", quick=True)
+    result, text = printed(run_study, "partial-credit", out=tmp_path, quick=True)
+    regimes = partial_credit.regime_lines(partial_credit.Tables(**{k: v for k, v in result.items() if k != "figures"}),
+                                          cfg)
     check_summary(text, "Partial credit vs binary credit", "ratio by p_success", "Where each regime occurs",
                   "partial credit faster at p_success", "Timings", "phase.csv", "sampled.csv", "trajectories.png",
-                  *(line.strip().split(":")[0] for line in result["regimes"]))
+                  *(line.strip().split(":")[0] for line in regimes))
+    check_recorded_tables(tmp_path, "partial-credit")
     with (tmp_path / "phase.csv").open() as f:
         reader = csv.DictReader(f)
         assert tuple(reader.fieldnames) == PHASE_COLUMNS
         rows = list(reader)
-    q = cfg["quick"]
-    n_cells = len(q["p_success"]) * len(q["p_partial"])
-    assert len(rows) == n_cells * 2 * len(cfg["analysis"]["targets"]) * (1 + len(q["names"]))
-    assert {r["method"] for r in rows} == {"flow", *q["names"]}
+    n_cells = len(cfg.grid.p_success) * len(cfg.grid.p_partial)
+    assert len(rows) == n_cells * 2 * len(cfg.analysis.targets) * (1 + len(cfg.sampled.names))
+    assert {r["method"] for r in rows} == {"flow", *cfg.sampled.names}
     ratios = np.array([float(r["ratio"]) for r in rows])
     finite = ratios[np.isfinite(ratios)]
     assert (finite < 1).any() and (finite > 1).any()  # both regimes

@@ -14,10 +14,9 @@ import optax
 import pytest
 import scipy.optimize
 from figcheck import problems as figure_problems, redraw_differences
-from helpers import check_summary, printed
+from helpers import check_recorded_tables, check_summary, printed
 
 import gradflow as gf
-import gradflow._studies
 from gradflow._proxy_design import _Geometry, _isotonic
 
 PROJECT = eqx.filter_jit(lambda geometry, u: geometry.project(u))
@@ -267,7 +266,8 @@ def test_proxy_design_quick_shows_the_fastest_teacher(tmp_path):
     """The designed proxy beats the truth by far more than 10x within L-inf 1, beats every
     random proxy in the same box, keeps the ranking; the order-preserving design is no
     slower; the designed partial credit stays in its budget and never loses to binary."""
-    result, text = printed(gf._studies.run_study, "proxy-design", out=tmp_path, quick=True)
+    result, text = printed(gf.studies.run_study, "proxy-design", out=tmp_path, quick=True)
+    check_recorded_tables(tmp_path, "proxy-design")
     check_summary(text, "Proxy design", "L-inf", "order-", "designed proxy", "random proxies", "Partial credit",
                   "vs binary", "recommend", "partial_credit.csv", "proxy_design_front.png")
     for name in ["front.csv", "accuracy.csv", "partial_credit.csv", "proxy_design_front.png",

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from figcheck import check
 
-from gradflow import _studies, plotting
+from gradflow import plotting, studies
 
 
 def _clean():
@@ -150,10 +150,10 @@ def test_figure_data_round_trip(tmp_path):
 
 def test_redraw_refuses_a_folder_without_results(tmp_path):
     with pytest.raises(ValueError, match=str(tmp_path)):
-        _studies.redraw(tmp_path)
+        studies.redraw(tmp_path)
     (tmp_path / "run.json").write_text(json.dumps({"kind": "study", "name": "no-such-study"}))
     with pytest.raises(ValueError, match="no-such-study"):
-        _studies.redraw(tmp_path)
+        studies.redraw(tmp_path)
 
 
 def _synthetic_sweep(out, n: int, done: int):
@@ -181,7 +181,7 @@ def _synthetic_sweep(out, n: int, done: int):
 def test_sweep_map_marks_unfinished_cells_and_zooms_only_when_it_magnifies(tmp_path, n, done, zoom):
     import figcheck
 
-    from gradflow._sweeps import plot_dir
+    from gradflow.studies.categorization_map import plot as plot_dir
 
     out = tmp_path / "sweep"
     _synthetic_sweep(out, n, done)

@@ -1,5 +1,6 @@
-"""The `rm-metrics` study: its NumPy correlations (against SciPy and against explicit
-resampling), the proxy population, the preference sets, the config and the quick run."""
+"""The `rm-metrics` study: its bootstrap by resample counts (`gradflow._stats`, against
+SciPy and against explicit resampling), the proxy population, the preference sets, the
+config and the quick run."""
 
 import csv
 import math
@@ -9,16 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 from figcheck import problems as figure_problems, redraw_differences
-from helpers import check_summary, printed
+from helpers import check_recorded_tables, check_summary, printed
 from scipy import stats
 
-from gradflow import _config as C, _studies_rm as R
+from gradflow import _stats as S
+from gradflow.studies import STUDIES, load_config, rm_metrics as R, run_study
+from gradflow.studies._base import from_toml, packaged_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _cfg():
-    return C.load(C.packaged_config("rm-metrics"), R.RM_METRICS_SCHEMA)
+def _cfg(quick=False):
+    return load_config("rm-metrics", quick=quick)
 
 
 # ------------------------------------------------------------------------ correlations
@@ -34,25 +37,25 @@ def _tied_data(seed, n=60):
 @pytest.mark.parametrize("seed", range(5))
 def test_numpy_correlations_agree_with_scipy(seed):
     x, y = _tied_data(seed)
-    assert R.pearson(x, y) == pytest.approx(stats.pearsonr(x, y).statistic, abs=1e-12)
-    assert R.spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
-    assert R.kendall(x, y) == pytest.approx(stats.kendalltau(x, y).statistic, abs=1e-12)  # tau-b
-    np.testing.assert_allclose(R.average_ranks(x), stats.rankdata(x))
+    assert S.pearson(x, y) == pytest.approx(stats.pearsonr(x, y).statistic, abs=1e-12)
+    assert S.spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+    assert S.kendall(x, y) == pytest.approx(stats.kendalltau(x, y).statistic, abs=1e-12)  # tau-b
+    np.testing.assert_allclose(S.average_ranks(x), stats.rankdata(x))
     # Continuous data, negative association.
     rng = np.random.default_rng(100 + seed)
     u = rng.normal(size=80)
     v = -u + rng.normal(size=80)
-    assert R.kendall(u, v) == pytest.approx(stats.kendalltau(u, v).statistic, abs=1e-12)
-    assert R.spearman(u, v) == pytest.approx(stats.spearmanr(u, v).statistic, abs=1e-12)
+    assert S.kendall(u, v) == pytest.approx(stats.kendalltau(u, v).statistic, abs=1e-12)
+    assert S.spearman(u, v) == pytest.approx(stats.spearmanr(u, v).statistic, abs=1e-12)
 
 
 def test_bootstrap_counts_equal_explicit_resampling():
     """The count form (every resample at once, copies of one observation tied) equals
     computing the statistic on the explicitly resampled data."""
     x, y = _tied_data(7, n=40)
-    counts = R.bootstrap_counts(len(x), 25, seed=3)
+    counts = S.bootstrap_counts(len(x), 25, seed=3)
     assert counts.shape == (25, 40) and np.all(counts.sum(axis=1) == 40)
-    boot = {f.__name__: f(x, y, counts) for f in (R.pearson, R.spearman, R.kendall)}
+    boot = {f.__name__: f(x, y, counts) for f in (S.pearson, S.spearman, S.kendall)}
     for b, c in enumerate(counts):
         idx = np.repeat(np.arange(len(x)), c.astype(int))
         xs, ys = x[idx], y[idx]
@@ -63,14 +66,14 @@ def test_bootstrap_counts_equal_explicit_resampling():
 
 def test_correlate_intervals_and_degenerate_input():
     x, y = _tied_data(11, n=100)
-    row = R.correlate(x, y, R.bootstrap_counts(100, 400, seed=0), 0.95)
+    row = S.correlate_counts(x, y, S.bootstrap_counts(100, 400, seed=0), 0.95)
     for s in R.STATS:
         assert -1 <= row[f"{s}_lo"] <= row[s] <= row[f"{s}_hi"] <= 1
     # Perfect monotone association, and a constant variable (undefined: nan, not an error).
     z = np.arange(10.0)
-    assert R.pearson(z, 2 * z + 1) == pytest.approx(1.0)
-    assert R.spearman(z, np.exp(z)) == pytest.approx(1.0) and R.kendall(z, -(z**3)) == pytest.approx(-1.0)
-    for f in (R.pearson, R.spearman, R.kendall):
+    assert S.pearson(z, 2 * z + 1) == pytest.approx(1.0)
+    assert S.spearman(z, np.exp(z)) == pytest.approx(1.0) and S.kendall(z, -(z**3)) == pytest.approx(-1.0)
+    for f in (S.pearson, S.spearman, S.kendall):
         assert math.isnan(f(z, np.ones(10)))
 
 
@@ -79,21 +82,21 @@ def test_correlate_intervals_and_degenerate_input():
 
 def test_full_population_has_every_structure_at_least_60_times():
     cfg = _cfg()
-    pc, px = cfg["problem"], cfg["proxies"]
-    assert pc["prompts"] >= 200 and pc["outputs"] >= 16
-    assert set(px["families"]) == set(R.FAMILIES) and len(cfg["policies"]["names"]) >= 2
-    setting = R.make_setting(pc, pc["prompts"])
+    pc, px = cfg.problem, cfg.proxies
+    assert pc.prompts >= 200 and pc.outputs >= 16
+    assert set(px.families) == set(R.FAMILIES) and len(cfg.policies.names) >= 2
+    setting = R.make_setting(pc, pc.prompts)
     r = setting.true_reward
-    assert r.shape == (pc["prompts"], pc["outputs"]) and setting.features.shape == r.shape + (pc["features"],)
+    assert r.shape == (pc.prompts, pc.outputs) and setting.features.shape == r.shape + (pc.features,)
     # One best output per prompt, `mediocre` mediocre ones (good, not best), the rest bad.
     assert np.all(np.argmax(r, axis=1) == 0)
     med = setting.mediocre
-    assert np.all(med.sum(axis=1) == pc["mediocre"])
+    assert np.all(med.sum(axis=1) == pc.mediocre)
     bad = ~med
     bad[:, 0] = False
     assert r[:, 0].min() > r[med].max() and r[med].min() >= r[bad].max()
-    logp0 = R._log_probs(setting, R.initial_theta(pc, cfg["policies"]["theta_style"][0]))
-    pop = R.proxy_population(px, setting, logp0, px["per_family"])
+    logp0 = R._log_probs(setting, R.initial_theta(pc, cfg.policies.theta_style[0]))
+    pop = R.proxy_population(px, setting, logp0, px.per_family)
     names, counts = np.unique(pop.family, return_counts=True)
     assert set(names) == set(R.FAMILIES) and counts.min() >= 60
     assert pop.rewards.shape == (len(pop.family),) + r.shape and np.all(np.isfinite(pop.rewards))
@@ -103,7 +106,7 @@ def test_full_population_has_every_structure_at_least_60_times():
         assert len(np.unique(np.round(pop.size[sel], 12))) == sel.sum(), fam  # sizes differ
         assert np.all(np.abs(diff[sel]).max(axis=(1, 2)) > 0), fam  # every proxy has errors
     # Structure: errors only where the family puts them, with the family's sign.
-    top = np.argsort(-logp0, axis=1)[:, : px["focus_outputs"]]
+    top = np.argsort(-logp0, axis=1)[:, : px.focus_outputs]
     is_top = np.zeros(r.shape, bool)
     np.put_along_axis(is_top, top, True, axis=1)
     assert np.all(diff[pop.family == "noise-likely"][:, ~is_top] == 0)
@@ -118,9 +121,9 @@ def test_full_population_has_every_structure_at_least_60_times():
 
 def test_preference_sets():
     cfg = _cfg()
-    setting = R.make_setting(cfg["problem"], 30)
+    setting = R.make_setting(cfg.problem, 30)
     r = setting.true_reward
-    logp0 = R._log_probs(setting, R.initial_theta(cfg["problem"], 2.0))
+    logp0 = R._log_probs(setting, R.initial_theta(cfg.problem, 2.0))
     rng = np.random.default_rng(0)
     for logp in (np.full(r.shape, -math.log(r.shape[1])), logp0):
         resp = R.sample_responses(rng, logp, 4)
@@ -146,20 +149,16 @@ def test_preference_sets():
         (lambda r: r["problem"].update(mediocre=15), "problem.mediocre"),
     ],
 )
-def test_config_errors_name_the_key(edit, key, tmp_path):
-    raw = tomllib.loads(C.packaged_config("rm-metrics").read_text())
+def test_config_errors_name_the_key(edit, key):
+    raw = tomllib.loads(packaged_config("rm-metrics").read_text())
     edit(raw)
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
-        R.run_rm_metrics(C.validate(raw, R.RM_METRICS_SCHEMA), tmp_path, quick=True)
+        from_toml(R.Config, raw, quick=True)
 
 
 def test_config_copies_agree_and_registration():
-    assert (ROOT / "experiments" / "rm-metrics.toml").read_bytes() == C.packaged_config("rm-metrics").read_bytes()
-    from gradflow._studies import STUDIES
-
-    if "rm-metrics" not in STUDIES:
-        pytest.skip("rm-metrics is not registered in gradflow._studies.STUDIES yet")
-    assert STUDIES["rm-metrics"].schema is R.RM_METRICS_SCHEMA and STUDIES["rm-metrics"].run is R.run_rm_metrics
+    assert (ROOT / "experiments" / "rm-metrics.toml").read_bytes() == packaged_config("rm-metrics").read_bytes()
+    assert STUDIES["rm-metrics"] is R
 
 
 # -------------------------------------------------------------------------- quick run
@@ -168,19 +167,20 @@ def test_config_copies_agree_and_registration():
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("rm-metrics")
-    result, text = printed(R.run_rm_metrics, _cfg(), out, quick=True)
-    return out, result, _cfg(), text
+    result, text = printed(run_study, "rm-metrics", out=out, quick=True)
+    return out, result, _cfg(quick=True), text
 
 
 def test_quick_writes_correlations_with_the_required_columns(quick):
     out, result, cfg, text = quick
+    check_recorded_tables(out, "rm-metrics")  # the same numbers as before the studies became modules
     with (out / "correlations.csv").open() as f:
         reader = csv.DictReader(f)
         header, rows = reader.fieldnames, list(reader)
     # method, initial policy and budget in separate columns (the budget an integer), never packed
     assert header[:8] == ["metric", "pairs", "method", "policy", "budget", "pearson", "spearman", "kendall"]
     assert set(header[8:]) == {f"{s}_{b}" for s in R.STATS for b in ("lo", "hi")}
-    settings = {(a, p, str(b)) for a in R.ALGORITHMS for p in cfg["policies"]["names"] for b in cfg["quick"]["budgets"]}
+    settings = {(a, p, str(b)) for a in R.ALGORITHMS for p in cfg.policies.names for b in cfg.training.budgets}
     keys = [(r["metric"], r["pairs"], r["method"], r["policy"], r["budget"]) for r in rows]
     assert len(keys) == len(set(keys)) == len(R.METRICS) * len(R.PAIR_SETS) * len(settings)
     assert set(keys) == {(m, s, *st) for m in R.METRICS for s in R.PAIR_SETS for st in settings}
@@ -190,16 +190,16 @@ def test_quick_writes_correlations_with_the_required_columns(quick):
             assert -1 <= lo <= est <= hi <= 1, (r["metric"], r["pairs"], r["method"], r["policy"], r["budget"], s)
     with (out / "correlations_by_family.csv").open() as f:
         assert csv.DictReader(f).fieldnames[:6] == ["metric", "pairs", "method", "policy", "budget", "family"]
-    scatters = [f"scatter_{nm}_{s}.png" for nm in cfg["policies"]["names"] for s in R.PAIR_SETS]
+    scatters = [f"scatter_{nm}_{s}.png" for nm in cfg.policies.names for s in R.PAIR_SETS]
     for name in ("proxies.csv", "correlations_by_family.csv", "correlation_heatmap.png", *scatters,
                  "correlation_vs_budget.png"):
         assert (out / name).stat().st_size > 0
     assert figure_problems(result["figures"]) == {}
     assert redraw_differences(out, result["figures"]) == []
-    n = len(cfg["policies"]["names"]) * len(cfg["proxies"]["families"]) * cfg["quick"]["per_family"]
+    n = len(cfg.policies.names) * len(cfg.proxies.families) * cfg.proxies.per_family
     assert len(result["proxies"]) == n
     # the printed summary: 100 columns at most, every setting and metric still named
-    settings = [f"{a}/{p}/{b}" for a in R.ALGORITHMS for p in cfg["policies"]["names"] for b in cfg["quick"]["budgets"]]
+    settings = [f"{a}/{p}/{b}" for a in R.ALGORITHMS for p in cfg.policies.names for b in cfg.training.budgets]
     check_summary(text, "RM metrics vs policy-gradient outcome", "Spearman", "Best predictor per setting",
                   "Within one family", "correlations.csv", "correlation_heatmap.png", "acc_w", "hacc_w",
                   *settings, *(f"{s}: best " for s in settings))
@@ -216,7 +216,7 @@ def test_quick_run_is_sane(quick):
             for m in R.METRICS[:8]:
                 assert -1e-6 <= row[f"{m}@{s}"] <= 1 + 1e-6  # float32 weights
         assert row["status_exact"] == row["status_rloo"] == "ok"
-    b = cfg["quick"]["budgets"]
+    b = cfg.training.budgets
     gains = np.array([[r[f"gain_{a}_{b[-1]}"] for a in R.ALGORITHMS] for r in result["proxies"]])
     assert stats.spearmanr(gains[:, 0], gains[:, 1]).statistic > 0.9
     rows = {(r["metric"], r["pairs"], r["method"], r["policy"], r["budget"]): r for r in result["rows"]}

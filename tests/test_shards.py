@@ -21,8 +21,9 @@ import xarray as xr
 from figcheck import problems as figure_problems
 
 import gradflow as gf
-from gradflow import _config as C, cli, sweep
-from gradflow._studies import redraw
+from gradflow import cli, sweep
+from gradflow.studies import redraw
+from gradflow.studies._base import dumps, packaged_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,11 +31,12 @@ ROOT = Path(__file__).resolve().parent.parent
 def _config(tmp: Path, name: str, num: int, steps: int, chunk: int = 4) -> Path:
     """The categorisation map's config: a `num x num` quick grid of `steps` SGD updates,
     `chunk` rows per chunk."""
-    raw = tomllib.loads(C.packaged_config("categorization-map").read_text())
-    raw["quick"].update(num=[num, num], steps=steps)
+    raw = tomllib.loads(packaged_config("categorization-map").read_text())
+    raw["quick"]["proxies"]["num"] = [num, num]
+    raw["quick"]["method"]["steps"] = steps
     raw["sweep"]["chunk_size"] = chunk
     path = tmp / f"{name}.toml"
-    path.write_text(C.dumps(raw))
+    path.write_text(dumps(raw))
     return path
 
 

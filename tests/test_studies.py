@@ -1,5 +1,6 @@
 """The study runner, its configs and the command line."""
 
+import dataclasses
 import json
 import math
 import tomllib
@@ -8,35 +9,47 @@ from pathlib import Path
 import numpy as np
 import pytest
 from figcheck import problems as figure_problems, redraw_differences
-from helpers import check_summary, printed
+from helpers import check_recorded_tables, check_summary, printed
 
-from gradflow import _config as C, cli
-from gradflow._studies import STALLING_SCHEMA, STUDIES, run_study
+from gradflow import _methods, cli
+from gradflow.studies import (
+    STUDIES,
+    categorization_map,
+    estimators,
+    load_config,
+    run_study,
+    stalling,
+)
+from gradflow.studies._base import dumps, from_toml, packaged_config, sections, to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_packaged_configs_mirror_experiments_folder():
-    packaged = sorted(p.name for p in C.packaged_config("stalling").parent.glob("*.toml"))
+    packaged = sorted(p.name for p in packaged_config("stalling").parent.glob("*.toml"))
     mirrored = sorted(p.name for p in (ROOT / "experiments").glob("*.toml"))
     assert packaged == mirrored
     for name in packaged:
         assert (ROOT / "experiments" / name).read_bytes() == (
-            C.packaged_config("stalling").parent / name
+            packaged_config("stalling").parent / name
         ).read_bytes(), f"experiments/{name} drifted from gradflow/experiments/{name}"
 
 
 def test_every_study_has_a_valid_packaged_config():
     for name, study in STUDIES.items():
-        cfg = C.load(C.packaged_config(name), study.schema)
-        assert set(cfg) == set(study.schema)
+        assert study.NAME == name and study.SUMMARY
+        full, quick = load_config(name), load_config(name, quick=True)
+        assert isinstance(full, study.Config) and not full.quick and quick.quick
+        assert set(to_dict(full)) == set(sections(study.Config))
+        # Every packaged config has a --quick overlay that changes something.
+        assert quick.overridden and to_dict(quick) != to_dict(full)
         # The config writer (used to make edited copies) reads back to the same config.
-        raw = tomllib.loads(C.packaged_config(name).read_text())
-        assert tomllib.loads(C.dumps(raw)) == raw
+        raw = tomllib.loads(packaged_config(name).read_text())
+        assert tomllib.loads(dumps(raw)) == raw
 
 
 def _raw():
-    return tomllib.loads(C.packaged_config("stalling").read_text())
+    return tomllib.loads(packaged_config("stalling").read_text())
 
 
 @pytest.mark.parametrize(
@@ -49,13 +62,57 @@ def _raw():
         (lambda r: r["problem"].update(p_best=[0.05, 1.5]), "problem.p_best"),
         (lambda r: r["problem"].update(true_reward=[1.0, float("nan")]), "problem.true_reward"),
         (lambda r: r["flow"].pop("t1"), "flow.t1"),
+        (lambda r: r["sgd"].update(record_every=True), "sgd.record_every"),
+        (lambda r: r["problem"].update(proxy_reward=[1.0, -1.0]), "problem.proxy_reward"),
+        (lambda r: r["problem"].update(p_mediocre=0.96), "problem.p_mediocre"),
+        # the --quick overlay: its keys are checked like the others (in both modes)
+        (lambda r: r["quick"]["sgd"].update(stepz=5), "quick.sgd.stepz"),
+        (lambda r: r["quick"]["flow"].update(t1=-1.0), "quick.flow.t1"),
+        (lambda r: r["quick"].update(extra={"a": 1}), "quick.extra"),
+        (lambda r: r["quick"].update(steps=5000), "quick.steps"),  # the flat [quick] of old
     ],
 )
-def test_config_errors_name_the_key(edit, key):
+@pytest.mark.parametrize("quick", [False, True])
+def test_config_errors_name_the_key(edit, key, quick):
     raw = _raw()
     edit(raw)
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
-        C.validate(raw, STALLING_SCHEMA)
+        from_toml(stalling.Config, raw, quick=quick)
+
+
+def test_quick_overlay_is_applied_once_by_the_loader():
+    raw = _raw()
+    full, quick = from_toml(stalling.Config, raw), from_toml(stalling.Config, raw, quick=True)
+    assert (full.flow.t1, full.sgd.steps) == (5000.0, 50000)
+    assert (quick.flow.t1, quick.sgd.steps) == (500.0, 5000)
+    assert quick.overridden == {"flow.t1", "sgd.steps"} and quick.name("sgd.steps") == "quick.sgd.steps"
+    assert full.name("sgd.steps") == "sgd.steps"
+    # Everything else is the full run's; types follow the declarations (tuples for lists).
+    assert quick.problem == full.problem and quick.problem.p_best == (0.05, 0.1, 0.15)
+    assert isinstance(quick.flow.t1, float) and isinstance(quick.sgd.steps, int)
+    # A key may declare its --quick default: a sweep config without [quick] tables.
+    sweep_raw = tomllib.loads(packaged_config("categorization-map").read_text())
+    del sweep_raw["quick"]
+    cfg = from_toml(categorization_map.Config, sweep_raw, quick=True)
+    assert (cfg.method.steps, cfg.method.t1, cfg.proxies.n, cfg.proxies.num) == (5000, 500.0, 64, (201, 201))
+    assert not cfg.overridden
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        quick.flow.t1 = 1.0  # type: ignore[misc]
+
+
+def test_one_table_of_method_names():
+    """The subsets are derived from the table; configs take their names from it."""
+    assert _methods.METHOD_NAMES == ("sgd", "flow", "reinforce", "rloo", "grpo", "ppo")
+    assert _methods.EXACT_NAMES == ("sgd", "flow")
+    assert _methods.SAMPLED_NAMES == ("reinforce", "rloo", "grpo", "ppo")
+    assert _methods.GROUP_NAMES == ("rloo", "grpo")
+    for name, entry in _methods.METHODS.items():
+        method = _methods.make_method(name, learning_rate=0.2, steps=7, samples=3)
+        assert type(method) is entry.cls and method.needs_key == entry.sampled
+        assert getattr(method, "steps", 7) == 7 and getattr(method, "samples", 3) == 3
+    assert _methods.make_method("flow", rtol=1e-6, atol=1e-8, max_steps=99).max_steps == 99
+    with pytest.raises(ValueError, match="unknown method 'adam'"):
+        _methods.make_method("adam")
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +133,7 @@ def test_stalling_study_quick_writes_table_and_figures(quick_stalling):
     assert (record["kind"], record["name"], record["mode"]) == ("study", "stalling", "quick")
     assert record["config"]["problem"]["p_best"] == [0.05, 0.1, 0.15] and record["versions"]["gradflow"]
     assert record["finished"] is not None
+    check_recorded_tables(out, "stalling")  # the same numbers as before the studies became modules
 
 
 def test_stalling_study_figures_are_clean_and_redraw(quick_stalling):
@@ -110,7 +168,7 @@ def test_cli_list_and_errors(capsys, tmp_path):
     assert cli.main(["study", "no-such-study", "--out", str(tmp_path)]) == 2
     assert "unknown study 'no-such-study'" in capsys.readouterr().err
     bad = tmp_path / "bad.toml"
-    bad.write_text(C.packaged_config("stalling").read_text().replace("steps = 50000", "stepz = 50000"))
+    bad.write_text(packaged_config("stalling").read_text().replace("steps = 50000", "stepz = 50000"))
     assert cli.main(["study", "stalling", "--config", str(bad), "--out", str(tmp_path)]) == 2
     assert "sgd.stepz" in capsys.readouterr().err
 
@@ -131,6 +189,7 @@ def test_reinforce_seeds_quick_writes_table_and_figure(quick_reinforce_seeds):
         assert (out / name).stat().st_size > 0
     assert len((out / "summary.csv").read_text().splitlines()) == 1 + len(result["rows"]) == 1 + 6
     assert all(r["seeds"] == 64 and r["excluded"] == 0 for r in result["rows"])
+    check_recorded_tables(out, "reinforce-seeds")
 
 
 def test_reinforce_seeds_figures_are_clean_and_redraw(quick_reinforce_seeds):
@@ -173,6 +232,7 @@ def test_estimators_quick(quick_estimators):
     escapes the stall on the true reward where RLOO does not."""
     out, result, text = quick_estimators
     assert (out / "estimators.png").stat().st_size > 0
+    check_recorded_tables(out, "estimators")
     rows = {(r["estimator"], r["trained_on"]): r for r in result["rows"]}
     assert len(rows) == 8
     for name in ("reinforce", "rloo"):
@@ -189,6 +249,7 @@ def test_feature_similarity_quick(tmp_path):
     """y_med's feature pointing towards y* ends the stall; pointing away keeps it."""
     result, text = printed(run_study, "feature-similarity", out=tmp_path, quick=True)
     assert (tmp_path / "feature_similarity.png").stat().st_size > 0
+    check_recorded_tables(tmp_path, "feature-similarity")
     rows = {r["cosine"]: r for r in result["rows"] if r["parameterisation"] == "log-linear"}
     towards, away = rows[0.7071], rows[-0.7071]
     assert math.isfinite(towards["time_to_0.9"]) and math.isinf(away["time_to_0.9"])
@@ -205,12 +266,13 @@ def test_feature_similarity_quick(tmp_path):
 
 
 def test_unknown_estimator_name_is_rejected():
-    from gradflow._studies_sampled import ESTIMATORS_SCHEMA
-
-    raw = tomllib.loads(C.packaged_config("estimators").read_text())
+    raw = tomllib.loads(packaged_config("estimators").read_text())
     raw["estimators"]["names"] = ["rloo", "reinforc"]
+    with pytest.raises(ValueError, match=r"estimators\.names.*\['reinforce', 'rloo', 'grpo', 'ppo'\]"):
+        from_toml(estimators.Config, raw)
+    raw["estimators"]["names"] = ["rloo", "sgd"]  # an exact method is no estimator
     with pytest.raises(ValueError, match=r"estimators\.names"):
-        C.validate(raw, ESTIMATORS_SCHEMA)
+        from_toml(estimators.Config, raw)
 
 
 # ------------------------------------------------------------------ sweeps from configs
@@ -221,6 +283,7 @@ def test_categorization_map_quick_shows_all_three_regions(tmp_path):
     labels = set(result["table"]["label"].tolist())
     assert labels == {"harmful", "benign", "beneficial"}
     assert (tmp_path / "categorization_map.png").stat().st_size > 0
+    check_recorded_tables(tmp_path, "categorization-map")
     # The true reward's own grid point is in the sweep and is benign (ratio undefined or 1).
     t = result["table"]
     at_truth = np.isclose(t["reward_1"], 0.8, atol=1e-6) & np.isclose(t["reward_2"], -1.0, atol=1e-6)
@@ -231,7 +294,7 @@ def test_categorization_map_quick_shows_all_three_regions(tmp_path):
 
 
 def test_cli_sweep_resumes_and_plots(tmp_path, capsys):
-    cfg = C.packaged_config("categorization-map")
+    cfg = packaged_config("categorization-map")
     out = tmp_path / "map"
     assert cli.main(["sweep", str(cfg), "--quick", "--out", str(out), "--no-plot"]) == 0
     parts = sorted((out / "summary.parquet").glob("part-*.parquet"))
@@ -245,23 +308,21 @@ def test_cli_sweep_resumes_and_plots(tmp_path, capsys):
 
 
 def test_cli_sweep_rejects_bad_configs(tmp_path, capsys):
-    from gradflow._sweeps import SWEEP_SCHEMA
-
-    raw = tomllib.loads(C.packaged_config("categorization-map").read_text())
+    raw = tomllib.loads(packaged_config("categorization-map").read_text())
     for edit, key in [
         (lambda r: r["method"].update(name="adam"), "method.name"),
         (lambda r: r["proxies"].update(famliy="grid_2d"), "proxies.famliy"),
         (lambda r: r["analysis"].update(tolerance=-0.1), "analysis.tolerance"),
         (lambda r: r["sweep"].update(chunk_size="big"), "sweep.chunk_size"),
     ]:
-        bad = tomllib.loads(C.packaged_config("categorization-map").read_text())
+        bad = tomllib.loads(packaged_config("categorization-map").read_text())
         edit(bad)
         with pytest.raises(ValueError, match=key.replace(".", r"\.")):
-            C.validate(bad, SWEEP_SCHEMA)
+            from_toml(categorization_map.Config, bad)
     # Out-of-range output index, through the CLI: exit code 2 and the key's name.
     raw["proxies"]["outputs"] = [1, 7]
     path = tmp_path / "bad.toml"
-    path.write_text(C.dumps(raw))
+    path.write_text(dumps(raw))
     assert cli.main(["sweep", str(path), "--quick", "--out", str(tmp_path / "o"), "--no-plot"]) == 2
     assert "proxies.outputs" in capsys.readouterr().err
 
@@ -281,6 +342,7 @@ def test_token_credit_quick_shows_stalling_at_the_token_level(quick_token_credit
     for name in ("summary.csv", "map.csv", "true_reward.png", "categorization_map.png"):
         assert (out / name).stat().st_size > 0
     assert len((out / "map.csv").read_text().splitlines()) == 1 + 6 * 5 * 5
+    check_recorded_tables(out, "token-credit")
     rows = result["rows"]
     assert sorted({r["parameterisation"] for r in rows}) == ["bigram", "flat", "prefix"]
     header = (out / "summary.csv").read_text().splitlines()[0].split(",")
@@ -307,6 +369,7 @@ def test_token_credit_quick_shows_stalling_at_the_token_level(quick_token_credit
 def test_neural_policy_quick_categorises_errors(tmp_path):
     result, text = printed(run_study, "neural-policy", out=tmp_path, quick=True)
     assert (tmp_path / "summary.csv").stat().st_size > 0 and (tmp_path / "neural_policy.png").stat().st_size > 0
+    check_recorded_tables(tmp_path, "neural-policy")
     assert result["fit_residual"] < 1e-3  # the MLP starts from the tabular policy's distribution
     rows = {r["error"]: r for r in result["rows"]}
     # Demoting the likely mediocre output speeds both policies up: beneficial under both.

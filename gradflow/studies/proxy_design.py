@@ -13,90 +13,123 @@ grid), against what `gradflow.design.recommend` says.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _config as C, _progress, metrics
-from ._categorize import LABELS, categorize
-from ._dynamics import GradientFlow
-from ._proxy_design import _Pairs, design_proxy
-from ._results import save_figure
-from ._studies_policies import LABEL_COLORS
-from ._study_utils import fmt, list_files, say, stalling_probs, table, write_csv
-from .design import ConstraintSatisfaction, recommend
-from .policies import TabularSoftmax
+from .. import _progress, metrics
+from .._categorize import LABELS, Categorization, categorize
+from .._methods import make_method
+from .._proxy_design import ProxyDesign, _Pairs, design_proxy
+from .._results import save_figure
+from .._stats import spearman_finite
+from ..design import ConstraintSatisfaction, recommend
+from ..policies import TabularSoftmax
+from ._base import StudyConfig, all_of, key, nonempty, one_of, positive, probability
+from ._common import LABEL_COLORS, fmt, list_files, say, stalling_probs, table, write_csv
 
-PROXY_DESIGN_SCHEMA = {
-    "problem": {
-        "true_reward": C.Field("floats", C.nonempty),
-        "p_best": C.Field("float", C.probability),
-        "p_mediocre": C.Field("float", C.probability),
-    },
-    "design": {
-        "target": C.Field("float"),
-        "t1": C.Field("float", C.positive),
-        "budgets": C.Field("floats", lambda x: C.nonempty(x) or C.positive(x)),
-        "steps": C.Field("int", C.positive),
-        "accuracy_budget": C.Field("float", C.positive),
-        "random_proxies": C.Field("int", C.positive),
-        "seed": C.Field("int"),
-    },
-    "partial_credit": {
-        "num_constraints": C.Field("int", C.positive),
-        "outputs_per_pattern": C.Field("int", C.positive),
-        "p_success": C.Field("floats", lambda x: C.nonempty(x) or C.probability(x)),
-        "p_partial": C.Field("floats", lambda x: C.nonempty(x) or C.probability(x)),
-        "budget": C.Field("float", C.positive),
-        "target": C.Field("float", C.probability),
-        "parameterisation": C.Field("str", C.one_of("tabular", "log-linear")),
-        "mix": C.Field("float", C.probability),
-    },
-    "quick": {
-        "budgets": C.Field("floats", lambda x: C.nonempty(x) or C.positive(x)),
-        "steps": C.Field("int", C.positive),
-        "random_proxies": C.Field("int", C.positive),
-        "p_success": C.Field("floats", lambda x: C.nonempty(x) or C.probability(x)),
-        "p_partial": C.Field("floats", lambda x: C.nonempty(x) or C.probability(x)),
-    },
-}
-
-def _pick(cfg, section, key, quick):
-    return cfg["quick"][key] if quick and key in cfg["quick"] else cfg[section][key]
+NAME = "proxy-design"
+SUMMARY = ("the fastest teacher within a budget: proxy rewards designed by differentiating through training, "
+           "against ranking accuracy, and the learned credit for partially correct outputs")
 
 
-def run_proxy_design(cfg: dict, out: Path, quick: bool) -> dict:
-    prob, des, pc = cfg["problem"], cfg["design"], cfg["partial_credit"]
-    r_true = np.asarray(prob["true_reward"])
-    if r_true.size < 3:
-        raise ValueError(f"config: `problem.true_reward` needs at least 3 outputs; got {r_true.size}.")
-    probs = stalling_probs(prob["p_best"], prob["p_mediocre"], r_true.size)
-    target, t1, steps = des["target"], des["t1"], _pick(cfg, "design", "steps", quick)
-    if not r_true @ probs < target < r_true.max():
-        raise ValueError(f"config key `design.target`: expected a level between the initial true reward "
-                         f"({r_true @ probs:.4g}) and the best output's ({r_true.max():g}); got {target}.")
-    budgets = np.asarray(_pick(cfg, "design", "budgets", quick), float)
-    if des["accuracy_budget"] not in budgets:
-        raise ValueError(f"config key `design.accuracy_budget`: expected one of the budgets {budgets.tolist()}; "
-                         f"got {des['accuracy_budget']}.")
-    n_random = _pick(cfg, "design", "random_proxies", quick)
-    p_success = _pick(cfg, "partial_credit", "p_success", quick)
-    p_partial = _pick(cfg, "partial_credit", "p_partial", quick)
-    problem = ConstraintSatisfaction(pc["num_constraints"], pc["outputs_per_pattern"])
+@dataclass(frozen=True, kw_only=True)
+class Problem:
+    true_reward: tuple[float, ...] = key(nonempty)
+    p_best: float = key(probability)
+    p_mediocre: float = key(probability)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Design:
+    target: float = key()
+    t1: float = key(positive)
+    budgets: tuple[float, ...] = key(all_of(nonempty, positive))
+    steps: int = key(positive)
+    accuracy_budget: float = key(positive)
+    random_proxies: int = key(positive)
+    seed: int = key()
+
+
+@dataclass(frozen=True, kw_only=True)
+class PartialCredit:
+    num_constraints: int = key(positive)
+    outputs_per_pattern: int = key(positive)
+    p_success: tuple[float, ...] = key(all_of(nonempty, probability))
+    p_partial: tuple[float, ...] = key(all_of(nonempty, probability))
+    budget: float = key(positive)
+    target: float = key(probability)
+    parameterisation: str = key(one_of("tabular", "log-linear"))
+    mix: float = key(probability)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config(StudyConfig):
+    problem: Problem
+    design: Design
+    partial_credit: PartialCredit
+
+    def __post_init__(self):
+        prob, des, pc = self.problem, self.design, self.partial_credit
+        r_true = np.asarray(prob.true_reward)
+        if r_true.size < 3:
+            raise ValueError(f"config: `problem.true_reward` needs at least 3 outputs; got {r_true.size}.")
+        probs = stalling_probs(prob.p_best, prob.p_mediocre, r_true.size)
+        if not r_true @ probs < des.target < r_true.max():
+            raise ValueError(f"config key `design.target`: expected a level between the initial true reward "
+                             f"({r_true @ probs:.4g}) and the best output's ({r_true.max():g}); got {des.target}.")
+        if des.accuracy_budget not in des.budgets:
+            raise ValueError(f"config key `design.accuracy_budget`: expected one of the budgets "
+                             f"{list(des.budgets)}; got {des.accuracy_budget}.")
+        n_partial = len(ConstraintSatisfaction(pc.num_constraints, pc.outputs_per_pattern).partial_patterns)
+        if any(ps + pp * n_partial >= 1 for ps in pc.p_success for pp in pc.p_partial):
+            raise ValueError("config: `partial_credit.p_success` + (number of partial patterns) x "
+                             "`partial_credit.p_partial` must stay below 1 for every cell of the grid.")
+
+
+@dataclass(frozen=True)
+class Tables:
+    """`front`: per budget, the designed proxies (unconstrained and order-preserving), their
+    times, speedups, accuracies and reward variances (`front.csv`); `accuracy`: per random
+    proxy in the box of `design.accuracy_budget`, its ranking accuracy, time and label
+    (`accuracy.csv`); `partial_credit`: per grid cell, the designed credit of each partial
+    pattern against binary credit and `recommend` (`partial_credit.csv`);
+    `categorization`: the random proxies' [`gradflow.Categorization`][]; `designs`: the
+    batched [`gradflow.ProxyDesign`][] of each constraint (`"any"`, `"order"`);
+    `at_budget`: the unconstrained design at `design.accuracy_budget`; `variance_true`: the
+    true reward's variance under the initial policy; `seconds`: the time it all took
+    (compilation included)."""
+
+    front: list[dict]
+    accuracy: list[dict]
+    partial_credit: list[dict]
+    categorization: Categorization
+    designs: dict[str, ProxyDesign]
+    at_budget: ProxyDesign
+    variance_true: float
+    seconds: float
+
+
+def compute(config: Config) -> Tables:
+    prob, des, pc = config.problem, config.design, config.partial_credit
+    r_true = np.asarray(prob.true_reward)
+    probs = stalling_probs(prob.p_best, prob.p_mediocre, r_true.size)
+    target, t1, steps = des.target, des.t1, des.steps
+    budgets = np.asarray(des.budgets, float)
+    n_random = des.random_proxies
+    p_success, p_partial = pc.p_success, pc.p_partial
+    problem = ConstraintSatisfaction(pc.num_constraints, pc.outputs_per_pattern)
     partial = np.array(problem.partial_patterns)
     grid = [(ps, pp) for ps in p_success for pp in p_partial]
-    if any(ps + pp * partial.size >= 1 for ps, pp in grid):
-        raise ValueError("config: `partial_credit.p_success` + (number of partial patterns) x "
-                         "`partial_credit.p_partial` must stay below 1 for every cell of the grid.")
-    out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
 
     with jax.enable_x64(True):
         policy = TabularSoftmax.from_probs(jnp.asarray(probs))
         g = jnp.asarray(r_true)
-        flow = GradientFlow()
+        flow = make_method("flow")
 
         # (i), (ii): the front over budgets, unconstrained and order-preserving.
         def front(order):
@@ -118,34 +151,33 @@ def run_proxy_design(cfg: dict, out: Path, quick: bool) -> dict:
                 row[f"variance_{name}"] = float(metrics.reward_variance(policy.log_probs(), jnp.asarray(r)[None]))
                 row[f"reward_{name}"] = " ".join(f"{x:.3f}" for x in r)
             rows.append(row)
-        write_csv(out / "front.csv", rows)
 
         # (i) against ranking accuracy: random proxies in the box of one budget.
-        eps = des["accuracy_budget"]
-        key = jax.random.key(des["seed"])
-        proxies = g[None, :] + eps * jax.random.uniform(key, (n_random, g.size), g.dtype, -1.0, 1.0)
+        eps = des.accuracy_budget
+        key_ = jax.random.key(des.seed)
+        proxies = g[None, :] + eps * jax.random.uniform(key_, (n_random, g.size), g.dtype, -1.0, 1.0)
         with _progress.phase(f"proxy-design: {n_random} random proxies (compilation included)"):
             cat = categorize(policy, g, proxies, method=flow, target=target, t1=t1)
             pairs = _Pairs(g[None, :], policy.log_probs(), "acc")  # the pairs design_proxy scores
             acc = np.asarray(jax.vmap(lambda r: pairs.exact(r[None, :])[0])(proxies))
         at_eps = jax.tree.map(lambda x: x[int(np.flatnonzero(budgets == eps)[0])], designs["any"])
-        write_csv(out / "accuracy.csv", [{"accuracy": float(a), "time": float(t), "label": str(lab)}
-                                         for a, t, lab in zip(acc, cat.time, cat.label, strict=True)])
+        accuracy_rows = [{"accuracy": float(a), "time": float(t), "label": str(lab)}
+                         for a, t, lab in zip(acc, cat.time, cat.label, strict=True)]
 
         # (iii): one credit per partial pattern, success and failure fixed.
         free = np.zeros(problem.num_patterns, bool)
         free[partial] = True
-        pols = [problem.policy(ps, pp, parameterisation=pc["parameterisation"], mix=pc["mix"]) for ps, pp in grid]
+        pols = [problem.policy(ps, pp, parameterisation=pc.parameterisation, mix=pc.mix) for ps, pp in grid]
         stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *pols)
         horizons = jnp.asarray([100.0 * problem.counts[-1] / ps for ps, _ in grid])
         with _progress.phase(f"proxy-design: partial credit designed on {len(grid)} cells (compilation included)"):
             credit = jax.block_until_ready(jax.vmap(lambda pol, h: design_proxy(
-                pol, problem.true_reward(), method=flow, target=pc["target"], t1=h, budget=pc["budget"],
+                pol, problem.true_reward(), method=flow, target=pc.target, t1=h, budget=pc.budget,
                 steps=steps, groups=problem.output_patterns(), mask=free))(stacked, horizons))
         credit_rows = []
         for k, (ps, pp) in enumerate(_progress.each(grid, "proxy-design: recommendations", unit="cell")):
-            rec = recommend(ps, pp, problem=problem, target=pc["target"], t1=float(horizons[k]),
-                            parameterisation=pc["parameterisation"], mix=pc["mix"])
+            rec = recommend(ps, pp, problem=problem, target=pc.target, t1=float(horizons[k]),
+                            parameterisation=pc.parameterisation, mix=pc.mix)
             values = np.asarray(credit.reward[k])[np.searchsorted(problem.output_patterns(), partial)]
             credit_rows.append({
                 "p_success": ps, "p_partial": pp,
@@ -153,66 +185,64 @@ def run_proxy_design(cfg: dict, out: Path, quick: bool) -> dict:
                 "designed_time": float(credit.time[k]), "binary_time": float(credit.reference_time[k]),
                 "recommend": rec.scheme, "recommend_partial_time": rec.time_partial,
             })
-        write_csv(out / "partial_credit.csv", credit_rows)
-    elapsed = time.perf_counter() - start
+    return Tables(rows, accuracy_rows, credit_rows, cat, designs, at_eps, var_true, time.perf_counter() - start)
 
-    _save_figure_data(out, rows, acc, cat, at_eps, credit_rows, p_success, p_partial, target, eps)
+
+def report(tables: Tables, config: Config, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "front.csv", tables.front)
+    write_csv(out / "accuracy.csv", tables.accuracy)
+    write_csv(out / "partial_credit.csv", tables.partial_credit)
+    _save_figure_data(out, tables, config)
     with _progress.phase("proxy-design: figures"):
-        figures = plot_proxy_design(out)
-    _print(rows, acc, cat, at_eps, credit_rows, var_true, target, t1, eps, quick, elapsed, out, figures,
-           pc["parameterisation"])
-    return {"front": rows, "accuracy": acc, "categorization": cat, "designs": designs, "partial_credit": credit_rows,
-            "figures": figures}
+        figures = plot(out)
+    _print(tables, config, out, figures)
+    return figures
 
 
-def _print(rows, acc, cat, at_eps, credit_rows, var_true, target, t1, eps, quick, elapsed, out, figures,
-           parameterisation):
+def _print(tables: Tables, config: Config, out: Path, figures: list[Path]) -> None:
+    rows, cat, at_eps, credit_rows = tables.front, tables.categorization, tables.at_budget, tables.partial_credit
+    acc = np.array([r["accuracy"] for r in tables.accuracy])
+    target, t1, eps = config.design.target, config.design.t1, config.design.accuracy_budget
     shown = [{"budget": f"{r['budget']:g}", "t_any": fmt(r["time_any"]), "x_any": f"{r['speedup_any']:.1f}x",
               "acc_any": f"{r['accuracy_any']:.2f}", "t_ord": fmt(r["time_order"]),
               "x_ord": f"{r['speedup_order']:.1f}x", "var": f"{r['variance_order']:.3g}", "proxy": r["reward_any"]}
              for r in rows]
     say(f"Proxy design on the stalling problem: exact flow, time to true reward {target:g} "
-        f"(truth: {fmt(rows[0]['reference_time'])}, horizon {t1:g}{', quick' if quick else ''}).")
+        f"(truth: {fmt(rows[0]['reference_time'])}, horizon {t1:g}{', quick' if config.quick else ''}).")
     print(table(shown, [("budget", "L-inf\nbudget"), ("t_any", "designed\ntime"), ("x_any", "\nspeedup"),
                         ("acc_any", "\nAcc"), ("t_ord", "order-\npreserving"), ("x_ord", "\nspeedup"),
                         ("var", "reward\nvar"), ("proxy", "designed proxy\n(unconstrained)")]))
-    print(f"Reward variance under the initial policy: truth {var_true:.3g}.")
+    print(f"Reward variance under the initial policy: truth {tables.variance_true:.3g}.")
     fastest_random = float(np.min(cat.time))
     say(f"{acc.size} random proxies within L-inf {eps:g} of the truth: the fastest reaches {target:g} at "
         f"{fmt(fastest_random)}; the designed one at {fmt(float(at_eps.time))} (Acc {float(at_eps.accuracy):.2f}). "
-        f"Accuracy of the random proxies against their time: Spearman {_spearman(acc, cat.time):+.2f}.")
+        f"Accuracy of the random proxies against their time: Spearman {spearman_finite(acc, cat.time):+.2f}.")
     cr = [{"p_s": f"{r['p_success']:g}", "p_p": f"{r['p_partial']:g}",
            **{k: f"{v:+.2f}" for k, v in r.items() if k.startswith("credit_")},
            "x": f"{r['binary_time'] / r['designed_time']:.2f}x", "rec": r["recommend"]} for r in credit_rows]
     cols = [("p_s", "p(success)"), ("p_p", "p(partial)")]
     cols += [(k, k.replace("credit_", "credit ")) for k in cr[0] if k.startswith("credit_")]
     cols += [("x", "vs binary"), ("rec", "recommend")]
-    say(f"Partial credit on the {parameterisation} policy, designed per pattern (success 1 and failure 0 "
-        "fixed; `vs binary`: how many times sooner than binary credit):")
+    say(f"Partial credit on the {config.partial_credit.parameterisation} policy, designed per pattern (success 1 "
+        "and failure 0 fixed; `vs binary`: how many times sooner than binary credit):")
     print(table(cr, cols, keys=2))
-    print(f"Designed in {elapsed:.1f} s (compilation included).")
+    print(f"Designed in {tables.seconds:.1f} s (compilation included).")
     list_files(out, ["front.csv", "accuracy.csv", "partial_credit.csv", *figures])
 
 
-def _spearman(a, b) -> float:
-    import scipy.stats
-
-    finite = np.isfinite(b)
-    if finite.sum() < 3 or np.ptp(a[finite]) == 0:
-        return float("nan")
-    return float(scipy.stats.spearmanr(a[finite], b[finite]).statistic)
-
-
-def _save_figure_data(out, rows, acc, cat, at_eps, credit_rows, p_success, p_partial, target, eps) -> None:
+def _save_figure_data(out: Path, tables: Tables, config: Config) -> None:
     """Save what the figures show (`figures.npz`)."""
-    from .plotting import save_figure_data
+    from ..plotting import save_figure_data
 
+    rows, cat, at_eps, credit_rows = tables.front, tables.categorization, tables.at_budget, tables.partial_credit
+    p_success, p_partial = config.partial_credit.p_success, config.partial_credit.p_partial
     values = np.array([np.mean([v for k, v in r.items() if k.startswith("credit_")]) for r in credit_rows])
     save_figure_data(out, {
-        "study": "proxy-design", "target": target, "eps": eps,
+        "study": "proxy-design", "target": config.design.target, "eps": config.design.accuracy_budget,
         "budget": [r["budget"] for r in rows], "time_any": [r["time_any"] for r in rows],
         "time_order": [r["time_order"] for r in rows], "reference_time": rows[0]["reference_time"],
-        "accuracy": np.asarray(acc), "time": np.asarray(cat.time),
+        "accuracy": np.array([r["accuracy"] for r in tables.accuracy]), "time": np.asarray(cat.time),
         "label": np.array([list(LABELS).index(str(x)) for x in np.asarray(cat.label)]),
         "random_reference_time": float(cat.reference_time),
         "designed": [float(at_eps.accuracy), float(at_eps.time)],
@@ -222,7 +252,7 @@ def _save_figure_data(out, rows, acc, cat, at_eps, credit_rows, p_success, p_par
     })
 
 
-def plot_proxy_design(out: Path) -> list[Path]:
+def plot(out: Path) -> list[Path]:
     """Draw the proxy-design figures from the data saved in `out`.
 
     **Arguments:**
@@ -235,7 +265,7 @@ def plot_proxy_design(out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    from .plotting import load_figure_data
+    from ..plotting import load_figure_data
 
     out = Path(out)
     d = load_figure_data(out)

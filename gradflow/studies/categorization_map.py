@@ -1,10 +1,12 @@
-"""Reward sweeps from a TOML config: `gradflow sweep CONFIG.toml --out DIR`,
-`gradflow plot DIR`, and the `categorization-map` study (whose config is a sweep config).
+"""The `categorization-map` study, and reward sweeps from a TOML config in general
+(`gradflow sweep CONFIG.toml --out DIR` runs any config of this form; the study runs
+`experiments/categorization-map.toml`).
 
 A sweep trains one initial policy with one method on every proxy reward of a family
 (`gradflow.perturb`), writes one row per proxy incrementally to `DIR/summary.parquet/`
 (resumable), and labels each proxy harmful / benign / beneficial against the run trained
-on the true reward (`gradflow.categorize`'s rule).
+on the true reward (`gradflow.categorize`'s rule). The categorisation map is the
+`grid_2d` family over two outputs' proxy rewards.
 """
 
 from __future__ import annotations
@@ -12,127 +14,179 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _config as C, _progress, perturb, sweep
-from ._categorize import LABELS, _predict, classify, proxy_row
-from ._results import save_figure, write_json
-from ._solve import SaveAt
-from ._status import OK_CODE, status_name, status_names
-from ._study_utils import METHOD_NAMES, make_method, say
-from .policies import TabularSoftmax
+from .. import _progress, perturb, sweep
+from .._categorize import LABELS, _predict, classify, proxy_row
+from .._methods import METHOD_NAMES, make_method
+from .._results import save_figure, write_json
+from .._solve import SaveAt
+from .._status import OK_CODE, status_name, status_names
+from ..policies import TabularSoftmax
+from ._base import (
+    StudyConfig,
+    all_of,
+    at_least,
+    key,
+    nonempty,
+    one_of,
+    positive,
+    probability,
+    to_dict,
+)
+from ._common import list_files, say
+
+NAME = "categorization-map"
+SUMMARY = "stalling problem, 201 x 201 grid over two proxy rewards: harmful / benign / beneficial regions"
+COMPUTE_WRITES = True  # compute(config, out) writes the sweep's rows (resumable) under out
 
 FAMILIES = ("grid_2d", "shift_grid", "demote", "gaussian", "with_accuracy", "swaps")
 
-SWEEP_SCHEMA = {
-    "problem": {
-        "initial_probs": C.Field("floats", lambda x: C.nonempty(x) or C.probability(x)),
-        "true_reward": C.Field("floats", C.nonempty),
-        "output_names": C.Field("strs", default=[]),
-    },
-    "method": {
-        "name": C.Field("str", C.one_of(*METHOD_NAMES)),
-        "learning_rate": C.Field("float", C.positive, default=0.1),
-        "steps": C.Field("int", C.positive, default=50000),
-        "t1": C.Field("float", C.positive, default=5000.0),
-        "samples": C.Field("int", C.positive, default=4),
-        "seed": C.Field("int", default=0),
-    },
-    "proxies": {
-        "family": C.Field("str", C.one_of(*FAMILIES)),
-        "outputs": C.Field("ints", default=[]),
-        "start": C.Field("floats", default=[]),
-        "stop": C.Field("floats", default=[]),
-        "num": C.Field("ints", default=[]),
-        "value": C.Field("floats", default=[]),
-        "scale": C.Field("float", C.positive, default=0.1),
-        "accuracy": C.Field("float", lambda x: None if 0 <= x <= 1 else "a value in [0, 1]", default=1.0),
-        "n": C.Field("int", C.positive, default=1000),
-        "seed": C.Field("int", default=0),
-    },
-    "analysis": {
-        "targets": C.Field("floats", C.nonempty),
-        "tolerance": C.Field("float", C.positive, default=0.05),
-        "reward_tolerance": C.Field("float", C.positive, default=1e-3),
-    },
-    "sweep": {
-        "chunk_size": C.Field("int", C.positive, default=8192),
-        "trajectory_points": C.Field("int", lambda x: None if x >= 2 else "at least 2", default=101),
-        "trajectory_probs": C.Field("bool", default=False),
-    },
-    "quick": {
-        "num": C.Field("ints", default=[]),
-        "n": C.Field("int", C.positive, default=64),
-        "steps": C.Field("int", C.positive, default=5000),
-        "t1": C.Field("float", C.positive, default=500.0),
-    },
-}
+
+def _unit_interval(x) -> str | None:
+    return None if 0 <= x <= 1 else "a value in [0, 1]"
 
 
-def _need(cfg: dict, section: str, keys: list[str], why: str) -> None:
-    for k in keys:
-        if cfg[section][k] == []:
-            raise ValueError(f"config: missing key `{section}.{k}` ({why}).")
+@dataclass(frozen=True, kw_only=True)
+class Problem:
+    initial_probs: tuple[float, ...] = key(all_of(nonempty, probability))
+    true_reward: tuple[float, ...] = key(nonempty)
+    output_names: tuple[str, ...] = key(default=())
 
 
-def build(cfg: dict, quick: bool = False):
-    """`(policy, true_reward, proxies, method, t1, key, grid)` from a validated config;
-    `grid` is `(values_i, values_j)` for the `grid_2d` family, else `None`."""
-    prob, mc, pc = cfg["problem"], cfg["method"], cfg["proxies"]
-    probs = np.array(prob["initial_probs"])
-    r_true = jnp.asarray(prob["true_reward"])
-    k = len(probs)
-    if abs(probs.sum() - 1) > 1e-6:
-        raise ValueError(f"config key `problem.initial_probs`: expected values summing to 1; got sum {probs.sum()}.")
-    if len(r_true) != k:
-        raise ValueError(
-            f"config key `problem.true_reward`: expected {k} values (one per output of "
-            f"`problem.initial_probs`); got {len(r_true)}."
-        )
-    if prob["output_names"] and len(prob["output_names"]) != k:
-        raise ValueError(f"config key `problem.output_names`: expected {k} names; got {len(prob['output_names'])}.")
-    for key in ("outputs",):
-        bad = [o for o in pc[key] if not 0 <= o < k]
-        if bad:
-            raise ValueError(f"config key `proxies.{key}`: expected output indices in [0, {k}); got {pc[key]}.")
-    policy = TabularSoftmax.from_probs(jnp.asarray(probs))
+@dataclass(frozen=True, kw_only=True)
+class Method:
+    name: str = key(one_of(*METHOD_NAMES))
+    learning_rate: float = key(positive, default=0.1)
+    steps: int = key(positive, default=50000, quick=5000)
+    t1: float = key(positive, default=5000.0, quick=500.0)
+    samples: int = key(positive, default=4)
+    seed: int = key(default=0)
 
-    steps = cfg["quick"]["steps"] if quick else mc["steps"]
-    t1 = cfg["quick"]["t1"] if quick else mc["t1"]
-    name = mc["name"]
-    method = make_method(name, learning_rate=mc["learning_rate"], steps=steps, samples=mc["samples"])
-    key = jax.random.key(mc["seed"]) if name in ("reinforce", "rloo", "grpo", "ppo") else None
 
-    fam, grid = pc["family"], None
-    num = (cfg["quick"]["num"] or pc["num"]) if quick else pc["num"]
-    n = cfg["quick"]["n"] if quick else pc["n"]
-    if fam == "grid_2d":
-        _need(cfg, "proxies", ["outputs", "start", "stop", "num"], "grid_2d needs two of each")
-        if not (len(pc["outputs"]) == len(pc["start"]) == len(pc["stop"]) == len(num) == 2):
+@dataclass(frozen=True, kw_only=True)
+class Proxies:
+    family: str = key(one_of(*FAMILIES))
+    outputs: tuple[int, ...] = key(default=())
+    start: tuple[float, ...] = key(default=())
+    stop: tuple[float, ...] = key(default=())
+    num: tuple[int, ...] = key(default=())
+    value: tuple[float, ...] = key(default=())
+    scale: float = key(positive, default=0.1)
+    accuracy: float = key(_unit_interval, default=1.0)
+    n: int = key(positive, default=1000, quick=64)
+    seed: int = key(default=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Analysis:
+    targets: tuple[float, ...] = key(nonempty)
+    tolerance: float = key(positive, default=0.05)
+    reward_tolerance: float = key(positive, default=1e-3)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sweep:
+    chunk_size: int = key(positive, default=8192)
+    trajectory_points: int = key(at_least(2), default=101)
+    trajectory_probs: bool = key(default=False)
+
+
+_NEEDS = {"grid_2d": (("outputs", "start", "stop", "num"), "grid_2d needs two of each"),
+          "shift_grid": (("outputs", "start", "stop", "num"), "shift_grid needs one of each"),
+          "demote": (("outputs", "value"), "demote needs an output and its value(s)")}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config(StudyConfig):
+    problem: Problem
+    method: Method
+    proxies: Proxies
+    analysis: Analysis
+    sweep: Sweep
+
+    def __post_init__(self):
+        prob, pc = self.problem, self.proxies
+        probs = np.array(prob.initial_probs)
+        k = len(probs)
+        if abs(probs.sum() - 1) > 1e-6:
+            raise ValueError(f"config key `problem.initial_probs`: expected values summing to 1; got sum {probs.sum()}.")
+        if len(prob.true_reward) != k:
+            raise ValueError(
+                f"config key `problem.true_reward`: expected {k} values (one per output of "
+                f"`problem.initial_probs`); got {len(prob.true_reward)}."
+            )
+        if prob.output_names and len(prob.output_names) != k:
+            raise ValueError(f"config key `problem.output_names`: expected {k} names; got {len(prob.output_names)}.")
+        if any(not 0 <= o < k for o in pc.outputs):
+            raise ValueError(f"config key `{self.name('proxies.outputs')}`: expected output indices in [0, {k}); "
+                             f"got {list(pc.outputs)}.")
+        keys, why = _NEEDS.get(pc.family, ((), ""))
+        for name in keys:
+            if getattr(pc, name) == ():
+                raise ValueError(f"config: missing key `proxies.{name}` ({why}).")
+        if pc.family == "grid_2d" and not (len(pc.outputs) == len(pc.start) == len(pc.stop) == len(pc.num) == 2):
             raise ValueError("config: grid_2d needs `proxies.outputs`, `start`, `stop` and `num` with two entries each.")
-        grid = tuple(np.linspace(pc["start"][i], pc["stop"][i], num[i]) for i in range(2))
-        proxies = perturb.grid_2d(r_true, tuple(pc["outputs"]), grid[0], grid[1])
+
+
+@dataclass(frozen=True)
+class Tables:
+    """What a sweep leaves: `table`, its table (one column per field, the rows done so far;
+    the same as `gradflow.sweep.read(out)`); `reference`: the run trained on the true
+    reward; `rows`: how many rows are done; `labels`: how many proxies got each label;
+    `failed`: failed runs (left out of the counts); `prediction_agreement`: how often the
+    instantaneous prediction agrees with the label; `proxies`: the rows of the sweep in
+    all; `shard`: the share this call computed (`None`: all); `out`: the folder;
+    `seconds`: the time this call took."""
+
+    table: dict[str, np.ndarray]
+    reference: dict[str, float | str]
+    rows: int
+    labels: dict[str, int]
+    failed: int
+    prediction_agreement: float
+    proxies: int
+    shard: tuple[int, int] | None
+    out: str
+    seconds: float
+
+    def summary(self) -> dict:
+        """The counts and the reference, without the table (what `gradflow sweep --json`
+        prints)."""
+        return {"rows": self.rows, "labels": self.labels, "failed": self.failed,
+                "prediction_agreement": self.prediction_agreement, "reference": self.reference, "out": self.out}
+
+
+def build(config: Config):
+    """`(policy, true_reward, proxies, method, t1, key, grid)` of a config; `grid` is
+    `(values_i, values_j)` for the `grid_2d` family, else `None`."""
+    prob, mc, pc = config.problem, config.method, config.proxies
+    probs = np.array(prob.initial_probs)
+    r_true = jnp.asarray(prob.true_reward)
+    policy = TabularSoftmax.from_probs(jnp.asarray(probs))
+    method = make_method(mc.name, learning_rate=mc.learning_rate, steps=mc.steps, samples=mc.samples)
+    key_ = jax.random.key(mc.seed) if method.needs_key else None
+
+    fam, grid, num = pc.family, None, pc.num
+    if fam == "grid_2d":
+        grid = tuple(np.linspace(pc.start[i], pc.stop[i], num[i]) for i in range(2))
+        proxies = perturb.grid_2d(r_true, tuple(pc.outputs), grid[0], grid[1])
     elif fam == "shift_grid":
-        _need(cfg, "proxies", ["outputs", "start", "stop", "num"], "shift_grid needs one of each")
-        proxies = perturb.shift_grid(r_true, pc["outputs"][0], np.linspace(pc["start"][0], pc["stop"][0], num[0]))
+        proxies = perturb.shift_grid(r_true, pc.outputs[0], np.linspace(pc.start[0], pc.stop[0], num[0]))
     elif fam == "demote":
-        _need(cfg, "proxies", ["outputs", "value"], "demote needs an output and its value(s)")
-        proxies = perturb.demote(r_true, pc["outputs"][0], np.asarray(pc["value"]))
+        proxies = perturb.demote(r_true, pc.outputs[0], np.asarray(pc.value))
     elif fam == "gaussian":
-        proxies = perturb.gaussian(jax.random.key(pc["seed"]), r_true, pc["scale"], n)
+        proxies = perturb.gaussian(jax.random.key(pc.seed), r_true, pc.scale, pc.n)
     elif fam == "with_accuracy":
-        proxies = perturb.with_accuracy(jax.random.key(pc["seed"]), r_true, pc["accuracy"], n)
+        proxies = perturb.with_accuracy(jax.random.key(pc.seed), r_true, pc.accuracy, pc.n)
     else:  # swaps
         proxies = perturb.swaps(r_true)
-    return policy, r_true, jnp.asarray(proxies), method, (t1 if name == "flow" else None), key, grid
-
-
-def load_config(path: str | Path) -> dict:
-    return C.load(path, SWEEP_SCHEMA)
+    return policy, r_true, jnp.asarray(proxies), method, (mc.t1 if method.continuous else None), key_, grid
 
 
 def trajectory_grid(method, t1, points: int, probs: bool = False) -> tuple[SaveAt, np.ndarray]:
@@ -145,30 +199,38 @@ def trajectory_grid(method, t1, points: int, probs: bool = False) -> tuple[SaveA
     return SaveAt(every=every, probs=probs), np.unique(np.r_[np.arange(0, method.steps + 1, every), method.steps])
 
 
-def run_sweep(cfg: dict, out: Path, quick: bool = False, force: bool = False, shard: tuple[int, int] | None = None,
-              trajectories: bool = False) -> dict:
-    """Run (or resume) the sweep of `cfg` into `out` and print a summary.
+def compute(config: Config, out: Path, *, force: bool = False, shard: tuple[int, int] | None = None,
+            trajectories: bool = False) -> Tables:
+    """Run (or resume) the sweep of `config` into `out`. This computation writes: the
+    sweep's rows go to `out/summary.parquet/` as chunks finish, so that an interrupted
+    sweep resumes where it stopped.
 
     Everything is checked before anything is written: the config, the reference run
     (trained on the true reward), and that `out` holds no other sweep (with `force`, its
     rows are deleted instead).
 
-    **Arguments:** `shard`: `(i, n)`, compute only the `i`-th of `n` shares of the rows
-    (several processes may sweep one `out` at once); `trajectories`: also write every
-    run's true and proxy reward (and, with `sweep.trajectory_probs`, its probabilities)
-    at `sweep.trajectory_points` times to `out/trajectories.zarr`.
+    **Arguments:**
 
-    **Returns:** the summary (counts per label, the reference's times, rows done) and,
-    under `"table"`, the full table (the rows done so far).
+    - `config`: the sweep's config.
+    - `out`: the sweep folder.
+    - `force`: replace another sweep's rows in `out`.
+    - `shard`: `(i, n)`, compute only the `i`-th of `n` shares of the rows (several
+      processes may sweep one `out` at once).
+    - `trajectories`: also write every run's true and proxy reward (and, with
+      `sweep.trajectory_probs`, its probabilities) at `sweep.trajectory_points` times to
+      `out/trajectories.zarr`.
+
+    **Returns:** the [`Tables`][gradflow.studies.categorization_map.Tables] of the rows done
+    so far.
     """
-    policy, r_true, proxies, method, t1, key, grid = build(cfg, quick)
-    an, sc = cfg["analysis"], cfg["sweep"]
-    targets = tuple(an["targets"])
-    row = proxy_row(policy, r_true, method=method, targets=targets, t1=t1, key=key)
+    policy, r_true, proxies, method, t1, key_, grid = build(config)
+    an, sc = config.analysis, config.sweep
+    targets = tuple(an.targets)
+    row = proxy_row(policy, r_true, method=method, targets=targets, t1=t1, key=key_)
     traj, series_row = None, row
     if trajectories:
-        saveat, times = trajectory_grid(method, t1, sc["trajectory_points"], sc["trajectory_probs"])
-        series_row = proxy_row(policy, r_true, method=method, targets=targets, t1=t1, key=key, record=saveat)
+        saveat, times = trajectory_grid(method, t1, sc.trajectory_points, sc.trajectory_probs)
+        series_row = proxy_row(policy, r_true, method=method, targets=targets, t1=t1, key=key_, record=saveat)
         series = {"true_reward": (), "proxy_reward": (), **({"probs": ("prompt", "output")} if saveat.probs else {})}
         traj = sweep.Trajectories(times, series, input_dims={"reward": ("output",)})
 
@@ -189,15 +251,15 @@ def run_sweep(cfg: dict, out: Path, quick: bool = False, force: bool = False, sh
 
     def label(columns):
         lab, ratio = classify(columns[first], ref[first], columns["final_true_reward"], ref["final_true_reward"],
-                              columns["status"] != OK_CODE, an["tolerance"], an["reward_tolerance"])
-        pred = _predict(columns["rate"], ref["rate"], an["tolerance"])
+                              columns["status"] != OK_CODE, an.tolerance, an.reward_tolerance)
+        pred = _predict(columns["rate"], ref["rate"], an.tolerance)
         # Tables on disk name the status (as the studies' CSVs do).
         return {**columns, "status": status_names(columns["status"]), "time_ratio": ratio, "label": lab,
                 "predicted": pred}
 
-    meta = {"config": cfg, "quick": quick}
+    meta = {"config": to_dict(config), "quick": config.quick}
     inputs = {"reward": proxies}
-    chunk = sc["chunk_size"]
+    chunk = sc.chunk_size
     # Claim the folder (refusing another sweep's) before writing the reference beside it.
     sweep.claim(out, inputs, meta, replace=force, trajectories=traj, chunk_size=chunk)
     write_json(out / "reference.json", {"reference": ref, "grid": None if grid is None else [g.tolist() for g in grid]})
@@ -206,40 +268,46 @@ def run_sweep(cfg: dict, out: Path, quick: bool = False, force: bool = False, sh
                       trajectories=traj, progress=_progress.enabled())
     elapsed = time.perf_counter() - start
     n = int(proxies.shape[0])
-    which = "" if shard is None else f"shard {shard[0]}/{shard[1]} finished; "
-    say(f"Sweep: {which}{len(table.get('row', []))} of {n} proxies done ({cfg['proxies']['family']}), method "
-        f"{cfg['method']['name']}{' (quick)' if quick else ''}; {elapsed:.1f} s this call (finished chunks are "
-        "not recomputed).")
     if not table:
-        return {"rows": 0, "out": str(out), "table": table}
-    summary = _summary(table, ref, first)
-    _print_summary(summary, first)
-    say(f"Per-proxy results in {(out / 'summary.parquet').resolve()}/ (open with gradflow.sweep.read(DIR), "
-        "pyarrow.parquet.read_table or pandas.read_parquet).")
-    return {**summary, "out": str(out), "table": table}
-
-
-def _summary(table: dict, ref: dict, first: str) -> dict:
+        return Tables(table, ref, 0, {}, 0, math.nan, n, shard, str(out), elapsed)
     ok = table["status"] == "ok"
     counts = {name: int(np.sum(table["label"][ok] == name)) for name in LABELS}
     agree = float(np.mean(table["predicted"][ok] == table["label"][ok])) if ok.any() else math.nan
-    return {"rows": len(table["row"]), "labels": counts, "failed": int((~ok).sum()),
-            "prediction_agreement": agree, "reference": ref}
+    return Tables(table, ref, len(table["row"]), counts, int((~ok).sum()), agree, n, shard, str(out), elapsed)
 
 
-def _print_summary(summary: dict, first: str) -> None:
-    ref, counts = summary["reference"], summary["labels"]
+def print_summary(tables: Tables, config: Config) -> None:
+    """Print what a sweep call did: rows done, the reference, the label counts."""
+    out, shard = Path(tables.out), tables.shard
+    which = "" if shard is None else f"shard {shard[0]}/{shard[1]} finished; "
+    say(f"Sweep: {which}{tables.rows} of {tables.proxies} proxies done ({config.proxies.family}), method "
+        f"{config.method.name}{' (quick)' if config.quick else ''}; {tables.seconds:.1f} s this call (finished "
+        "chunks are not recomputed).")
+    if not tables.rows:
+        return
+    first = f"time_to_{config.analysis.targets[0]:g}"
+    ref, counts = tables.reference, tables.labels
     t0 = ref[first]
     say(f"  reference (trained on the true reward): {first.replace('_', ' ')} = "
-          f"{'never' if math.isinf(t0) else f'{t0:g}'}, final true reward {ref['final_true_reward']:.4f}")
-    total = max(1, summary["rows"] - summary["failed"])
+        f"{'never' if math.isinf(t0) else f'{t0:g}'}, final true reward {ref['final_true_reward']:.4f}")
+    total = max(1, tables.rows - tables.failed)
     say("  " + ", ".join(f"{k}: {c} ({c / total:.1%})" for k, c in counts.items())
-          + f"; failed runs excluded: {summary['failed']}")
+        + f"; failed runs excluded: {tables.failed}")
     say(f"  the instantaneous prediction (rate at t = 0) agrees with the simulated label for "
-          f"{summary['prediction_agreement']:.1%}")
+        f"{tables.prediction_agreement:.1%}")
+    say(f"Per-proxy results in {(out / 'summary.parquet').resolve()}/ (open with gradflow.sweep.read(DIR), "
+        "pyarrow.parquet.read_table or pandas.read_parquet).")
 
 
-def plot_dir(out: str | Path, by: str | None = None) -> list[Path]:
+def report(tables: Tables, config: Config, out: Path) -> list[Path]:
+    print_summary(tables, config)
+    with _progress.phase("categorization-map: figures"):
+        figures = plot(out)
+    list_files(out, ["summary.parquet/", *figures])
+    return figures
+
+
+def plot(out: str | Path, by: str | None = None) -> list[Path]:
     """Figures of a finished (or partial) sweep folder: the categorisation map for a
     `grid_2d` sweep, else label counts and the time-ratio histogram; and, for a sweep
     with trajectories, bands of the true reward over time (`trajectory_bands.png`).

@@ -31,9 +31,8 @@ A synthetic RLHF setting (documented with its results in `docs/rm-metrics.md`):
   `correlations.csv` the column `method` reads `<algorithm>/<initial policy>/<budget>`
   (e.g. `exact/peaked/150`): one row per metric x preference set x method.
 
-The correlation functions are NumPy (SciPy is not a runtime dependency); they take an
-optional matrix of bootstrap *counts* (how often each proxy is drawn into a resample),
-so that all resamples are evaluated at once with matrix products.
+The correlations and their bootstrap (by resample counts: every proxy's metrics and
+outcomes share the resamples) are those of `gradflow._stats`.
 """
 
 from __future__ import annotations
@@ -46,17 +45,32 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from . import _config as C, _progress, metrics as gm, perturb
-from ._analysis import true_reward_rate
-from ._dynamics import GradientAscent
-from ._estimators import RLOO
-from ._results import save_figure
-from ._solve import SaveAt, solve
-from ._status import OK_CODE, status_code, status_name
-from ._study_utils import list_files, say, table, write_csv
-from .policies import LogLinear
+from .. import _progress, metrics as gm, perturb
+from .._analysis import true_reward_rate
+from .._methods import make_method
+from .._results import save_figure
+from .._solve import SaveAt, solve
+from .._stats import STATISTICS, Resampled, bootstrap_counts, correlate_resampled, kendall, spearman
+from .._status import OK_CODE, status_code, status_name
+from ..policies import LogLinear
+from ._base import (
+    StudyConfig,
+    all_of,
+    at_least,
+    distinct,
+    increasing,
+    key,
+    nonempty,
+    one_of,
+    positive,
+    probability,
+)
+from ._common import list_files, say, table, write_csv
+
+NAME = "rm-metrics"
+SUMMARY = ("which reward-model metric (accuracy, harm-aware, weighted, one-vs-many, teacher scores) predicts "
+           "the true-reward gain of policy gradient, over 896 proxy rewards")
 
 FAMILIES = (
     "noise",             # r_G + s eps on every output
@@ -73,8 +87,9 @@ METRICS = (
     "reward_variance", "rate_tabular", "rate_loglinear",
 )
 PAIR_SETS = ("off-policy", "on-policy")
-ALGORITHMS = ("exact", "rloo")
-STATS = ("pearson", "spearman", "kendall")
+ALGORITHMS = {"exact": "sgd", "rloo": "rloo"}
+"""The training algorithms: `{name in the tables: method name (`gradflow._methods`)}`."""
+STATS = STATISTICS
 CSV_COLUMNS = ("metric", "pairs", "method", "policy", "budget", *STATS, *(f"{s}_{b}" for s in STATS for b in ("lo", "hi")))
 
 
@@ -90,245 +105,113 @@ def _fraction_range(x) -> str | None:
     return _positive_range(x) or (None if x[1] <= 1 else "a range within (0, 1]")
 
 
-def _families_check(x) -> str | None:
-    return C.nonempty(x) or C.one_of(*FAMILIES)(x) or (None if len(set(x)) == len(x) else "names without repeats")
 
 
-def _budgets_check(x) -> str | None:
-    return C.nonempty(x) or C.positive(x) or (None if list(x) == sorted(set(x)) else "strictly increasing values")
+def _policy_names(x) -> str | None:
+    return None if len(set(x)) == len(x) and all(n and "/" not in n for n in x) else "distinct names without '/'"
 
 
-RM_METRICS_SCHEMA = {
-    "problem": {
-        "prompts": C.Field("int", lambda x: None if x >= 2 else "at least 2"),
-        "outputs": C.Field("int", lambda x: None if x >= 4 else "at least 4"),
-        "mediocre": C.Field("int", C.positive),
-        "features": C.Field("int", lambda x: None if x >= 2 else "at least 2 (quality and style)"),
-        "feature_noise": C.Field("float", C.positive),
-        "quality_weight": C.Field("float", C.positive),
-        "style_weight": C.Field("float", C.positive),
-        "best_reward": C.Field("float"),
-        "mediocre_reward": C.Field("floats", _range_check),
-        "bad_reward": C.Field("floats", _range_check),
-        "seed": C.Field("int", default=0),
-    },
-    "policies": {
-        "names": C.Field("strs", lambda x: C.nonempty(x) or (
-            None if len(set(x)) == len(x) and all(n and "/" not in n for n in x) else "distinct names without '/'")),
-        "theta_style": C.Field("floats", C.nonempty),
-    },
-    "proxies": {
-        "families": C.Field("strs", _families_check),
-        "per_family": C.Field("int", C.positive),
-        "noise_scale": C.Field("floats", _positive_range),
-        "focus_scale": C.Field("floats", _positive_range),
-        "focus_outputs": C.Field("int", C.positive),
-        "promote_shift": C.Field("floats", _positive_range),
-        "demote_shift": C.Field("floats", _positive_range),
-        "prompt_fraction": C.Field("floats", _fraction_range),
-        "bias_scale": C.Field("floats", _positive_range),
-        "monotone_min_slope": C.Field("floats", _fraction_range),
-        "seed": C.Field("int", default=1),
-    },
-    "preferences": {
-        "responses": C.Field("int", lambda x: None if x >= 2 else "at least 2"),
-        "seed": C.Field("int", default=2),
-    },
-    "training": {
-        "learning_rate": C.Field("float", C.positive),
-        "budgets": C.Field("ints", _budgets_check),
-        "rloo_samples": C.Field("int", lambda x: None if x >= 2 else "at least 2"),
-        "target": C.Field("float", C.probability),
-        "seed": C.Field("int", default=3),
-    },
-    "analysis": {
-        "bootstrap": C.Field("int", lambda x: None if x >= 10 else "at least 10"),
-        "confidence": C.Field("float", C.probability),
-        "predictive": C.Field("float", C.probability),
-        "seed": C.Field("int", default=4),
-    },
-    "quick": {
-        "prompts": C.Field("int", lambda x: None if x >= 2 else "at least 2"),
-        "per_family": C.Field("int", C.positive),
-        "budgets": C.Field("ints", _budgets_check),
-        "bootstrap": C.Field("int", lambda x: None if x >= 10 else "at least 10"),
-    },
-}
+_families = all_of(nonempty, one_of(*FAMILIES), distinct)
+_budgets = all_of(nonempty, positive, increasing)
 
 
-def _check_config(cfg: dict) -> None:
-    pc, pol, px = cfg["problem"], cfg["policies"], cfg["proxies"]
-    if pc["mediocre"] > pc["outputs"] - 2:
-        raise ValueError(
-            f"config key `problem.mediocre`: expected at most outputs - 2 = {pc['outputs'] - 2} (one best and "
-            f"at least one bad output per prompt); got {pc['mediocre']}."
-        )
-    (m_lo, m_hi), (_, b_hi) = pc["mediocre_reward"], pc["bad_reward"]
-    if not (b_hi <= m_lo and m_hi < pc["best_reward"]):
-        raise ValueError(
-            "config: the reward ranges must be ordered bad <= mediocre < best: `problem.bad_reward` "
-            f"{pc['bad_reward']}, `problem.mediocre_reward` {pc['mediocre_reward']}, `problem.best_reward` "
-            f"{pc['best_reward']}."
-        )
-    if len(pol["theta_style"]) != len(pol["names"]):
-        raise ValueError(
-            f"config key `policies.theta_style`: expected one value per policy name ({len(pol['names'])}); "
-            f"got {len(pol['theta_style'])}."
-        )
-    if not 2 * px["focus_outputs"] <= pc["outputs"]:
-        raise ValueError(
-            f"config key `proxies.focus_outputs`: expected at most half the outputs ({pc['outputs'] // 2}), so "
-            f"that likely and unlikely outputs do not overlap; got {px['focus_outputs']}."
-        )
-    if cfg["preferences"]["responses"] > pc["outputs"]:
-        raise ValueError(
-            f"config key `preferences.responses`: expected at most `problem.outputs` ({pc['outputs']}); "
-            f"got {cfg['preferences']['responses']}."
-        )
+@dataclass(frozen=True, kw_only=True)
+class Problem:
+    prompts: int = key(at_least(2))
+    outputs: int = key(at_least(4))
+    mediocre: int = key(positive)
+    features: int = key(at_least(2, "quality and style"))
+    feature_noise: float = key(positive)
+    quality_weight: float = key(positive)
+    style_weight: float = key(positive)
+    best_reward: float = key()
+    mediocre_reward: tuple[float, ...] = key(_range_check)
+    bad_reward: tuple[float, ...] = key(_range_check)
+    seed: int = key(default=0)
 
 
-# ----------------------------------------------------------------------- correlations
+@dataclass(frozen=True, kw_only=True)
+class Policies:
+    names: tuple[str, ...] = key(all_of(nonempty, _policy_names))
+    theta_style: tuple[float, ...] = key(nonempty)
 
 
-def _as_counts(counts, n: int) -> np.ndarray:
-    c = np.ones((1, n)) if counts is None else np.atleast_2d(np.asarray(counts, float))
-    if c.shape[-1] != n:
-        raise ValueError(f"`counts` must have {n} columns (one per observation); got shape {c.shape}.")
-    return c
+@dataclass(frozen=True, kw_only=True)
+class Proxies:
+    families: tuple[str, ...] = key(_families)
+    per_family: int = key(positive)
+    noise_scale: tuple[float, ...] = key(_positive_range)
+    focus_scale: tuple[float, ...] = key(_positive_range)
+    focus_outputs: int = key(positive)
+    promote_shift: tuple[float, ...] = key(_positive_range)
+    demote_shift: tuple[float, ...] = key(_positive_range)
+    prompt_fraction: tuple[float, ...] = key(_fraction_range)
+    bias_scale: tuple[float, ...] = key(_positive_range)
+    monotone_min_slope: tuple[float, ...] = key(_fraction_range)
+    seed: int = key(default=1)
 
 
-def _pearson_rows(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Weighted Pearson correlation per row: `a`, `b` of shape `(n,)` or `(B, n)`,
-    weights (counts) `c` of shape `(B, n)`; `nan` where a variance vanishes."""
-    total = c.sum(-1, keepdims=True)
-    da = a - (c * a).sum(-1, keepdims=True) / total
-    db = b - (c * b).sum(-1, keepdims=True) / total
-    cov = (c * da * db).sum(-1)
-    va, vb = (c * da * da).sum(-1), (c * db * db).sum(-1)
-    # Relative tolerance: a variance that is rounding error of the mean is zero.
-    scale_a = (c * a * a).sum(-1) * 1e-12
-    scale_b = (c * b * b).sum(-1) * 1e-12
-    ok = (va > scale_a) & (vb > scale_b)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = cov / np.sqrt(va * vb)
-    return np.where(ok, np.clip(r, -1.0, 1.0), np.nan)
+@dataclass(frozen=True, kw_only=True)
+class PreferenceSets:
+    responses: int = key(at_least(2))
+    seed: int = key(default=2)
 
 
-def _rank_matrix(x: np.ndarray) -> np.ndarray:
-    """`L[a, j] = 1[x_j < x_a] + 0.5 1[x_j = x_a]`: with counts `c`, the average rank of
-    observation `a` within the resample is `(c @ L.T)[a] + 0.5` (1-based, ties averaged)."""
-    less = (x[None, :] < x[:, None]).astype(np.float32)
-    equal = (x[None, :] == x[:, None]).astype(np.float32)
-    return less + 0.5 * equal
+@dataclass(frozen=True, kw_only=True)
+class Training:
+    learning_rate: float = key(positive)
+    budgets: tuple[int, ...] = key(_budgets)
+    rloo_samples: int = key(at_least(2))
+    target: float = key(probability)
+    seed: int = key(default=3)
 
 
-def _sign_matrix(x: np.ndarray) -> np.ndarray:
-    return np.sign(x[:, None] - x[None, :]).astype(np.float32)
+@dataclass(frozen=True, kw_only=True)
+class Analysis:
+    bootstrap: int = key(at_least(10))
+    confidence: float = key(probability)
+    predictive: float = key(probability)
+    seed: int = key(default=4)
 
 
-def pearson(x, y, counts=None) -> np.ndarray | float:
-    """Pearson's correlation of `x` and `y` (1-D, length `n`). With `counts` of shape
-    `(B, n)` (how often each observation is in each of `B` bootstrap resamples) it is
-    computed on every resample at once; returns shape `(B,)`, else a scalar."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    c = _as_counts(counts, len(x))
-    r = _pearson_rows(x, y, c)
-    return r if counts is not None else r[0]
+@dataclass(frozen=True, kw_only=True)
+class Config(StudyConfig):
+    problem: Problem
+    policies: Policies
+    proxies: Proxies
+    preferences: PreferenceSets
+    training: Training
+    analysis: Analysis
 
-
-def average_ranks(x) -> np.ndarray:
-    """1-based ranks of `x`, ties given their average rank (as `scipy.stats.rankdata`)."""
-    x = np.asarray(x, float)
-    order = np.argsort(x, kind="stable")
-    xs = x[order]
-    start = np.r_[True, xs[1:] != xs[:-1]]
-    group = np.cumsum(start) - 1
-    first = np.flatnonzero(start)
-    last = np.r_[first[1:], len(x)] - 1
-    ranks = np.empty(len(x))
-    ranks[order] = (first[group] + last[group]) / 2 + 1
-    return ranks
-
-
-def spearman(x, y, counts=None) -> np.ndarray | float:
-    """Spearman's rank correlation (Pearson's on average ranks, ties averaged, as
-    `scipy.stats.spearmanr`); `counts` as in [`pearson`][]."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    if counts is None:
-        return _pearson_rows(average_ranks(x), average_ranks(y), np.ones((1, len(x))))[0]
-    c = _as_counts(counts, len(x))
-    lx, ly = _rank_matrix(x), _rank_matrix(y)
-    c32 = c.astype(np.float32)  # counts and half-integer ranks are exact in float32
-    rx = (c32 @ lx.T).astype(float) + 0.5
-    ry = (c32 @ ly.T).astype(float) + 0.5
-    return _pearson_rows(rx, ry, c)
-
-
-def kendall(x, y, counts=None) -> np.ndarray | float:
-    """Kendall's tau-b (as `scipy.stats.kendalltau`), by counting pairs:
-    `tau_b = (P - Q) / sqrt((n0 - n1)(n0 - n2))`, with `P - Q` the concordant minus
-    discordant pairs and `n0 - n1`, `n0 - n2` the pairs not tied in `x`, in `y`. With
-    `counts`, copies of one observation form tied pairs; `counts` as in [`pearson`][]."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    sx, sy = _sign_matrix(x), _sign_matrix(y)
-    if counts is None:  # sums over all ordered pairs count each pair twice
-        num, nx, ny = (np.sum(m, dtype=float) / 2 for m in (sx * sy, np.abs(sx), np.abs(sy)))
-    else:
-        c = _as_counts(counts, len(x)).astype(np.float32)
-
-        def quad(m):  # sum_{a<b} c_a c_b m[a, b] for symmetric m with zero diagonal
-            return ((c @ m) * c).sum(-1).astype(float) / 2
-
-        num, nx, ny = quad(sx * sy), quad(np.abs(sx)), quad(np.abs(sy))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        tau = num / np.sqrt(nx * ny)
-    return np.where((nx > 0) & (ny > 0), np.clip(tau, -1.0, 1.0), np.nan)
-
-
-def bootstrap_counts(n: int, resamples: int, seed: int) -> np.ndarray:
-    """`(resamples, n)` multinomial counts: resample `b` draws observation `a`
-    `counts[b, a]` times (n draws with replacement), from `numpy.random.default_rng(seed)`."""
-    rng = np.random.default_rng(seed)
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float32)
-
-
-class _Resampled:
-    """What the bootstrap needs of one variable `x`, computed once and shared by every
-    correlation it enters: its pair signs and, for every resample (row of `counts`), its
-    average ranks and number of untied pairs."""
-
-    def __init__(self, x, counts: np.ndarray):
-        self.x = np.asarray(x, float)
-        self.signs = _sign_matrix(self.x)
-        self.ranks = (counts @ _rank_matrix(self.x).T).astype(float) + 0.5
-        self.untied = ((counts @ np.abs(self.signs)) * counts).sum(-1).astype(float) / 2
-
-
-def _correlate(a: _Resampled, b: _Resampled, counts: np.ndarray, confidence: float) -> dict:
-    lo_q, hi_q = 50 * (1 - confidence), 50 * (1 + confidence)
-    x, y = a.x, b.x
-    row = {"pearson": float(pearson(x, y)), "spearman": float(spearman(x, y)), "kendall": float(kendall(x, y))}
-    num = ((counts @ (a.signs * b.signs)) * counts).sum(-1).astype(float) / 2
-    with np.errstate(invalid="ignore", divide="ignore"):
-        tau = num / np.sqrt(a.untied * b.untied)
-    boot = {
-        "pearson": _pearson_rows(x, y, counts),
-        "spearman": _pearson_rows(a.ranks, b.ranks, counts),
-        "kendall": np.where((a.untied > 0) & (b.untied > 0), np.clip(tau, -1.0, 1.0), np.nan),
-    }
-    for s in STATS:
-        v = boot[s][np.isfinite(boot[s])]
-        lo, hi = (np.percentile(v, [lo_q, hi_q]) if len(v) else (math.nan, math.nan))
-        row[f"{s}_lo"], row[f"{s}_hi"] = float(lo), float(hi)
-    return row
-
-
-def correlate(x, y, counts: np.ndarray, confidence: float) -> dict:
-    """The three correlations of `x` and `y` (keys `pearson`, `spearman`, `kendall`) with
-    percentile-bootstrap intervals at level `confidence` (keys `<stat>_lo`, `<stat>_hi`);
-    the bootstrap resamples are the rows of `counts` (see [`bootstrap_counts`][])."""
-    counts = _as_counts(counts, len(np.asarray(x))).astype(np.float32)
-    return _correlate(_Resampled(x, counts), _Resampled(y, counts), counts, confidence)
+    def __post_init__(self):
+        pc, pol, px = self.problem, self.policies, self.proxies
+        if pc.mediocre > pc.outputs - 2:
+            raise ValueError(
+                f"config key `problem.mediocre`: expected at most outputs - 2 = {pc.outputs - 2} (one best and "
+                f"at least one bad output per prompt); got {pc.mediocre}."
+            )
+        (m_lo, m_hi), (_, b_hi) = pc.mediocre_reward, pc.bad_reward
+        if not (b_hi <= m_lo and m_hi < pc.best_reward):
+            raise ValueError(
+                "config: the reward ranges must be ordered bad <= mediocre < best: `problem.bad_reward` "
+                f"{list(pc.bad_reward)}, `problem.mediocre_reward` {list(pc.mediocre_reward)}, `problem.best_reward` "
+                f"{pc.best_reward}."
+            )
+        if len(pol.theta_style) != len(pol.names):
+            raise ValueError(
+                f"config key `policies.theta_style`: expected one value per policy name ({len(pol.names)}); "
+                f"got {len(pol.theta_style)}."
+            )
+        if not 2 * px.focus_outputs <= pc.outputs:
+            raise ValueError(
+                f"config key `proxies.focus_outputs`: expected at most half the outputs ({pc.outputs // 2}), so "
+                f"that likely and unlikely outputs do not overlap; got {px.focus_outputs}."
+            )
+        if self.preferences.responses > pc.outputs:
+            raise ValueError(
+                f"config key `preferences.responses`: expected at most `problem.outputs` ({pc.outputs}); "
+                f"got {self.preferences.responses}."
+            )
 
 
 # ----------------------------------------------------------------------------- setting
@@ -343,24 +226,24 @@ class Setting:
     mediocre: np.ndarray
 
 
-def make_setting(pc: dict, prompts: int) -> Setting:
+def make_setting(pc: Problem, prompts: int) -> Setting:
     """The prompts, outputs, rewards and features of `[problem]` (see the module
     docstring), drawn from `numpy.random.default_rng(problem.seed)`."""
-    x, k, m, d = prompts, pc["outputs"], pc["mediocre"], pc["features"]
-    rng = np.random.default_rng(pc["seed"])
+    x, k, m, d = prompts, pc.outputs, pc.mediocre, pc.features
+    rng = np.random.default_rng(pc.seed)
     u = rng.random((x, k))
     idx = np.arange(k)[None, :]
     med = np.broadcast_to((idx >= 1) & (idx <= m), (x, k))
-    (m_lo, m_hi), (b_lo, b_hi) = pc["mediocre_reward"], pc["bad_reward"]
-    r = np.where(idx == 0, pc["best_reward"], np.where(med, m_lo + (m_hi - m_lo) * u, b_lo + (b_hi - b_lo) * u))
-    phi = pc["feature_noise"] * rng.standard_normal((x, k, d))
-    phi[..., 0] += pc["quality_weight"] * r
-    phi[..., 1] += pc["style_weight"] * med
+    (m_lo, m_hi), (b_lo, b_hi) = pc.mediocre_reward, pc.bad_reward
+    r = np.where(idx == 0, pc.best_reward, np.where(med, m_lo + (m_hi - m_lo) * u, b_lo + (b_hi - b_lo) * u))
+    phi = pc.feature_noise * rng.standard_normal((x, k, d))
+    phi[..., 0] += pc.quality_weight * r
+    phi[..., 1] += pc.style_weight * med
     return Setting(r.astype(np.float32), phi.astype(np.float32), np.array(med))
 
 
-def initial_theta(pc: dict, theta_style: float) -> np.ndarray:
-    theta = np.zeros(pc["features"], np.float32)
+def initial_theta(pc: Problem, theta_style: float) -> np.ndarray:
+    theta = np.zeros(pc.features, np.float32)
     theta[1] = theta_style
     return theta
 
@@ -390,8 +273,8 @@ def _focus_masks(logp: np.ndarray, q: int, rng: np.random.Generator) -> tuple[np
     return likely, unlikely
 
 
-def proxy_population(px: dict, setting: Setting, logp0: np.ndarray, per_family: int) -> Population:
-    """`per_family` proxies of every family in `px["families"]`. Family `f` draws from
+def proxy_population(px: Proxies, setting: Setting, logp0: np.ndarray, per_family: int) -> Population:
+    """`per_family` proxies of every family in `px.families`. Family `f` draws from
     `numpy.random.default_rng([proxies.seed, i_f])` (and `perturb.monotone` from
     `jax.random.key(proxies.seed)` folded with `i_f`), `i_f` its index in `FAMILIES`, so a
     family's proxies do not depend on which other families are listed. Only the
@@ -404,36 +287,36 @@ def proxy_population(px: dict, setting: Setting, logp0: np.ndarray, per_family: 
     n = per_family
     med = setting.mediocre.astype(np.float32)
     rewards, family, size, fraction = [], [], [], []
-    for name in px["families"]:
+    for name in px.families:
         fi = FAMILIES.index(name)
-        rng = np.random.default_rng([px["seed"], fi])
+        rng = np.random.default_rng([px.seed, fi])
         frac = np.ones(n)
         if name in ("noise", "noise-likely", "noise-unlikely"):
-            lo, hi = px["noise_scale"] if name == "noise" else px["focus_scale"]
+            lo, hi = px.noise_scale if name == "noise" else px.focus_scale
             s = _log_uniform(rng, n, lo, hi)
             eps = rng.standard_normal((n, *r.shape))
-            likely, unlikely = _focus_masks(logp0, px["focus_outputs"], rng)
+            likely, unlikely = _focus_masks(logp0, px.focus_outputs, rng)
             mask = {"noise": 1.0, "noise-likely": likely, "noise-unlikely": unlikely}[name]
             rp = r[None] + s[:, None, None] * eps * mask
         elif name in ("promote-mediocre", "demote-mediocre"):
-            lo, hi = px["promote_shift"] if name == "promote-mediocre" else px["demote_shift"]
+            lo, hi = px.promote_shift if name == "promote-mediocre" else px.demote_shift
             s = _log_uniform(rng, n, lo, hi)
-            f_lo, f_hi = px["prompt_fraction"]
+            f_lo, f_hi = px.prompt_fraction
             frac = f_lo + (f_hi - f_lo) * rng.random(n)
             picked = rng.random((n, r.shape[0])) < frac[:, None]
             sign = 1.0 if name == "promote-mediocre" else -1.0
             rp = r[None] + sign * s[:, None, None] * picked[:, :, None] * med[None]
         elif name == "feature-bias":
-            s = _log_uniform(rng, n, *px["bias_scale"])
+            s = _log_uniform(rng, n, *px.bias_scale)
             dirs = rng.standard_normal((n, setting.features.shape[-1]))
             dirs /= np.linalg.norm(dirs, axis=-1, keepdims=True)
             rp = np.stack([
                 np.asarray(perturb.feature_bias(r, setting.features, dirs[i], s[i])[0]) for i in range(n)
             ])
         else:  # monotone
-            slopes = _log_uniform(rng, n, *px["monotone_min_slope"])
+            slopes = _log_uniform(rng, n, *px.monotone_min_slope)
             s = 1.0 - slopes
-            key = jax.random.fold_in(jax.random.key(px["seed"]), fi)
+            key = jax.random.fold_in(jax.random.key(px.seed), fi)
             rp = np.stack([
                 np.asarray(perturb.monotone(jax.random.fold_in(key, i), r, 1, min_slope=float(slopes[i]))[0])
                 for i in range(n)
@@ -545,18 +428,17 @@ def _metric_values(pop: Population, setting: Setting, logp_pol, theta_ref, prefs
 # ---------------------------------------------------------------------------- training
 
 
-def _trainer(algorithm: str, tc: dict, steps: int, every: int):
+def _trainer(algorithm: str, tc: Training, steps: int, every: int):
     """A jitted `(theta0, phi, r_true, rewards, keys) -> (true reward at the records,
     time to the target, status)`, vmapped over the proxies (one compile per method)."""
-    opt = optax.sgd(tc["learning_rate"])
-    method = GradientAscent(opt, steps) if algorithm == "exact" else RLOO(opt, steps, samples=tc["rloo_samples"])
-    target = (tc["target"],)
+    method = make_method(ALGORITHMS[algorithm], learning_rate=tc.learning_rate, steps=steps, samples=tc.rloo_samples)
+    target = (tc.target,)
 
     @jax.jit
     def run(theta0, phi, r_true, rewards, keys):
         def one(rp, key):
             sol = solve(LogLinear(phi, theta0), reward=rp, true_reward=r_true, method=method,
-                        key=key if algorithm == "rloo" else None, saveat=SaveAt(every=every),
+                        key=key if method.needs_key else None, saveat=SaveAt(every=every),
                         targets=target, normalized_targets=True)
             return sol.true_reward, sol.target_times[0], status_code(sol.status)
 
@@ -582,37 +464,54 @@ def _fmt_ci(row: dict, stat: str) -> str:
     return f"{row[stat]:+.2f} [{row[stat + '_lo']:+.2f}, {row[stat + '_hi']:+.2f}]"
 
 
-def run_rm_metrics(cfg: dict, out: Path, quick: bool) -> dict:
-    _check_config(cfg)
-    pc, pol, px, pref, tc, ac = (cfg[s] for s in ("problem", "policies", "proxies", "preferences", "training", "analysis"))
-    q = cfg["quick"]
-    prompts = q["prompts"] if quick else pc["prompts"]
-    per_family = q["per_family"] if quick else px["per_family"]
-    budgets = list(q["budgets"] if quick else tc["budgets"])
-    n_boot = q["bootstrap"] if quick else ac["bootstrap"]
+@dataclass(frozen=True)
+class Tables:
+    """`rows`: the correlation of every metric, preference set and setting with the
+    true-reward gain, with bootstrap intervals (`correlations.csv`, columns `CSV_COLUMNS`);
+    `by_family`: the same within each proxy family, point estimates (`correlations_by_family.csv`);
+    `proxies`: one row per proxy and initial policy, its metrics and outcomes (`proxies.csv`);
+    `per_policy`: per initial policy, the population, metric values, outcomes and runs;
+    `info`: per initial policy, what the summary says of it; `setting`: the problem;
+    `sim_seconds`, `corr_seconds`: the time the runs and the correlations took."""
+
+    rows: list[dict]
+    by_family: list[dict]
+    proxies: list[dict]
+    per_policy: dict[str, dict]
+    info: dict[str, dict]
+    setting: Setting
+    sim_seconds: float
+    corr_seconds: float
+
+
+def compute(config: Config) -> Tables:
+    pc, pol, px, pref, tc, ac = (config.problem, config.policies, config.proxies, config.preferences,
+                                 config.training, config.analysis)
+    budgets = list(tc.budgets)
+    n_boot = ac.bootstrap
     steps = budgets[-1]
     every = math.gcd(*budgets)
 
     start = time.perf_counter()
-    setting = make_setting(pc, prompts)
+    setting = make_setting(pc, pc.prompts)
     x, k = setting.true_reward.shape
     uniform = np.full((x, k), -math.log(k))
-    off_prefs = preference_set(sample_responses(np.random.default_rng([pref["seed"], 0]), uniform,
-                                                pref["responses"]), setting.true_reward)
+    off_prefs = preference_set(sample_responses(np.random.default_rng([pref.seed, 0]), uniform,
+                                                pref.responses), setting.true_reward)
     trainers = {a: _trainer(a, tc, steps, every) for a in ALGORITHMS}
     phi, r_true = jnp.asarray(setting.features), jnp.asarray(setting.true_reward)
 
     per_policy, proxy_rows, info = {}, [], {}
-    bar = _progress.bar(len(pol["names"]) * len(ALGORITHMS),
+    bar = _progress.bar(len(pol.names) * len(ALGORITHMS),
                         "rm-metrics: proxy populations (compilation included)", unit="run")
-    for pi_idx, (name, c) in enumerate(zip(pol["names"], pol["theta_style"], strict=True)):
+    for pi_idx, (name, c) in enumerate(zip(pol.names, pol.theta_style, strict=True)):
         theta0 = initial_theta(pc, c)
         logp0 = _log_probs(setting, theta0)
         p0 = np.exp(logp0)
         on_prefs = preference_set(
-            sample_responses(np.random.default_rng([pref["seed"], pi_idx + 1]), logp0, pref["responses"]),
+            sample_responses(np.random.default_rng([pref.seed, pi_idx + 1]), logp0, pref.responses),
             setting.true_reward)
-        pop = proxy_population(px, setting, logp0, per_family)
+        pop = proxy_population(px, setting, logp0, px.per_family)
         n = len(pop.family)
         metric_vals = {
             "off-policy": _metric_values(pop, setting, logp0, np.zeros_like(theta0), off_prefs),
@@ -621,7 +520,7 @@ def run_rm_metrics(cfg: dict, out: Path, quick: bool) -> dict:
         # The true reward itself runs as one more member of the batch (a reference, not
         # part of the population), so that nothing recompiles.
         batch = jnp.asarray(np.concatenate([pop.rewards, setting.true_reward[None]]))
-        keys = jax.random.split(jax.random.fold_in(jax.random.key(tc["seed"]), pi_idx), n + 1)
+        keys = jax.random.split(jax.random.fold_in(jax.random.key(tc.seed), pi_idx), n + 1)
         runs, ref = {}, {}
         for a in ALGORITHMS:
             if bar is not None:
@@ -663,62 +562,69 @@ def run_rm_metrics(cfg: dict, out: Path, quick: bool) -> dict:
     # Correlations across the population, with bootstrap intervals.
     t_corr = time.perf_counter()
     rows, by_family = [], []
-    for pi_idx, name in enumerate(_progress.each(pol["names"], f"rm-metrics: correlations ({n_boot} bootstrap "
+    for pi_idx, name in enumerate(_progress.each(pol.names, f"rm-metrics: correlations ({n_boot} bootstrap "
                                                  "resamples)", unit="policy")):
         d = per_policy[name]
         family = d["pop"].family
         valid = np.all([np.isfinite(y) for y in d["outcomes"].values()], axis=0)
         valid &= np.all([np.isfinite(v) for m in d["metrics"].values() for v in m.values()], axis=0)
         d["excluded"] = int((~valid).sum())  # failed runs are reported, never correlated
-        counts = bootstrap_counts(int(valid.sum()), n_boot, ac["seed"] + pi_idx)
-        xs = {(s, m): _Resampled(d["metrics"][s][m][valid], counts) for s in PAIR_SETS for m in METRICS}
+        counts = bootstrap_counts(int(valid.sum()), n_boot, ac.seed + pi_idx)
+        xs = {(s, m): Resampled(d["metrics"][s][m][valid], counts) for s in PAIR_SETS for m in METRICS}
         for a in ALGORITHMS:
             for b in budgets:
                 y = d["outcomes"][(a, b)]
-                ys = _Resampled(y[valid], counts)
+                ys = Resampled(y[valid], counts)
                 for s in PAIR_SETS:
                     for mname in METRICS:
                         row = {"metric": mname, "pairs": s, "method": a, "policy": name, "budget": b}
-                        row.update(_correlate(xs[(s, mname)], ys, counts, ac["confidence"]))
+                        row.update(correlate_resampled(xs[(s, mname)], ys, counts, ac.confidence))
                         rows.append({c: row[c] for c in CSV_COLUMNS})
                         xv = d["metrics"][s][mname]
-                        for fam in px["families"]:
+                        for fam in px.families:
                             sel = valid & (family == fam)
                             by_family.append({"metric": mname, "pairs": s, "method": a, "policy": name,
                                               "budget": b, "family": fam,
                                               "spearman": float(spearman(xv[sel], y[sel])),
                                               "kendall": float(kendall(xv[sel], y[sel]))})
     corr_time = time.perf_counter() - t_corr
+    return Tables(rows, by_family, proxy_rows, per_policy, info, setting, sim_time, corr_time)
 
+
+def report(tables: Tables, config: Config, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "correlations.csv", rows)
-    write_csv(out / "correlations_by_family.csv", by_family)
-    write_csv(out / "proxies.csv", proxy_rows)
-    _save_figure_data(out, per_policy, rows, pol["names"], budgets, px["families"])
+    write_csv(out / "correlations.csv", tables.rows)
+    write_csv(out / "correlations_by_family.csv", tables.by_family)
+    write_csv(out / "proxies.csv", tables.proxies)
+    _save_figure_data(out, tables.per_policy, tables.rows, config.policies.names, list(config.training.budgets),
+                      config.proxies.families)
     with _progress.phase("rm-metrics: figures"):
-        figures = plot_rm_metrics(out)
-    _print_report(cfg, quick, setting, info, per_policy, rows, by_family, budgets, n_boot, sim_time, corr_time)
+        figures = plot(out)
+    _print_report(tables, config)
     list_files(out, ["correlations.csv", "correlations_by_family.csv", "proxies.csv", *figures])
-    return {"rows": rows, "by_family": by_family, "proxies": proxy_rows, "figures": figures, "info": info}
+    return figures
 
 
 def _settings(names, budgets):
     return [(a, name, b) for name in names for a in ALGORITHMS for b in budgets]
 
 
-def _print_report(cfg, quick, setting, info, per_policy, rows, by_family, budgets, n_boot, sim_time, corr_time):
-    pc, tc, ac, px = cfg["problem"], cfg["training"], cfg["analysis"], cfg["proxies"]
+def _print_report(tables: Tables, config: Config) -> None:
+    pc, tc, ac, px = config.problem, config.training, config.analysis, config.proxies
+    setting, info, per_policy, rows, by_family = (tables.setting, tables.info, tables.per_policy, tables.rows,
+                                                  tables.by_family)
+    budgets, n_boot, quick = list(tc.budgets), ac.bootstrap, config.quick
     x, k = setting.true_reward.shape
-    names = cfg["policies"]["names"]
+    names = config.policies.names
     n_total = sum(len(per_policy[nm]["pop"].family) for nm in names)
-    per_family = len(per_policy[names[0]]["pop"].family) // len(px["families"])
+    per_family = len(per_policy[names[0]]["pop"].family) // len(px.families)
     say(f"RM metrics vs policy-gradient outcome{' (quick)' if quick else ''}: {x} prompts x {k} outputs "
-        f"(1 best, {pc['mediocre']} mediocre), log-linear policy with {pc['features']} shared features; "
-        f"{per_family} proxies in each of {len(px['families'])} families ({', '.join(px['families'])}), "
-        f"{len(names)} initial policies; SGD (exact gradient) and RLOO ({tc['rloo_samples']} samples per prompt) "
-        f"at lr {tc['learning_rate']:g} for {budgets[-1]} steps; outcome = true-reward gain after "
+        f"(1 best, {pc.mediocre} mediocre), log-linear policy with {pc.features} shared features; "
+        f"{per_family} proxies in each of {len(px.families)} families ({', '.join(px.families)}), "
+        f"{len(names)} initial policies; SGD (exact gradient) and RLOO ({tc.rloo_samples} samples per prompt) "
+        f"at lr {tc.learning_rate:g} for {budgets[-1]} steps; outcome = true-reward gain after "
         f"{', '.join(str(b) for b in budgets[:-1])}{' and ' if len(budgets) > 1 else ''}{budgets[-1]} steps. "
-        f"Preference sets: {cfg['preferences']['responses']} responses per prompt, all pairs (off-policy: "
+        f"Preference sets: {config.preferences.responses} responses per prompt, all pairs (off-policy: "
         "uniform; on-policy: from the initial policy).")
     for nm in names:
         inf, d = info[nm], per_policy[nm]
@@ -747,7 +653,7 @@ def _print_report(cfg, quick, setting, info, per_policy, rows, by_family, budget
         print(table(shown, [("method", "method"), ("budget", "steps"), ("true", "gain\non r_G"),
                             ("range", "gain on proxies:\nrange"), ("median", "\nmedian"),
                             ("beat", "beat\nr_G"), ("agree", "Spearman\nwith exact")], keys=2))
-        say(f"Reach {tc['target']:g} of the way to the best true reward within {budgets[-1]} steps:")
+        say(f"Reach {tc.target:g} of the way to the best true reward within {budgets[-1]} steps:")
         for line in reach:
             say(line)
 
@@ -765,7 +671,7 @@ def _print_report(cfg, quick, setting, info, per_policy, rows, by_family, budget
             shown.append({"setting": label, **{m: f"{lookup[(m, s, label)]['spearman']:+.2f}" for m in METRICS}})
         print(table(shown, [("setting", "setting"), *((m, header.get(m, m)) for m in METRICS)]))
 
-    thr = ac["predictive"]
+    thr = ac.predictive
     say(f"\nBest predictor per setting (by Spearman; a metric 'predicts' when its CI lower bound exceeds {thr:g}):")
     failing = []
     for a, nm, b in settings:
@@ -802,14 +708,14 @@ def _print_report(cfg, quick, setting, info, per_policy, rows, by_family, budget
     for a, nm, b in settings:
         label = _label(a, nm, b)
         bad = []
-        for fam in px["families"]:
+        for fam in px.families:
             vals = [r["spearman"] for r in fam_lookup[(label, fam)] if np.isfinite(r["spearman"])]
             best = max(vals) if vals else math.nan
             if not best >= thr:
                 bad.append(f"{fam} (best {best:+.2f})")
         say(f"  {label}: " + (", ".join(bad) if bad else "none"))
-    say(f"\nSimulated {n_total} proxies x {len(ALGORITHMS)} methods in {sim_time:.1f} s, correlations in "
-        f"{corr_time:.1f} s (compilation included).")
+    say(f"\nSimulated {n_total} proxies x {len(ALGORITHMS)} methods in {tables.sim_seconds:.1f} s, correlations "
+        f"in {tables.corr_seconds:.1f} s (compilation included).")
 
 
 # ----------------------------------------------------------------------------- figures
@@ -822,7 +728,7 @@ def _save_figure_data(out: Path, per_policy: dict, rows: list[dict], names, budg
     """Save what the figures show (`figures.npz`): the correlation table, the correlation of
     each shown metric at every recorded budget, and the metric values and gains behind the
     scatter plots."""
-    from .plotting import save_figure_data
+    from ..plotting import save_figure_data
 
     lookup = {(r["metric"], r["pairs"], _setting(r)): r for r in rows}
     labels = [_label(*s) for s in _settings(names, budgets)]
@@ -855,7 +761,7 @@ def _save_figure_data(out: Path, per_policy: dict, rows: list[dict], names, budg
     save_figure_data(out, data)
 
 
-def plot_rm_metrics(out: Path) -> list[Path]:
+def plot(out: Path) -> list[Path]:
     """Draw the rm-metrics figures from the data saved in `out`.
 
     **Arguments:**
@@ -870,7 +776,7 @@ def plot_rm_metrics(out: Path) -> list[Path]:
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
-    from .plotting import load_figure_data
+    from ..plotting import load_figure_data
 
     out = Path(out)
     d = load_figure_data(out)

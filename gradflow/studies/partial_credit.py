@@ -16,30 +16,43 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from . import _config as C, _progress
-from ._dynamics import GradientFlow
-from ._estimators import GRPO, RLOO
-from ._results import save_figure
-from ._solve import SaveAt, solve
-from ._status import OK_CODE, status_code
-from ._study_utils import list_files, say, table, write_csv
-from .design import (
+from .. import _progress
+from .._methods import GROUP_NAMES, METHODS, make_method
+from .._results import save_figure
+from .._solve import SaveAt, Solution, solve
+from .._status import OK_CODE, status_code
+from ..design import (
     ConstraintSatisfaction,
     loglinear_theta,
     no_signal_probability,
     no_update,
     time_ratio,
 )
-from .policies import LogLinear
+from ..policies import LogLinear
+from ._base import (
+    StudyConfig,
+    all_of,
+    distinct,
+    increasing,
+    key,
+    nonempty,
+    one_of,
+    positive,
+    probability,
+)
+from ._common import list_files, say, table, write_csv
 
-SAMPLED_NAMES = ("rloo", "grpo")
+NAME = "partial-credit"
+SUMMARY = ("reward design: partial vs binary credit (phase diagram over initial success and partial-pattern "
+           "probability; flow, RLOO, GRPO; tabular and log-linear)")
+
 PARAMETERISATIONS = ("tabular", "log-linear")
 PHASE_COLUMNS = ("parameterisation", "method", "p_success", "p_partial", "target", "time_binary",
                  "time_partial", "ratio")
@@ -49,81 +62,58 @@ def _mix_check(x) -> str | None:
     return None if 0 <= x < 1 else "a number in [0, 1) (1 cannot fit every initial policy exactly)"
 
 
-def _grid_check(x) -> str | None:
-    return C.nonempty(x) or C.probability(x) or (
-        None if list(x) == sorted(set(x)) else "strictly increasing values")
+def _samples_check(x) -> str | None:
+    return None if x >= 2 else "at least 2 (a group)"
 
 
-def _names_check(x) -> str | None:
-    return C.one_of(*SAMPLED_NAMES)(x) or (None if len(set(x)) == len(x) else "names without repeats")
+_grid = all_of(nonempty, probability, increasing)
+_cells = all_of(nonempty, probability)
 
 
-PARTIAL_CREDIT_SCHEMA = {
-    "problem": {
-        "num_constraints": C.Field("int", C.positive),
-        "outputs_per_pattern": C.Field("int", C.positive),
-        "partial_weights": C.Field("floats", lambda x: C.nonempty(x) or C.positive(x)),
-        "mix": C.Field("float", _mix_check),
-    },
-    "grid": {
-        "p_success": C.Field("floats", _grid_check),
-        "p_partial": C.Field("floats", _grid_check),
-    },
-    "flow": {
-        "t1": C.Field("float", C.positive),
-        "rtol": C.Field("float", C.positive),
-        "atol": C.Field("float", C.positive),
-        "max_steps": C.Field("int", C.positive),
-        "saves": C.Field("int", C.positive),
-    },
-    "sampled": {
-        "names": C.Field("strs", _names_check),
-        "samples": C.Field("int", lambda x: None if x >= 2 else "at least 2 (a group)"),
-        "learning_rate": C.Field("float", C.positive),
-        "steps": C.Field("int", C.positive),
-        "seeds": C.Field("int", C.positive),
-        "seed": C.Field("int", default=0),
-    },
-    "analysis": {"targets": C.Field("floats", _grid_check)},
-    "trajectories": {
-        "p_success": C.Field("floats", lambda x: C.nonempty(x) or C.probability(x)),
-        "p_partial": C.Field("floats", lambda x: C.nonempty(x) or C.probability(x)),
-    },
-    "quick": {
-        "p_success": C.Field("floats", _grid_check),
-        "p_partial": C.Field("floats", _grid_check),
-        "names": C.Field("strs", _names_check),
-        "steps": C.Field("int", C.positive),
-        "seeds": C.Field("int", C.positive),
-        "trajectories_p_success": C.Field("floats", lambda x: C.nonempty(x) or C.probability(x)),
-        "trajectories_p_partial": C.Field("floats", lambda x: C.nonempty(x) or C.probability(x)),
-    },
-}
+@dataclass(frozen=True, kw_only=True)
+class Problem:
+    num_constraints: int = key(positive)
+    outputs_per_pattern: int = key(positive)
+    partial_weights: tuple[float, ...] = key(all_of(nonempty, positive))
+    mix: float = key(_mix_check)
 
 
-def _method_label(name: str) -> str:
-    return {"flow": "flow", "rloo": "RLOO", "grpo": "GRPO"}[name]
+@dataclass(frozen=True, kw_only=True)
+class Grid:
+    p_success: tuple[float, ...] = key(_grid)
+    p_partial: tuple[float, ...] = key(_grid)
 
 
-def _cell_text(ratio: float) -> str:
-    if math.isnan(ratio):
-        return "-"
-    if ratio == 0:
-        return "P"
-    if math.isinf(ratio):
-        return "B"
-    return f"{ratio:.2g}"
+@dataclass(frozen=True, kw_only=True)
+class Flow:
+    t1: float = key(positive)
+    rtol: float = key(positive)
+    atol: float = key(positive)
+    max_steps: int = key(positive)
+    saves: int = key(positive)
 
 
-def _describe(values, where) -> str:
-    """`values[where]` as a compact range (or a list when not contiguous)."""
-    idx = np.flatnonzero(where)
-    if idx.size == 0:
-        return "nowhere"
-    if idx[-1] - idx[0] + 1 == idx.size:
-        lo, hi = values[idx[0]], values[idx[-1]]
-        return f"{lo:g}" if lo == hi else f"{lo:g}-{hi:g}"
-    return ", ".join(f"{values[i]:g}" for i in idx)
+@dataclass(frozen=True, kw_only=True)
+class Sampled:
+    names: tuple[str, ...] = key(all_of(one_of(*GROUP_NAMES), distinct))
+    samples: int = key(_samples_check)
+    learning_rate: float = key(positive)
+    steps: int = key(positive)
+    seeds: int = key(positive)
+    seed: int = key(default=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Analysis:
+    targets: tuple[float, ...] = key(_grid)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Trajectories:
+    """The grid cells whose flow trajectories are drawn."""
+
+    p_success: tuple[float, ...] = key(_cells)
+    p_partial: tuple[float, ...] = key(_cells)
 
 
 def _on_grid(name: str, x: float, grid) -> int:
@@ -133,49 +123,99 @@ def _on_grid(name: str, x: float, grid) -> int:
     raise ValueError(f"config key `{name}`: {x:g} is not on the grid {list(grid)}.")
 
 
-def run_partial_credit(cfg: dict, out: Path, quick: bool) -> dict:
+@dataclass(frozen=True, kw_only=True)
+class Config(StudyConfig):
+    problem: Problem
+    grid: Grid
+    flow: Flow
+    sampled: Sampled
+    analysis: Analysis
+    trajectories: Trajectories
+
+    def __post_init__(self):
+        m = self.problem.num_constraints
+        if m < 2:
+            raise ValueError("config key `problem.num_constraints`: expected at least 2 (with one constraint partial "
+                             "credit is binary credit); got 1.")
+        if m > 6:
+            raise ValueError(f"config key `problem.num_constraints`: expected at most 6 for this study; got {m}.")
+        if len(self.problem.partial_weights) != m:
+            raise ValueError(f"config key `problem.partial_weights`: expected {m} weights (one per constraint); got "
+                             f"{list(self.problem.partial_weights)}.")
+        ps, pp = self.name("trajectories.p_success"), self.name("trajectories.p_partial")
+        tr = self.trajectories
+        if len(tr.p_success) != len(tr.p_partial):
+            raise ValueError(f"config keys `{ps}` and `{pp}` must have the same length.")
+        cells = [(_on_grid(ps, a, self.grid.p_success), _on_grid(pp, b, self.grid.p_partial))
+                 for a, b in zip(tr.p_success, tr.p_partial, strict=True)]
+        valid = self.valid()
+        for i, j in cells:
+            if not valid[i, j]:
+                raise ValueError(f"config key `{pp}`: the cell ({self.grid.p_success[i]:g}, "
+                                 f"{self.grid.p_partial[j]:g}) is invalid.")
+        if not valid.any():
+            raise ValueError("config: no grid cell has p_success + (2^m - 2) p_partial < 1.")
+
+    def constraint_problem(self) -> ConstraintSatisfaction:
+        """The model of `gradflow.design` that `[problem]` describes."""
+        return ConstraintSatisfaction(self.problem.num_constraints, self.problem.outputs_per_pattern)
+
+    def valid(self) -> np.ndarray:
+        """`(p_success, p_partial)` grid: whether the cell is an initial policy
+        (`p_success + (2^m - 2) p_partial < 1`)."""
+        n_part = len(self.constraint_problem().partial_patterns)
+        return np.array([[a + n_part * b < 1 for b in self.grid.p_partial] for a in self.grid.p_success])
+
+    def trajectory_cells(self) -> list[tuple[int, int]]:
+        """The `(i, j)` grid indices of the cells whose trajectories are drawn."""
+        return [(_on_grid("", a, self.grid.p_success), _on_grid("", b, self.grid.p_partial))
+                for a, b in zip(self.trajectories.p_success, self.trajectories.p_partial, strict=True)]
+
+
+@dataclass(frozen=True)
+class Tables:
+    """`rows`: the phase table, one row per parameterisation x method x cell x target
+    (`phase.csv`, columns `PHASE_COLUMNS`); `sampled_rows`: per sampled method, scheme and
+    cell, the seeds' median time, reach and how often binary credit made no update
+    (`sampled.csv`); `grids`: the ratio grid (p_success x p_partial, `nan` where invalid)
+    of each `(method, parameterisation, target)`; `no_update`: the fraction of binary-credit
+    seeds without any update, per `(method, parameterisation)`; `valid`: the valid cells;
+    `cells`: the valid cells in batch order; `flow`: the batched flow solutions (for the
+    trajectories figure); `failed`: failed runs per method; `timings`: seconds per method
+    (compilation included); `seconds`: the whole computation's wall time."""
+
+    rows: list[dict]
+    sampled_rows: list[dict]
+    grids: dict[tuple, np.ndarray]
+    no_update: dict[tuple, np.ndarray]
+    valid: np.ndarray
+    cells: list[tuple[int, int]]
+    flow: Solution
+    failed: dict[str, int]
+    timings: dict[str, float]
+    seconds: float
+
+
+def _case_index(pi: int, s: int, c: int, n_cells: int) -> int:
+    """Where (parameterisation `pi`, scheme `s`, cell `c`) sits in the flat batch."""
+    return (pi * 2 + s) * n_cells + c
+
+
+def compute(config: Config) -> Tables:
     wall_start = time.perf_counter()
-    pc, fc, sc = cfg["problem"], cfg["flow"], cfg["sampled"]
-    m = pc["num_constraints"]
-    if m < 2:
-        raise ValueError("config key `problem.num_constraints`: expected at least 2 (with one constraint partial "
-                         "credit is binary credit); got 1.")
-    if m > 6:
-        raise ValueError(f"config key `problem.num_constraints`: expected at most 6 for this study; got {m}.")
-    weights = np.asarray(pc["partial_weights"])
-    if weights.shape != (m,):
-        raise ValueError(
-            f"config key `problem.partial_weights`: expected {m} weights (one per constraint); got {weights.tolist()}."
-        )
-    problem = ConstraintSatisfaction(m, pc["outputs_per_pattern"])
+    pc, fc, sc = config.problem, config.flow, config.sampled
+    m = pc.num_constraints
+    weights = np.asarray(pc.partial_weights)
+    problem = config.constraint_problem()
     equal = bool(np.all(weights == weights[0]))
     partial_reward = problem.reward("partial") if equal else problem.reward("weighted", weights=weights)
-    scheme_text = "partial credit (fraction of constraints satisfied)" if equal else (
-        f"weighted partial credit (weights {weights.tolist()})")
     binary_reward, true_reward = problem.reward("binary"), problem.true_reward()
-    qc = cfg["quick"]
-    grid_ps = np.asarray(qc["p_success"] if quick else cfg["grid"]["p_success"])
-    grid_pp = np.asarray(qc["p_partial"] if quick else cfg["grid"]["p_partial"])
-    names = qc["names"] if quick else sc["names"]
-    steps = qc["steps"] if quick else sc["steps"]
-    seeds = qc["seeds"] if quick else sc["seeds"]
-    traj_ps = qc["trajectories_p_success"] if quick else cfg["trajectories"]["p_success"]
-    traj_pp = qc["trajectories_p_partial"] if quick else cfg["trajectories"]["p_partial"]
-    prefix = "quick.trajectories_" if quick else "trajectories."
-    if len(traj_ps) != len(traj_pp):
-        raise ValueError(f"config keys `{prefix}p_success` and `{prefix}p_partial` must have the same length.")
-    traj = [(_on_grid(f"{prefix}p_success", a, grid_ps), _on_grid(f"{prefix}p_partial", b, grid_pp))
-            for a, b in zip(traj_ps, traj_pp, strict=True)]
-    targets = tuple(cfg["analysis"]["targets"])
-    n_part = len(problem.partial_patterns)
-    valid = np.array([[a + n_part * b < 1 for b in grid_pp] for a in grid_ps])
-    for i, j in traj:
-        if not valid[i, j]:
-            raise ValueError(f"config key `{prefix}p_partial`: the cell ({grid_ps[i]:g}, {grid_pp[j]:g}) is invalid.")
-    if not valid.any():
-        raise ValueError("config: no grid cell has p_success + (2^m - 2) p_partial < 1.")
+    grid_ps, grid_pp = np.asarray(config.grid.p_success), np.asarray(config.grid.p_partial)
+    names, steps, seeds = sc.names, sc.steps, sc.seeds
+    targets = tuple(config.analysis.targets)
+    valid = config.valid()
     cells = [(i, j) for i in range(len(grid_ps)) for j in range(len(grid_pp)) if valid[i, j]]
-    mix = pc["mix"]
+    mix = pc.mix
 
     # One flat batch: parameterisation x scheme x cell.
     cases = [(pi, s, c) for pi in range(2) for s in range(2) for c in range(len(cells))]
@@ -189,9 +229,9 @@ def run_partial_credit(cfg: dict, out: Path, quick: bool) -> dict:
         return LogLinear(problem.features(mx), loglinear_theta(lp, mx, m))
 
     # ---------------------------------------------------------------- exact flow
-    t1 = fc["t1"]
-    ts = jnp.concatenate([jnp.zeros(1), jnp.minimum(jnp.geomspace(t1 * 1e-8, t1, fc["saves"]), t1)])
-    flow = GradientFlow(rtol=fc["rtol"], atol=fc["atol"], max_steps=fc["max_steps"])
+    t1 = fc.t1
+    ts = jnp.concatenate([jnp.zeros(1), jnp.minimum(jnp.geomspace(t1 * 1e-8, t1, fc.saves), t1)])
+    flow = make_method("flow", rtol=fc.rtol, atol=fc.atol, max_steps=fc.max_steps)
 
     @jax.jit
     def run_flow(lp, mx, r):
@@ -211,10 +251,9 @@ def run_partial_credit(cfg: dict, out: Path, quick: bool) -> dict:
     stuck: dict[str, np.ndarray] = {"flow": np.zeros((n_cases, 1), bool)}
 
     # ------------------------------------------------------------ sampled methods
-    keys = jax.random.split(jax.random.key(sc["seed"]), seeds)
+    keys = jax.random.split(jax.random.key(sc.seed), seeds)
     for name in names:
-        cls = RLOO if name == "rloo" else GRPO
-        method = cls(optax.sgd(sc["learning_rate"]), steps, samples=sc["samples"])
+        method = make_method(name, learning_rate=sc.learning_rate, steps=steps, samples=sc.samples)
 
         @jax.jit
         def run_sampled(lp, mx, r, keys, method=method):
@@ -227,7 +266,7 @@ def run_partial_credit(cfg: dict, out: Path, quick: bool) -> dict:
             return jax.vmap(lambda a, b, c: jax.vmap(lambda k: one(a, b, c, k))(keys))(lp, mx, r)
 
         start = time.perf_counter()
-        with _progress.phase(f"partial-credit: {_method_label(name)}, {n_cases} x {seeds} seeds "
+        with _progress.phase(f"partial-credit: {METHODS[name].label}, {n_cases} x {seeds} seeds "
                              "(compilation included)"):
             tt, st, nu = jax.block_until_ready(run_sampled(LP, MIX, R, keys))
         timings[name] = time.perf_counter() - start
@@ -249,7 +288,7 @@ def run_partial_credit(cfg: dict, out: Path, quick: bool) -> dict:
         median[k] = med
 
     def case_index(pi, s, c):
-        return (pi * 2 + s) * len(cells) + c
+        return _case_index(pi, s, c, len(cells))
 
     rows, sampled_rows = [], []
     grids = {}  # (method, param, target) -> ratio grid (p_success x p_partial), nan where invalid
@@ -277,28 +316,54 @@ def run_partial_credit(cfg: dict, out: Path, quick: bool) -> dict:
                                 "median_steps": float(median[k][ci, ti]),
                                 "reached": float(reached.mean()) if reached.size else math.nan,
                                 "no_update": float(stuck[k][ci].mean()),
-                                "no_update_closed_form": no_signal_probability(grid_ps[i], sc["samples"], steps)
+                                "no_update_closed_form": no_signal_probability(grid_ps[i], sc.samples, steps)
                                 if sname == "binary" else math.nan,
                                 "seeds": int(good.sum()), "failed": int((~good).sum()),
                             })
                         ns[i, j] = float(stuck[k][case_index(pi, 0, c)].mean())
                 grids[(k, pname, tgt)] = g
             nosig[(k, pname)] = ns
+    failed = {k: int((~ok_all[k]).sum()) for k in methods}
+    return Tables(rows, sampled_rows, grids, nosig, valid, cells, flow_sols, failed, timings,
+                  time.perf_counter() - wall_start)
+
+
+def regime_lines(tables: Tables, config: Config) -> list[str]:
+    """For every method, parameterisation and target, where each regime occurs (partial
+    credit faster, slower, about equal; the lines the summary prints)."""
+    grid_ps, grid_pp = np.asarray(config.grid.p_success), np.asarray(config.grid.p_partial)
+    return [_regime_line(k, pname, tgt, tables.grids[(k, pname, tgt)], tables.valid, grid_ps, grid_pp)
+            for k in ("flow", *config.sampled.names) for pname in PARAMETERISATIONS
+            for tgt in config.analysis.targets]
+
+
+def report(tables: Tables, config: Config, out: Path) -> list[Path]:
+    report_start = time.perf_counter()
+    pc, sc = config.problem, config.sampled
+    m, names, steps, seeds, mix = pc.num_constraints, sc.names, sc.steps, sc.seeds, pc.mix
+    problem = config.constraint_problem()
+    weights = np.asarray(pc.partial_weights)
+    equal = bool(np.all(weights == weights[0]))
+    scheme_text = "partial credit (fraction of constraints satisfied)" if equal else (
+        f"weighted partial credit (weights {weights.tolist()})")
+    grid_ps, grid_pp = np.asarray(config.grid.p_success), np.asarray(config.grid.p_partial)
+    targets = tuple(config.analysis.targets)
+    grids, nosig, valid = tables.grids, tables.no_update, tables.valid
+    methods = ["flow", *names]
 
     out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "phase.csv", rows)
-    if sampled_rows:
-        write_csv(out / "sampled.csv", sampled_rows)
+    write_csv(out / "phase.csv", tables.rows)
+    if tables.sampled_rows:
+        write_csv(out / "sampled.csv", tables.sampled_rows)
 
-    # ------------------------------------------------------------------- report
     unit = {"flow": "flow time", **{n: "steps" for n in names}}
     say(f"Partial credit vs binary credit: {m} constraints, {problem.num_patterns} satisfaction patterns "
-        f"x {pc['outputs_per_pattern']} outputs each ({problem.num_outputs} outputs); ground truth = all "
+        f"x {pc.outputs_per_pattern} outputs each ({problem.num_outputs} outputs); ground truth = all "
         f"constraints satisfied; partial scheme: {scheme_text}. Tabular policy and log-linear policy "
-        f"(mix = {mix:g}). Exact flow to t = {t1:g}; "
-        + ", ".join(_method_label(n) for n in names)
-        + f" with {sc['samples']} samples per prompt, SGD lr {sc['learning_rate']:g}, {steps} steps, "
-        f"median of {seeds} seeds{' (quick)' if quick else ''}.")
+        f"(mix = {mix:g}). Exact flow to t = {config.flow.t1:g}; "
+        + ", ".join(METHODS[n].label for n in names)
+        + f" with {sc.samples} samples per prompt, SGD lr {sc.learning_rate:g}, {steps} steps, "
+        f"median of {seeds} seeds{' (quick)' if config.quick else ''}.")
     say("Cells: ratio = time_partial / time_binary to success probability "
         f"{targets[-1]:g} (median over seeds for the sampled methods); < 1: partial credit faster. P: only "
         "partial credit gets there, B: only binary, -: neither; *: in some seeds binary credit made no update "
@@ -316,50 +381,66 @@ def run_partial_credit(cfg: dict, out: Path, quick: bool) -> dict:
                         text += "*"
                     row[f"c{j}"] = text
                 shown.append(row)
-            say(f"\n{_method_label(k)}, {pname} (time in {unit[k]}): ratio by p_success (rows) and p_partial "
+            say(f"\n{_label(k)}, {pname} (time in {unit[k]}): ratio by p_success (rows) and p_partial "
                 "(columns)")
             print(table(shown, [("p_success", "p_success")] + [(f"c{j}", f"{b:g}") for j, b in enumerate(grid_pp)]))
 
     print("\nWhere each regime occurs:")
-    regime_lines = []
-    for k in methods:
-        for pname in PARAMETERISATIONS:
-            for tgt in targets:
-                g = grids[(k, pname, tgt)]
-                line = _regime_line(k, pname, tgt, g, valid, grid_ps, grid_pp)
-                regime_lines.append(line)
-                say(line)
+    for line in regime_lines(tables, config):
+        say(line)
     for k in names:
         same = np.array_equal(nosig[(k, "tabular")], nosig[(k, "log-linear")], equal_nan=True)
         for pname in (("both parameterisations",) if same else PARAMETERISATIONS):
             ns = nosig[(k, "tabular" if same else pname)]
             where = [(grid_ps[i], float(np.nanmax(ns[i]))) for i in range(len(grid_ps)) if np.nanmax(ns[i]) > 0]
-            label = f"{_method_label(k)}, {pname}, binary credit"
+            label = f"{_label(k)}, {pname}, binary credit"
             if where:
                 parts = ", ".join(
                     f"{frac:.0%} of seeds at p_success = {a:g} (exact probability (1-p)^(k*steps) = "
-                    f"{no_signal_probability(a, sc['samples'], steps):.0%})" for a, frac in where)
+                    f"{no_signal_probability(a, sc.samples, steps):.0%})" for a, frac in where)
                 say(f"  {label}: no update at all (no group ever sampled a success, so the time is reported "
                     f"as never) in {parts}.")
             else:
                 say(f"  {label}: every seed sampled a success at least once.")
-    failed = {k: int((~ok_all[k]).sum()) for k in methods}
-    if any(failed.values()):
-        say(f"  Failed runs (excluded; nan): {failed}.")
+    if any(tables.failed.values()):
+        say(f"  Failed runs (excluded; nan): {tables.failed}.")
 
-    _save_figure_data(out, methods, grids, nosig, valid, grid_ps, grid_pp, targets, flow_sols, problem,
-                      traj, cells, case_index, mix)
+    _save_figure_data(out, tables, config, problem)
     with _progress.phase("partial-credit: figures"):
-        figures = plot_partial_credit(out)
-    elapsed = time.perf_counter() - wall_start
+        figures = plot(out)
+    elapsed = tables.seconds + time.perf_counter() - report_start
+    n_cases = 4 * len(tables.cells)
     runs = n_cases + sum(n_cases * seeds for _ in names)
     say("\nTimings (one jit of one vmap over the whole grid per method; compilation included): "
-        + ", ".join(f"{_method_label(k)} {timings[k]:.1f} s" for k in methods)
+        + ", ".join(f"{_label(k)} {tables.timings[k]:.1f} s" for k in methods)
         + f"; {runs} runs in all; wall time {elapsed:.1f} s.")
-    list_files(out, [out / "phase.csv", *([out / "sampled.csv"] if sampled_rows else []), *figures])
-    return {"rows": rows, "sampled_rows": sampled_rows, "figures": figures, "grids": grids,
-            "no_update": nosig, "timings": timings, "elapsed": elapsed, "regimes": regime_lines,
-            "p_success": grid_ps, "p_partial": grid_pp}
+    list_files(out, [out / "phase.csv", *([out / "sampled.csv"] if tables.sampled_rows else []), *figures])
+    return figures
+
+
+def _label(name: str) -> str:
+    return METHODS[name].label
+
+
+def _cell_text(ratio: float) -> str:
+    if math.isnan(ratio):
+        return "-"
+    if ratio == 0:
+        return "P"
+    if math.isinf(ratio):
+        return "B"
+    return f"{ratio:.2g}"
+
+
+def _describe(values, where) -> str:
+    """`values[where]` as a compact range (or a list when not contiguous)."""
+    idx = np.flatnonzero(where)
+    if idx.size == 0:
+        return "nowhere"
+    if idx[-1] - idx[0] + 1 == idx.size:
+        lo, hi = values[idx[0]], values[idx[-1]]
+        return f"{lo:g}" if lo == hi else f"{lo:g}-{hi:g}"
+    return ", ".join(f"{values[i]:g}" for i in idx)
 
 
 EQUAL_BAND = 0.05  # ratios within 5% of 1 count as "about equal" in the regime summaries
@@ -374,7 +455,7 @@ def _regime_line(k, pname, tgt, g, valid, grid_ps, grid_pp) -> str:
     if np.any(finite < 1 - EQUAL_BAND):
         i, j = np.unravel_index(np.nanargmin(finite), g.shape)
         notes.append(f"ratio down to {g[i, j]:.3g} at p_success={grid_ps[i]:g}, p_partial={grid_pp[j]:g}")
-    head = (f"  {_method_label(k)}, {pname}, success {tgt:g}: partial credit faster in {int(faster.sum())} "
+    head = (f"  {_label(k)}, {pname}, success {tgt:g}: partial credit faster in {int(faster.sum())} "
             f"of {v.size} cells" + (f" ({'; '.join(notes)})" if notes else ""))
     notes = [f"{int(np.isinf(v).sum())} where only binary credit gets there"] if np.isinf(v).any() else []
     if np.any(finite > 1 + EQUAL_BAND):
@@ -397,30 +478,32 @@ def _edges(values: np.ndarray) -> np.ndarray:
     return 10 ** np.concatenate([[lv[0] - (mid[0] - lv[0])], mid, [lv[-1] + (lv[-1] - mid[-1])]])
 
 
-def _save_figure_data(out, methods, grids, nosig, valid, grid_ps, grid_pp, targets, flow_sols, problem, traj,
-                      cells, case_index, mix) -> None:
+def _save_figure_data(out: Path, tables: Tables, config: Config, problem: ConstraintSatisfaction) -> None:
     """Save what the figures show (`figures.npz`): the ratio grids and, for the representative
     cells, the flow's probability of success and of the partial patterns over time."""
-    from .plotting import save_figure_data
+    from ..plotting import save_figure_data
 
+    methods, targets = ["flow", *config.sampled.names], tuple(config.analysis.targets)
+    grids, nosig, flow_sols, cells = tables.grids, tables.no_update, tables.flow, tables.cells
     ts_all = np.asarray(flow_sols.ts[0], dtype=float)
     succ, part_idx = problem.success_pattern, list(problem.partial_patterns)
     trajectories = {}
-    for r, (i, j) in enumerate(traj):
+    for r, (i, j) in enumerate(config.trajectory_cells()):
         c = cells.index((i, j))
         entry = {"cell": [i, j]}
         for col, pname in enumerate(PARAMETERISATIONS):
             curves = {}
             for s, sname in enumerate(("binary", "partial")):
-                ci = case_index(col, s, c)
+                ci = _case_index(col, s, c, len(cells))
                 mass = np.asarray(problem.pattern_mass(flow_sols.probs[ci, :, 0, :]))
                 curves[sname] = {"success": mass[:, succ], "partial": mass[:, part_idx].sum(axis=1),
                                  "hit": float(flow_sols.target_times[ci, -1])}
             entry[pname] = curves
         trajectories[f"{r}"] = entry
     save_figure_data(out, {
-        "study": "partial-credit", "methods": list(methods), "targets": list(targets), "mix": mix,
-        "p_success": np.asarray(grid_ps), "p_partial": np.asarray(grid_pp), "valid": np.asarray(valid),
+        "study": "partial-credit", "methods": list(methods), "targets": list(targets), "mix": config.problem.mix,
+        "p_success": np.asarray(config.grid.p_success), "p_partial": np.asarray(config.grid.p_partial),
+        "valid": np.asarray(tables.valid),
         "grids": {k: {p: {f"{ti}": grids[(k, p, t)] for ti, t in enumerate(targets)} for p in PARAMETERISATIONS}
                   for k in methods},
         "no_update": {k: {p: nosig[(k, p)] for p in PARAMETERISATIONS} for k in methods},
@@ -448,7 +531,7 @@ def _ratio_boundary(ax, g: np.ndarray, valid: np.ndarray, x_edges: np.ndarray, y
     return bool(segments)
 
 
-def plot_partial_credit(out: Path) -> list[Path]:
+def plot(out: Path) -> list[Path]:
     """Draw the partial-credit figures from the data saved in `out`.
 
     **Arguments:**
@@ -463,7 +546,7 @@ def plot_partial_credit(out: Path) -> list[Path]:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    from .plotting import load_figure_data
+    from ..plotting import load_figure_data
 
     out = Path(out)
     d = load_figure_data(out)
@@ -490,7 +573,7 @@ def plot_partial_credit(out: Path) -> list[Path]:
                 ax.patch.set_edgecolor("0.75")
                 ax.set(xscale="log", yscale="log", xlabel="initial probability of each partial pattern",
                        ylabel="initial success probability",
-                       title=f"{_method_label(k)}, {pname}{f' (mix {mix:g})' if pname == 'log-linear' else ''}")
+                       title=f"{_label(k)}, {pname}{f' (mix {mix:g})' if pname == 'log-linear' else ''}")
                 _ratio_boundary(ax, g, valid, x_edges, y_edges)
                 for i, a in enumerate(grid_ps):
                     for j, b in enumerate(grid_pp):

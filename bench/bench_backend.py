@@ -13,7 +13,7 @@ float32, time to true reward 0.9 tracked online):
 
 Printed as runs per second per backend (compile time excluded: each workload runs once
 to compile, then is timed), with the ratio to the CPU. Then the kernel guard: workloads 1 and 2
-with the sums over outputs written out (`gradflow._ops`, tuned for XLA's CPU code) and
+with the sums over outputs written out (`gradflow._engine.ops`, tuned for XLA's CPU code) and
 with plain reductions, on each backend; the library uses the first on CPU and the second
 elsewhere, and the ratio says whether that is right for the backend at hand (workloads 1
 and 2: the exact gradient, and sampling with its per-draw sums).
@@ -53,7 +53,7 @@ def child(n: int) -> dict:
     import optax
 
     import gradflow as gf
-    from gradflow import _ops
+    from gradflow._engine import ops as _ops
 
     policy = gf.TabularSoftmax.from_probs(jnp.asarray(P0, jnp.float32))
     true = jnp.asarray(R_TRUE, jnp.float32)
@@ -130,7 +130,7 @@ def main() -> None:
                        f"{'written out' if a > b else 'reductions'} faster (x{ratio:.2f})")
             right = ratio < 1.1 or (a > b) == (chosen == "written out")
             print(f"  {r['backend']}, {key}: written out {a:,.0f}, reductions {b:,.0f}: {verdict}; gradflow uses "
-                  f"{chosen} here{'' if right else ' (WRONG: switch the rule in gradflow._ops)'}")
+                  f"{chosen} here{'' if right else ' (WRONG: switch the rule in gradflow._engine.ops)'}")
 
 if __name__ == "__main__":
     main()

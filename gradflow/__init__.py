@@ -19,43 +19,45 @@ if TYPE_CHECKING:  # the static view, for type checkers and the API docs
         studies as studies,
         sweep as sweep,
     )
-    from ._analysis import (
-        Stall as Stall,
-        StallCriteria as StallCriteria,
-        Stalls as Stalls,
+    from ._analysis.categorize import (
+        Categorization as Categorization,
+        categorize as categorize,
+        proxy_row as proxy_row,
+    )
+    from ._analysis.curves import (
         find_stalls as find_stalls,
         reward_variance as reward_variance,
         time_to_reward as time_to_reward,
         true_reward_rate as true_reward_rate,
     )
-    from ._categorize import (
-        Categorization as Categorization,
-        categorize as categorize,
-        proxy_row as proxy_row,
+    from ._analysis.proxy_design import (
+        ProxyDesign as ProxyDesign,
+        design_proxy as design_proxy,
+        proxy_objective as proxy_objective,
+        sensitivity as sensitivity,
     )
-    from ._dynamics import (
-        AbstractDiscreteMethod as AbstractDiscreteMethod,
-        AbstractMethod as AbstractMethod,
-        GradientAscent as GradientAscent,
-        GradientFlow as GradientFlow,
-    )
-    from ._estimators import (
+    from ._analysis.seeds import SeedSummary as SeedSummary, summarize_seeds as summarize_seeds
+    from ._engine.estimators import (
         GRPO as GRPO,
         PPO as PPO,
         RLOO as RLOO,
         AbstractSampledMethod as AbstractSampledMethod,
         Reinforce as Reinforce,
     )
-    from ._objective import Regularization as Regularization
-    from ._proxy_design import (
-        ProxyDesign as ProxyDesign,
-        design_proxy as design_proxy,
-        proxy_objective as proxy_objective,
-        sensitivity as sensitivity,
+    from ._engine.methods import (
+        AbstractDiscreteMethod as AbstractDiscreteMethod,
+        AbstractMethod as AbstractMethod,
+        GradientAscent as GradientAscent,
+        GradientFlow as GradientFlow,
     )
-    from ._seeds import SeedSummary as SeedSummary, summarize_seeds as summarize_seeds
-    from ._solve import SaveAt as SaveAt, Solution as Solution, solve as solve
-    from ._status import Status as Status, status_code as status_code, status_name as status_name
+    from ._engine.objective import Regularization as Regularization
+    from ._engine.solve import SaveAt as SaveAt, Solution as Solution, solve as solve
+    from ._engine.status import (
+        Status as Status,
+        status_code as status_code,
+        status_name as status_name,
+    )
+    from ._engine.tracking import Stall as Stall, StallCriteria as StallCriteria, Stalls as Stalls
     from .policies import (
         AbstractPolicy as AbstractPolicy,
         AbstractScorePolicy as AbstractScorePolicy,
@@ -76,38 +78,38 @@ __version__ = "0.1.0"
 _SUBMODULES = frozenset(('design', 'metrics', 'perturb', 'policies', 'rm_eval', 'studies', 'sweep'))
 # name -> the private module that defines it
 _NAMES = {
-    "Stall": "._analysis",
-    "StallCriteria": "._analysis",
-    "Stalls": "._analysis",
-    "find_stalls": "._analysis",
-    "reward_variance": "._analysis",
-    "time_to_reward": "._analysis",
-    "true_reward_rate": "._analysis",
-    "Categorization": "._categorize",
-    "categorize": "._categorize",
-    "proxy_row": "._categorize",
-    "AbstractDiscreteMethod": "._dynamics",
-    "AbstractMethod": "._dynamics",
-    "GradientAscent": "._dynamics",
-    "GradientFlow": "._dynamics",
-    "GRPO": "._estimators",
-    "PPO": "._estimators",
-    "RLOO": "._estimators",
-    "AbstractSampledMethod": "._estimators",
-    "Reinforce": "._estimators",
-    "Regularization": "._objective",
-    "ProxyDesign": "._proxy_design",
-    "design_proxy": "._proxy_design",
-    "proxy_objective": "._proxy_design",
-    "sensitivity": "._proxy_design",
-    "SeedSummary": "._seeds",
-    "summarize_seeds": "._seeds",
-    "SaveAt": "._solve",
-    "Solution": "._solve",
-    "solve": "._solve",
-    "Status": "._status",
-    "status_code": "._status",
-    "status_name": "._status",
+    "Stall": "._engine.tracking",
+    "StallCriteria": "._engine.tracking",
+    "Stalls": "._engine.tracking",
+    "find_stalls": "._analysis.curves",
+    "reward_variance": "._analysis.curves",
+    "time_to_reward": "._analysis.curves",
+    "true_reward_rate": "._analysis.curves",
+    "Categorization": "._analysis.categorize",
+    "categorize": "._analysis.categorize",
+    "proxy_row": "._analysis.categorize",
+    "AbstractDiscreteMethod": "._engine.methods",
+    "AbstractMethod": "._engine.methods",
+    "GradientAscent": "._engine.methods",
+    "GradientFlow": "._engine.methods",
+    "GRPO": "._engine.estimators",
+    "PPO": "._engine.estimators",
+    "RLOO": "._engine.estimators",
+    "AbstractSampledMethod": "._engine.estimators",
+    "Reinforce": "._engine.estimators",
+    "Regularization": "._engine.objective",
+    "ProxyDesign": "._analysis.proxy_design",
+    "design_proxy": "._analysis.proxy_design",
+    "proxy_objective": "._analysis.proxy_design",
+    "sensitivity": "._analysis.proxy_design",
+    "SeedSummary": "._analysis.seeds",
+    "summarize_seeds": "._analysis.seeds",
+    "SaveAt": "._engine.solve",
+    "Solution": "._engine.solve",
+    "solve": "._engine.solve",
+    "Status": "._engine.status",
+    "status_code": "._engine.status",
+    "status_name": "._engine.status",
     "AbstractPolicy": ".policies",
     "AbstractScorePolicy": ".policies",
     "AbstractTokenHead": ".policies",

@@ -136,6 +136,8 @@ def _parser() -> argparse.ArgumentParser:
     study.add_argument("name", nargs="?", help="study name (see --list)")
     study.add_argument("--list", action="store_true", help="list the studies and exit")
     study.add_argument("--config", type=Path, default=None, help="a config file to use instead of the packaged one")
+    study.add_argument("--print-config", action="store_true",
+                       help="print the study's packaged config (to edit and pass with --config) and exit")
     _common(study, out_help="output folder (default gradflow-results/NAME/, or NAME-quick/ with --quick)")
 
     sw = sub.add_parser(
@@ -176,7 +178,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_study(args) -> dict:
-    from ._results import default_out
+    from ._util.results import default_out
     from .studies import run_study
 
     name = "stalling" if args.command == "demo" else args.name
@@ -191,8 +193,8 @@ def _run_sweep(args) -> dict:
                          "first, or use a new --out.")
     # First, before gradflow's modules touch JAX: jax.distributed must start before any JAX call.
     shard = _resolve_shard(args.shard)
-    from . import _progress
-    from ._results import default_out, result_folder
+    from ._util import progress as _progress
+    from ._util.results import default_out, result_folder
     from .studies import categorization_map as sweeps
     from .studies._base import load, to_dict
 
@@ -213,7 +215,7 @@ def _run_sweep(args) -> dict:
 
 def _run_rm_eval(args) -> dict:
     from . import rm_eval
-    from ._results import default_out, result_folder
+    from ._util.results import default_out, result_folder
 
     out = args.out if args.out is not None else default_out("rm-eval")
     models = None if args.models is None else [m.strip() for m in args.models.split(",") if m.strip()]
@@ -241,7 +243,7 @@ def _plot(args) -> dict:
 
 def _status(args) -> dict:
     from . import sweep
-    from ._results import read_record
+    from ._util.results import read_record
 
     folder = args.dir
     record, progress = read_record(folder), sweep.status(folder)
@@ -284,7 +286,7 @@ def _count(n, word: str) -> str:
 
 def _interrupted(args) -> str:
     """One line: what an interrupted command kept and how to resume."""
-    from ._results import default_out, read_record
+    from ._util.results import default_out, read_record
 
     out = getattr(args, "out", None)
     if args.command == "sweep":
@@ -339,10 +341,19 @@ def main(argv: list[str] | None = None) -> int:
         for name, s in STUDIES.items():
             print(f"{name.ljust(width)}  {s.SUMMARY}")
         return 0 if args.list else 2
+    if args.command == "study" and args.print_config:
+        from .studies import STUDIES, packaged_config
+
+        if args.name not in STUDIES:
+            print(f"gradflow: error: unknown study {args.name!r}; available: {', '.join(sorted(STUDIES))}.",
+                  file=sys.stderr)
+            return 2
+        sys.stdout.write(packaged_config(args.name).read_text(encoding="utf-8"))
+        return 0
     run = {"demo": _run_study, "study": _run_study, "sweep": _run_sweep, "plot": _plot, "status": _status,
            "rm-eval": _run_rm_eval}[args.command]
-    from . import _progress
-    from ._results import dumps
+    from ._util import progress as _progress
+    from ._util.results import dumps
 
     _progress.set_enabled(not getattr(args, "quiet", False))
     as_json = getattr(args, "json", False)

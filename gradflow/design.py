@@ -52,11 +52,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-from . import _validate as v
-from ._dynamics import AbstractMethod, GradientFlow
-from ._seeds import summarize_seeds
-from ._solve import SaveAt, Solution, solve
-from ._status import Status
+from ._analysis.seeds import summarize_seeds
+from ._engine.methods import AbstractMethod, GradientFlow
+from ._engine.solve import SaveAt, Solution, solve
+from ._engine.status import Status
+from ._util import validate as v
 from .policies import AbstractPolicy, LogLinear, TabularSoftmax
 
 __all__ = [

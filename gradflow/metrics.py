@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-from . import _validate as v
+from ._util import validate as v
 from .policies._base import prompt_weights as _weights
 
 __all__ = [

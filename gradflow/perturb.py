@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from . import _validate as v
+from ._util import validate as v
 
 __all__ = [
     "as_batch",

@@ -23,8 +23,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from ._seeds import SeedSummary
-from ._solve import Solution
+from ._analysis.seeds import SeedSummary
+from ._engine.solve import Solution
 
 FIGURE_DATA = "figures.npz"
 _META = "__meta__"
@@ -44,7 +44,7 @@ def save_figure_data(out: str | Path, data: Mapping[str, Any]) -> Path:
 
     **Returns:** the path written. [`gradflow.plotting.load_figure_data`][] reads it back.
     """
-    from ._results import write_bytes
+    from ._util.results import write_bytes
 
     arrays: dict[str, np.ndarray] = {}
     meta: dict[str, Any] = {}

@@ -68,7 +68,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from . import _results, _stats, metrics as _m
+from . import metrics as _m
+from ._analysis import stats as _stats
+from ._util import results as _results
 
 __all__ = [
     "RECORD_COLUMNS",
@@ -957,7 +959,7 @@ def correlate_outcomes(
 ) -> list[dict[str, str | float | int]]:
     """Correlate every metric of `table` with every outcome, across the reward models:
     Pearson's `r`, Spearman's `rho` and Kendall's tau-b with paired percentile-bootstrap
-    intervals (resampling reward models), computed by `gradflow._stats.correlate` with
+    intervals (resampling reward models), computed by `gradflow._analysis.stats.correlate` with
     `scipy.stats`.
 
     The reference row `true_reward` of the table is left out. The reward models of the

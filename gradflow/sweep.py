@@ -48,8 +48,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from . import _progress
-from ._results import _now as now, write_json
+from ._util import progress as _progress
+from ._util.results import _now as now, write_json
 
 __all__ = ["run", "read", "done_rows", "claim", "read_manifest", "share", "status", "read_shards", "Trajectories",
            "read_trajectories"]

@@ -53,12 +53,12 @@ def dtype(request):
         yield dt
 
 
-# Every figure saved through gradflow._results.save_figure is checked for layout problems
+# Every figure saved through gradflow._util.results.save_figure is checked for layout problems
 # (overlapping or clipped text, legends or insets over data); the study tests assert none.
 def _register_figure_check():
     import figcheck
 
-    from gradflow import _results
+    from gradflow._util import results as _results
 
     if figcheck.record not in _results.FIGURE_HOOKS:
         _results.FIGURE_HOOKS.append(figcheck.record)

@@ -261,7 +261,7 @@ RECORDED: dict = {}
 
 
 def record(fig, path) -> None:
-    """A `gradflow._results.FIGURE_HOOKS` hook: check `fig` before it is saved to `path`."""
+    """A `gradflow._util.results.FIGURE_HOOKS` hook: check `fig` before it is saved to `path`."""
     from pathlib import Path
 
     RECORDED[Path(path).resolve()] = check(fig)
@@ -276,7 +276,7 @@ def problems(paths) -> dict:
     for p in paths:
         found = RECORDED.get(Path(p).resolve())
         if found is None:
-            out[Path(p).name] = ["not checked: saved without gradflow._results.save_figure"]
+            out[Path(p).name] = ["not checked: saved without gradflow._util.results.save_figure"]
         elif found:
             out[Path(p).name] = found
     return out

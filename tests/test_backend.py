@@ -1,4 +1,4 @@
-"""The CPU-tuned kernels of `gradflow._ops` are switched by backend: written-out sums on
+"""The CPU-tuned kernels of `gradflow._engine.ops` are switched by backend: written-out sums on
 CPU, the usual reductions elsewhere, with the same values."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gradflow import _ops
+from gradflow._engine import ops as _ops
 
 
 def _ops_on(x, idx, draws):

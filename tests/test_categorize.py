@@ -16,7 +16,7 @@ import pytest
 from helpers import count_compiles, tol
 
 import gradflow as gf
-from gradflow._categorize import classify
+from gradflow._analysis.categorize import classify
 
 PROBS = (0.10, 0.5, 0.4 / 3, 0.4 / 3, 0.4 / 3)
 TRUE = (1.0, 0.8, -1.0, -1.0, -1.0)

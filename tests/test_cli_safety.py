@@ -22,7 +22,8 @@ import optax
 import pytest
 
 import gradflow as gf
-from gradflow import _results, cli, sweep
+from gradflow import cli, sweep
+from gradflow._util import results as _results
 from gradflow.studies import categorization_map, stalling
 from gradflow.studies._base import dumps, load, packaged_config, to_dict
 

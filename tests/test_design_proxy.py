@@ -17,7 +17,7 @@ from figcheck import problems as figure_problems, redraw_differences
 from helpers import check_recorded_tables, check_summary, printed
 
 import gradflow as gf
-from gradflow._proxy_design import _Geometry, _isotonic
+from gradflow._analysis.proxy_design import _Geometry, _isotonic
 
 PROJECT = eqx.filter_jit(lambda geometry, u: geometry.project(u))
 FEASIBLE = eqx.filter_jit(lambda geometry, u: geometry.feasible(u))

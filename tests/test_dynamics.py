@@ -1,4 +1,4 @@
-"""The objective and its gradient (`gradflow._dynamics`), regularisation, temperature and
+"""The objective and its gradient (`gradflow._engine.methods`), regularisation, temperature and
 optimisers."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 from helpers import N_SAVE, flow, flow_method, sgd, softmax, tol
 
 import gradflow as gf
-from gradflow._objective import Problem, gradient, objective
+from gradflow._engine.objective import Problem, gradient, objective
 
 _NO_REG = gf.Regularization()
 

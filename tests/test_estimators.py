@@ -1,4 +1,4 @@
-"""The sample-based methods (`gradflow._estimators`): unbiasedness of REINFORCE and RLOO,
+"""The sample-based methods (`gradflow._engine.estimators`): unbiasedness of REINFORCE and RLOO,
 GRPO's bias against its closed form, PPO's clipped surrogate, the sampler, PRNG keys,
 seed-means against the exact run, bad input, and a long regularised run.
 
@@ -30,9 +30,9 @@ import pytest
 from helpers import sgd, tol
 
 import gradflow as gf
-from gradflow._estimators import Batch, score_gradient
-from gradflow._objective import Problem, gradient
-from gradflow._solve import _as_key
+from gradflow._engine.estimators import Batch, score_gradient
+from gradflow._engine.objective import Problem, gradient
+from gradflow._engine.solve import _as_key
 
 Z = 5.0  # standard errors allowed between a Monte Carlo mean and its expectation
 
@@ -68,7 +68,7 @@ def _estimates(method, params, state, key, problem, n):
 
 @eqx.filter_jit
 def _exact(params, problem, reg):
-    """The exact gradient (`gradflow._objective.gradient`) at `params`, under the
+    """The exact gradient (`gradflow._engine.objective.gradient`) at `params`, under the
     regularisation `reg` (with the problem's `log pi_ref`)."""
     p = problem
     return gradient(params, Problem(p.policy, p.reward, p.true_reward, p.log_ref, reg))[0]
@@ -443,7 +443,7 @@ def _sample(policy, key, n):
 @pytest.mark.parametrize("n_out", [5, 20])  # 20 > UNROLL_MAX_OUTPUTS: the jnp.cumsum path
 def test_sample_frequencies(dtype, n_out):
     # `TabularSoftmax.sample` is the default `AbstractPolicy.sample`: one uniform per draw
-    # (in the policy's dtype) mapped to an output by `gradflow._ops.inverse_cdf`.
+    # (in the policy's dtype) mapped to an output by `gradflow._engine.ops.inverse_cdf`.
     n = 100_000
     rng = np.random.default_rng(n_out)
     rows = rng.dirichlet(np.ones(n_out), size=2)

@@ -192,7 +192,7 @@ def test_sweep_map_marks_unfinished_cells_and_zooms_only_when_it_magnifies(tmp_p
         fig_titles["legend"] = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
         fig_titles["axes"] = [ax.get_title() for ax in fig.axes]
 
-    from gradflow import _results
+    from gradflow._util import results as _results
 
     _results.FIGURE_HOOKS.append(hook)
     try:

@@ -16,7 +16,7 @@ from scipy.integrate import solve_ivp
 from scipy.optimize import brentq
 
 import gradflow as gf
-from gradflow._status import from_diffrax
+from gradflow._engine.status import from_diffrax
 
 
 def _F(p):

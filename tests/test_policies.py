@@ -15,7 +15,7 @@ import scipy.stats
 from helpers import JSOLVE, flow_method, sgd, tol
 
 import gradflow as gf
-from gradflow._objective import Problem, gradient, objective
+from gradflow._engine.objective import Problem, gradient, objective
 
 V, L = 3, 3  # 27 sequences
 

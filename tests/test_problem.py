@@ -9,7 +9,7 @@ import pytest
 from helpers import flow, softmax, tol
 
 import gradflow as gf
-from gradflow._objective import as_reward, expected, reward_range
+from gradflow._engine.objective import as_reward, expected, reward_range
 
 
 def test_float64_mode_really_is_float64(dtype):

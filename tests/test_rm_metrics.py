@@ -1,4 +1,4 @@
-"""The `rm-metrics` study: its bootstrap by resample counts (`gradflow._stats`, against
+"""The `rm-metrics` study: its bootstrap by resample counts (`gradflow._analysis.stats`, against
 SciPy and against explicit resampling), the proxy population, the preference sets, the
 config and the quick run."""
 
@@ -13,7 +13,7 @@ from figcheck import problems as figure_problems, redraw_differences
 from helpers import check_recorded_tables, check_summary, printed
 from scipy import stats
 
-from gradflow import _stats as S
+from gradflow._analysis import stats as S
 from gradflow.studies import STUDIES, load_config, rm_metrics as R, run_study
 from gradflow.studies._base import from_toml, packaged_config
 

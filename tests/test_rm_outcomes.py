@@ -1,5 +1,5 @@
 """`gradflow rm-eval --outcomes`: correlations of the reward-model metrics with measured
-outcomes across reward models (`gradflow._stats`), against `scipy.stats` called
+outcomes across reward models (`gradflow._analysis.stats`), against `scipy.stats` called
 independently here; the end-to-end command on the shipped example; and every bad outcomes
 file refused with exit status 2, a message naming the file, column or model, and nothing
 left on disk."""
@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from gradflow import _stats, cli, rm_eval
+from gradflow import cli, rm_eval
+from gradflow._analysis import stats as _stats
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "experiments" / "rm-eval-example.jsonl"
@@ -62,7 +63,7 @@ def _scipy_bootstrap(x, y, name: str, *, resamples: int, seed: int, confidence: 
 
 
 # ---------------------------------------------------------------------------------------
-# gradflow._stats.correlate against scipy.
+# gradflow._analysis.stats.correlate against scipy.
 # ---------------------------------------------------------------------------------------
 
 

@@ -11,7 +11,8 @@ import pytest
 from figcheck import problems as figure_problems, redraw_differences
 from helpers import check_recorded_tables, check_summary, printed
 
-from gradflow import _methods, cli
+from gradflow import cli
+from gradflow._engine import names as _methods
 from gradflow.studies import (
     STUDIES,
     categorization_map,
@@ -25,14 +26,16 @@ from gradflow.studies._base import dumps, from_toml, packaged_config, sections, 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_packaged_configs_mirror_experiments_folder():
+def test_installed_configs_are_the_experiments_folder():
+    """experiments/ is the one copy of the configs; gradflow/experiments links to it and
+    packaging copies it, so an installed gradflow finds every config, unchanged."""
     packaged = sorted(p.name for p in packaged_config("stalling").parent.glob("*.toml"))
-    mirrored = sorted(p.name for p in (ROOT / "experiments").glob("*.toml"))
-    assert packaged == mirrored
+    source = sorted(p.name for p in (ROOT / "experiments").glob("*.toml"))
+    assert packaged == source
     for name in packaged:
         assert (ROOT / "experiments" / name).read_bytes() == (
             packaged_config("stalling").parent / name
-        ).read_bytes(), f"experiments/{name} drifted from gradflow/experiments/{name}"
+        ).read_bytes(), f"the installed {name} differs from experiments/{name}: reinstall gradflow"
 
 
 def test_every_study_has_a_valid_packaged_config():
@@ -380,3 +383,15 @@ def test_neural_policy_quick_categorises_errors(tmp_path):
     check_summary(text, "Neural policy:", "demote y_med", "swap y* and y_med", "neural", "canonical errors",
                   "neural_policy.png")
 
+
+
+def test_print_config_writes_the_packaged_config_to_edit(capsys, tmp_path):
+    assert cli.main(["study", "stalling", "--print-config"]) == 0
+    text = capsys.readouterr().out
+    assert text == packaged_config("stalling").read_text(encoding="utf-8")
+    edited = tmp_path / "mine.toml"
+    edited.write_text(text)
+    assert load_config("stalling", edited) == load_config("stalling")
+    assert cli.main(["study", "nope", "--print-config"]) == 2
+    assert "unknown study 'nope'" in capsys.readouterr().err
+    assert not any(tmp_path.glob("gradflow-results"))

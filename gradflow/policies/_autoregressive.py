@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PyTree
 
-from .. import _validate as v
-from .._ops import inverse_cdf, softmax_outputs, take_outputs
+from .._engine.ops import inverse_cdf, softmax_outputs, take_outputs
+from .._util import validate as v
 from ._base import AbstractPolicy, Linearization, prompt_weights
 
 MAX_SEQUENCES = 2**20

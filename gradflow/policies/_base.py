@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
-from .. import _validate as v
-from .._ops import inverse_cdf, softmax_outputs, sum_draws, sum_outputs, take_outputs
+from .._engine.ops import inverse_cdf, softmax_outputs, sum_draws, sum_outputs, take_outputs
+from .._util import validate as v
 
 
 def prompt_weights(weights, n_prompts: int) -> Float[Array, " prompts"]:
@@ -62,7 +62,7 @@ class Linearization(eqx.Module):
       `sum_{x,y} c_{x,y} grad_theta log pi(y | x)`, a pytree like the parameters.
 
     The cotangents the engine pulls back are *centred*, `sum_y c_{x,y} = 0` for every
-    prompt (the closed forms of `gradflow._objective` are). Since `sum_y pi grad log pi
+    prompt (the closed forms of `gradflow._engine.objective` are). Since `sum_y pi grad log pi
     = 0`, adding a multiple of `pi` to a cotangent does not change its gradient, so a
     pull-back may assume centring; the closed form of softmax-of-scores policies does.
     """

@@ -8,7 +8,7 @@ import equinox as eqx
 import jax
 from jaxtyping import Array, Float, PyTree
 
-from .. import _validate as v
+from .._util import validate as v
 from ._base import AbstractScorePolicy, output_features, prompt_weights
 
 

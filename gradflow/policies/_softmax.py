@@ -8,7 +8,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .. import _validate as v
+from .._util import validate as v
 from ._base import AbstractScorePolicy, output_features, prompt_weights
 
 

@@ -1,8 +1,8 @@
 """Studies: each scientific claim is one command, `gradflow study <name>`.
 
 A study is one module of this package (see [`Study`][gradflow.studies._base.Study]): a
-typed `Config` read from its TOML file (shipped as `gradflow/experiments/<name>.toml`,
-mirrored in the repository's `experiments/`), a `compute(config)` that returns its
+typed `Config` read from its TOML file (`experiments/<name>.toml` in the repository, the
+one copy, which packaging ships as `gradflow/experiments/`), a `compute(config)` that returns its
 tables, a `report(tables, config, out)` that writes them with the figures and prints the
 summary, and a `plot(out)` that redraws the figures. [`STUDIES`][gradflow.studies.STUDIES]
 lists them; adding a study is one module, its config, its tests and one line there.
@@ -54,13 +54,13 @@ def run_study(
     """Run study `name` from its packaged config (or `config`), writing under `out`
     (default `gradflow-results/<name>/`, or `<name>-quick/` with `quick`).
 
-    The config is checked and `out` claimed (see `gradflow._results.result_folder`) before
+    The config is checked and `out` claimed (see `gradflow._util.results.result_folder`) before
     any work; the folder records the run's provenance in `run.json`.
 
     **Returns:** the study's tables (the fields of its `Tables`) and, under `"figures"`,
     the paths of the figures written.
     """
-    from .._results import default_out, result_folder
+    from .._util.results import default_out, result_folder
 
     s = study(name)
     cfg = load_config(name, config, quick=quick)
@@ -85,7 +85,7 @@ def redraw(folder: str | Path, by: str | None = None) -> list[Path]:
 
     **Raises:** `ValueError` when the folder holds neither.
     """
-    from .._results import read_record
+    from .._util.results import read_record
     from ..plotting import FIGURE_DATA, load_figure_data
 
     folder = Path(folder)

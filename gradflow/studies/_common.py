@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._results import write_csv as write_csv
+from .._util.results import write_csv as write_csv
 
 # ---------------------------------------------------------------------------- text
 
@@ -145,7 +145,7 @@ def seed_row(summary, exact, targets) -> dict:
     """One row of a seed study's table: the exact run's times to `targets`, the seed
     summary's columns (`gradflow.SeedSummary.row`), the half-width of the final true
     reward's 95% interval and the exact run's final true reward."""
-    from .._analysis import time_to_reward
+    from .._analysis.curves import time_to_reward
 
     row: dict = {}
     for t in targets:
@@ -189,8 +189,8 @@ def seed_solver(method, r_true, targets, every):
     steps, tracking `targets` and the stall below the lowest one."""
     import jax
 
-    from .._analysis import StallCriteria
-    from .._solve import SaveAt, solve
+    from .._engine.solve import SaveAt, solve
+    from .._engine.tracking import StallCriteria
     from ..policies import TabularSoftmax
 
     @jax.jit
@@ -209,9 +209,9 @@ def exact_solver(lr: float, steps: int, r_true, targets, every):
     reference of the seed studies, recorded and tracked as in `seed_solver`."""
     import jax
 
-    from .._analysis import StallCriteria
-    from .._methods import make_method
-    from .._solve import SaveAt, solve
+    from .._engine.names import make_method
+    from .._engine.solve import SaveAt, solve
+    from .._engine.tracking import StallCriteria
     from ..policies import TabularSoftmax
 
     method = make_method("sgd", learning_rate=lr, steps=steps)

@@ -21,12 +21,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _progress, perturb, sweep
-from .._categorize import LABELS, _predict, classify, proxy_row
-from .._methods import METHOD_NAMES, make_method
-from .._results import save_figure, write_json
-from .._solve import SaveAt
-from .._status import OK_CODE, status_name, status_names
+from .. import perturb, sweep
+from .._analysis.categorize import LABELS, _predict, classify, proxy_row
+from .._engine.names import METHOD_NAMES, make_method
+from .._engine.solve import SaveAt
+from .._engine.status import OK_CODE, status_name, status_names
+from .._util import progress as _progress
+from .._util.results import save_figure, write_json
 from ..policies import TabularSoftmax
 from ._base import (
     StudyConfig,

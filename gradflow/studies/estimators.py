@@ -12,11 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _progress
-from .._methods import METHODS, SAMPLED_NAMES, make_method
-from .._results import save_figure
-from .._seeds import SeedSummary, summarize_seeds
-from .._solve import Solution
+from .._analysis.seeds import SeedSummary, summarize_seeds
+from .._engine.names import METHODS, SAMPLED_NAMES, make_method
+from .._engine.solve import Solution
+from .._util import progress as _progress
+from .._util.results import save_figure
 from ._base import StudyConfig, all_of, key, nonempty, one_of, positive, probability
 from ._common import (
     SEED_COLUMNS_NOTE,

@@ -18,11 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _progress
-from .._analysis import StallCriteria, time_to_reward
-from .._methods import make_method
-from .._results import save_figure
-from .._solve import SaveAt, Solution, solve
+from .._analysis.curves import time_to_reward
+from .._engine.names import make_method
+from .._engine.solve import SaveAt, Solution, solve
+from .._engine.tracking import StallCriteria
+from .._util import progress as _progress
+from .._util.results import save_figure
 from ..policies import LogLinear, TabularSoftmax
 from ._base import StudyConfig, all_of, key, nonempty, positive, probability
 from ._common import fmt, report_summary, say

@@ -19,12 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .. import _progress
-from .._analysis import StallCriteria
-from .._categorize import Categorization, categorize
-from .._methods import make_method
-from .._results import save_figure
-from .._solve import SaveAt, Solution, solve
+from .._analysis.categorize import Categorization, categorize
+from .._engine.names import make_method
+from .._engine.solve import SaveAt, Solution, solve
+from .._engine.tracking import StallCriteria
+from .._util import progress as _progress
+from .._util.results import save_figure
 from ..policies import NeuralPolicy, TabularSoftmax
 from ._base import StudyConfig, all_of, key, nonempty, one_of, positive, probability
 from ._common import LABEL_COLORS, fmt, label_code, list_files, say, table, write_csv

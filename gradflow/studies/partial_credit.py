@@ -23,11 +23,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _progress
-from .._methods import GROUP_NAMES, METHODS, make_method
-from .._results import save_figure
-from .._solve import SaveAt, Solution, solve
-from .._status import OK_CODE, status_code
+from .._engine.names import GROUP_NAMES, METHODS, make_method
+from .._engine.solve import SaveAt, Solution, solve
+from .._engine.status import OK_CODE, status_code
+from .._util import progress as _progress
+from .._util.results import save_figure
 from ..design import (
     ConstraintSatisfaction,
     loglinear_theta,

@@ -20,12 +20,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _progress, metrics
-from .._categorize import LABELS, Categorization, categorize
-from .._methods import make_method
-from .._proxy_design import ProxyDesign, _Pairs, design_proxy
-from .._results import save_figure
-from .._stats import spearman_finite
+from .. import metrics
+from .._analysis.categorize import LABELS, Categorization, categorize
+from .._analysis.proxy_design import ProxyDesign, _Pairs, design_proxy
+from .._analysis.stats import spearman_finite
+from .._engine.names import make_method
+from .._util import progress as _progress
+from .._util.results import save_figure
 from ..design import ConstraintSatisfaction, recommend
 from ..policies import TabularSoftmax
 from ._base import StudyConfig, all_of, key, nonempty, one_of, positive, probability

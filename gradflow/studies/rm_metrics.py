@@ -32,7 +32,7 @@ A synthetic RLHF setting (documented with its results in `docs/rm-metrics.md`):
   (e.g. `exact/peaked/150`): one row per metric x preference set x method.
 
 The correlations and their bootstrap (by resample counts: every proxy's metrics and
-outcomes share the resamples) are those of `gradflow._stats`.
+outcomes share the resamples) are those of `gradflow._analysis.stats`.
 """
 
 from __future__ import annotations
@@ -46,13 +46,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _progress, metrics as gm, perturb
-from .._analysis import true_reward_rate
-from .._methods import make_method
-from .._results import save_figure
-from .._solve import SaveAt, solve
-from .._stats import STATISTICS, Resampled, bootstrap_counts, correlate_resampled, kendall, spearman
-from .._status import OK_CODE, status_code, status_name
+from .. import metrics as gm, perturb
+from .._analysis.curves import true_reward_rate
+from .._analysis.stats import (
+    STATISTICS,
+    Resampled,
+    bootstrap_counts,
+    correlate_resampled,
+    kendall,
+    spearman,
+)
+from .._engine.names import make_method
+from .._engine.solve import SaveAt, solve
+from .._engine.status import OK_CODE, status_code, status_name
+from .._util import progress as _progress
+from .._util.results import save_figure
 from ..policies import LogLinear
 from ._base import (
     StudyConfig,
@@ -88,7 +96,7 @@ METRICS = (
 )
 PAIR_SETS = ("off-policy", "on-policy")
 ALGORITHMS = {"exact": "sgd", "rloo": "rloo"}
-"""The training algorithms: `{name in the tables: method name (`gradflow._methods`)}`."""
+"""The training algorithms: `{name in the tables: method name (`gradflow._engine.names`)}`."""
 STATS = STATISTICS
 CSV_COLUMNS = ("metric", "pairs", "method", "policy", "budget", *STATS, *(f"{s}_{b}" for s in STATS for b in ("lo", "hi")))
 

@@ -17,12 +17,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _progress
-from .._analysis import StallCriteria, time_to_reward
-from .._methods import make_method
-from .._results import save_figure
-from .._solve import SaveAt, Solution, solve
-from .._status import status_name
+from .._analysis.curves import time_to_reward
+from .._engine.names import make_method
+from .._engine.solve import SaveAt, Solution, solve
+from .._engine.status import status_name
+from .._engine.tracking import StallCriteria
+from .._util import progress as _progress
+from .._util.results import save_figure
 from ..policies import TabularSoftmax
 from ._base import StudyConfig, all_of, key, nonempty, positive, probability
 from ._common import check_rewards, fmt, list_files, say, stalling_probs, table, write_csv
@@ -144,7 +145,7 @@ def compute(config: Config) -> Tables:
 
 
 def report(tables: Tables, config: Config, out: Path) -> list[Path]:
-    from .. import plotting  # matplotlib is only needed here
+    from .. import plotting
 
     prob, rows, runs = config.problem, tables.rows, tables.solutions
     r_true, r_proxy = np.array(prob.true_reward), np.array(prob.proxy_reward)

@@ -21,14 +21,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _progress, perturb
-from .._analysis import StallCriteria
-from .._categorize import _predict, classify, initial_rate
-from .._methods import make_method
-from .._objective import Regularization
-from .._results import save_figure
-from .._solve import SaveAt, Solution, solve
-from .._status import OK_CODE, status_code
+from .. import perturb
+from .._analysis.categorize import _predict, classify, initial_rate
+from .._engine.names import make_method
+from .._engine.objective import Regularization
+from .._engine.solve import SaveAt, Solution, solve
+from .._engine.status import OK_CODE, status_code
+from .._engine.tracking import StallCriteria
+from .._util import progress as _progress
+from .._util.results import save_figure
 from ..policies import Autoregressive, TabularSoftmax
 from ._base import StudyConfig, all_of, key, nonempty, positive, probability
 from ._common import LABEL_COLORS, fmt, label_code, list_files, say, table, write_csv

@@ -37,13 +37,14 @@ import numpy as np
 import optax
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from . import _validate as v, metrics
-from ._categorize import classify_codes, summary_saveat
-from ._dynamics import AbstractMethod
-from ._objective import as_reward, expected, reward_range
-from ._solve import SaveAt, solve
-from ._status import OK_CODE, status_code
-from .policies import AbstractPolicy
+from .. import metrics
+from .._engine.methods import AbstractMethod
+from .._engine.objective import as_reward, expected, reward_range
+from .._engine.solve import SaveAt, solve
+from .._engine.status import OK_CODE, status_code
+from .._util import validate as v
+from ..policies import AbstractPolicy
+from .categorize import classify_codes, summary_saveat
 
 OBJECTIVES = ("time", "final", "area")
 NORMS = ("inf", 2)

@@ -18,12 +18,20 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from . import _validate as v, sweep
-from ._dynamics import AbstractMethod
-from ._objective import Problem, Regularization, as_reward, gradient, reward_range, true_reward_rate
-from ._solve import SaveAt, solve
-from ._status import OK_CODE, status_code, status_name
-from .policies import AbstractPolicy
+from .. import sweep
+from .._engine.methods import AbstractMethod
+from .._engine.objective import (
+    Problem,
+    Regularization,
+    as_reward,
+    gradient,
+    reward_range,
+    true_reward_rate,
+)
+from .._engine.solve import SaveAt, solve
+from .._engine.status import OK_CODE, status_code, status_name
+from .._util import validate as v
+from ..policies import AbstractPolicy
 
 LABELS = ("harmful", "benign", "beneficial")
 

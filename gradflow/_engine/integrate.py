@@ -19,10 +19,10 @@ import jax.numpy as jnp
 import optimistix as optx
 from jaxtyping import Array, Float, Int, PyTree
 
-from ._analysis import Stall, tracker_finish, tracker_init, tracker_update, tree_where
-from ._objective import Diagnostics, Problem, gradient
-from ._ops import sum_outputs
-from ._status import Status, from_diffrax
+from .objective import Diagnostics, Problem, gradient
+from .ops import sum_outputs
+from .status import Status, from_diffrax
+from .tracking import Stall, tracker_finish, tracker_init, tracker_update, tree_where
 
 
 class Tracking(eqx.Module):

@@ -10,13 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
-from . import _validate as v
-from ._analysis import Stall, StallCriteria
-from ._dynamics import AbstractMethod
-from ._integrate import Tracking
-from ._objective import Problem, as_reward, expected, reward_range
-from ._status import Status
-from .policies import AbstractPolicy
+from .._util import validate as v
+from ..policies import AbstractPolicy
+from .integrate import Tracking
+from .methods import AbstractMethod
+from .objective import Problem, as_reward, expected, reward_range
+from .status import Status
+from .tracking import Stall, StallCriteria
 
 
 class SaveAt(eqx.Module):

@@ -12,7 +12,7 @@ log-probabilities pulled back by the policy (`policy.linearize_draws`: `jax.vjp`
 page for what each one's mean is).
 
 Regularisation (the same `gradflow.Regularization` as the exact methods, term by term as
-in `gradflow._objective`):
+in `gradflow._engine.objective`):
 
 - reverse KL and entropy enter through the sampled reward, `r'(y) = r(y) - beta (log pi(y)
   - log pi_ref(y)) - alpha log pi(y)` (the "k1" estimator, as in RLHF's KL-shaped reward);
@@ -38,10 +38,10 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Bool, Float, Int, PyTree
 
-from . import _validate as v
-from ._dynamics import AbstractDiscreteMethod, check_optimizer
-from ._objective import Problem, Regularization, terms_cotangent
-from ._ops import sum_draws, sum_outputs, take_outputs
+from .._util import validate as v
+from .methods import AbstractDiscreteMethod, check_optimizer
+from .objective import Problem, Regularization, terms_cotangent
+from .ops import sum_draws, sum_outputs, take_outputs
 
 
 class Batch(eqx.Module):

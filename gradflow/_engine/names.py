@@ -1,8 +1,8 @@
 """The one table of method names: what a config, the command line or a study calls a
 method (`"sgd"`, `"flow"`, `"rloo"`, ...) and how to build it.
 
-[`METHODS`][gradflow._methods.METHODS] maps each name to its
-[`MethodEntry`][gradflow._methods.MethodEntry] (class, display label, constructor); the
+[`METHODS`][gradflow._engine.names.METHODS] maps each name to its
+[`MethodEntry`][gradflow._engine.names.MethodEntry] (class, display label, constructor); the
 subsets below are derived from it, never listed by hand:
 
 - `EXACT_NAMES`: the methods that follow the exact gradient (`sgd`, `flow`);
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import optax
 
-from ._dynamics import AbstractMethod, GradientAscent, GradientFlow
-from ._estimators import GRPO, PPO, RLOO, Reinforce
+from .estimators import GRPO, PPO, RLOO, Reinforce
+from .methods import AbstractMethod, GradientAscent, GradientFlow
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def _flow(o: MethodOptions) -> GradientFlow:
 @dataclass(frozen=True)
 class MethodEntry:
     """One method of the table: its class, its `label` in tables and figures, its
-    constructor from [`MethodOptions`][gradflow._methods.MethodOptions], and whether its
+    constructor from [`MethodOptions`][gradflow._engine.names.MethodOptions], and whether its
     baseline is the rest of a `group` of samples."""
 
     cls: type[AbstractMethod]
@@ -100,7 +100,7 @@ def make_method(name: str, **options) -> AbstractMethod:
     **Arguments:**
 
     - `name`: one of `METHOD_NAMES`.
-    - `options`: fields of [`MethodOptions`][gradflow._methods.MethodOptions]
+    - `options`: fields of [`MethodOptions`][gradflow._engine.names.MethodOptions]
       (`learning_rate`, `steps`, `samples`, ...); each method uses those it has.
 
     **Returns:** the method.

@@ -28,9 +28,9 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, PyTree
 
-from . import _validate as v
-from ._ops import sum_outputs
-from .policies import AbstractPolicy
+from .._util import validate as v
+from ..policies import AbstractPolicy
+from .ops import sum_outputs
 
 # -- regulariser terms ---------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ A method says what it needs as data: `needs_key` (it samples, so `gradflow.solve
 a PRNG key) and `continuous` (it runs in flow time up to `t1`, not for a number of
 steps); `integrate` runs it. Every method works through the policy interface only: the
 objective's cotangent in log-probability space pulled back by the policy
-(`gradflow._objective`).
+(`gradflow._engine.objective`).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, PyTree
 
-from . import _validate as v
-from ._integrate import Run, Tracking, integrate_discrete, integrate_flow
-from ._objective import Problem, Regularization, gradient
-from ._ops import max_outputs
+from .._util import validate as v
+from .integrate import Run, Tracking, integrate_discrete, integrate_flow
+from .objective import Problem, Regularization, gradient
+from .ops import max_outputs
 
 
 def max_norm(tree: PyTree[Array]) -> Float[Array, ""]:

@@ -14,9 +14,9 @@ import jax
 import numpy as np
 from jax.scipy.stats import norm
 
-from ._analysis import time_to_reward
-from ._solve import Solution
-from ._status import Status
+from .._engine.solve import Solution
+from .._engine.status import Status
+from .curves import time_to_reward
 
 
 class SeedSummary(eqx.Module):

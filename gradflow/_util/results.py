@@ -7,7 +7,7 @@ of the run (study or sweep), its config and mode (`"full"` or `"quick"`), the ve
 gradflow and jax, and when it started and finished (`null` while running or after an
 interruption).
 
-[`result_folder`][gradflow._results.result_folder] is how a command claims a folder: it
+[`result_folder`][gradflow._util.results.result_folder] is how a command claims a folder: it
 checks the path *before* any work, refuses a folder that holds another run's results
 (unless `force`), and on a refused run (a `ValueError` raised inside it) puts everything
 back as it was.
@@ -74,7 +74,7 @@ def plain(x):
 
 
 def dumps(x, **kwargs) -> str:
-    """Standard JSON (no `Infinity`/`NaN` tokens; see [`plain`][gradflow._results.plain])."""
+    """Standard JSON (no `Infinity`/`NaN` tokens; see [`plain`][gradflow._util.results.plain])."""
     return json.dumps(plain(x), allow_nan=False, **kwargs)
 
 

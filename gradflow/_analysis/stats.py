@@ -1,8 +1,8 @@
 """Statistics: correlations between two variables with bootstrap confidence intervals.
 
-The one module of statistics: [`correlate`][gradflow._stats.correlate] for
+The one module of statistics: [`correlate`][gradflow._analysis.stats.correlate] for
 `gradflow rm-eval --outcomes`, and the bootstrap by resample counts of the `rm-metrics`
-study ([`correlate_counts`][gradflow._stats.correlate_counts], at the end of the module;
+study ([`correlate_counts`][gradflow._analysis.stats.correlate_counts], at the end of the module;
 many variables over one population). For `correlate`, the point estimates are
 `scipy.stats.pearsonr`, `scipy.stats.spearmanr` and `scipy.stats.kendalltau` (tau-b); the
 intervals are `scipy.stats.bootstrap` with `paired=True` (the pairs `(x_i, y_i)` are
@@ -20,7 +20,7 @@ by monotone transformations of the statistic (such as Fisher's `z`).
 (or of `y`) has no defined correlation (`nan`; scipy would warn with
 `ConstantInputWarning`, and `bootstrap` with `DegenerateDataWarning` then returns `nan`
 bounds). Such resamples are left out: the bounds are the percentiles of the statistic over
-the resamples on which it is defined, and [`correlate`][gradflow._stats.correlate] reports
+the resamples on which it is defined, and [`correlate`][gradflow._analysis.stats.correlate] reports
 how many were left out. With `n` distinct values this happens to a fraction `n^(1-n)` of
 the resamples (1/9 for 3 observations, under 0.2% for 5, nothing measurable from 8 on).
 When the statistic is undefined on the data itself (`x` or `y` constant), the estimate and
@@ -50,7 +50,7 @@ __all__ = ["STATISTICS", "Resampled", "average_ranks", "bootstrap_counts", "corr
            "correlate_resampled", "kendall", "pearson", "spearman", "spearman_finite"]
 
 STATISTICS: tuple[str, ...] = ("pearson", "spearman", "kendall")
-"""The correlations [`correlate`][gradflow._stats.correlate] computes, in order."""
+"""The correlations [`correlate`][gradflow._analysis.stats.correlate] computes, in order."""
 
 #: The number of `(resample, pair)` entries the vectorised Kendall statistic holds at once.
 _KENDALL_BLOCK = 1 << 22
@@ -299,7 +299,7 @@ def average_ranks(x) -> np.ndarray:
 
 def spearman(x, y, counts=None) -> np.ndarray | float:
     """Spearman's rank correlation (Pearson's on average ranks, ties averaged, as
-    `scipy.stats.spearmanr`); `counts` as in [`pearson`][gradflow._stats.pearson]."""
+    `scipy.stats.spearmanr`); `counts` as in [`pearson`][gradflow._analysis.stats.pearson]."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     if counts is None:
         return _pearson_rows(average_ranks(x), average_ranks(y), np.ones((1, len(x))))[0]
@@ -315,7 +315,7 @@ def kendall(x, y, counts=None) -> np.ndarray | float:
     """Kendall's tau-b (as `scipy.stats.kendalltau`), by counting pairs:
     `tau_b = (P - Q) / sqrt((n0 - n1)(n0 - n2))`, with `P - Q` the concordant minus
     discordant pairs and `n0 - n1`, `n0 - n2` the pairs not tied in `x`, in `y`. With
-    `counts`, copies of one observation form tied pairs; `counts` as in [`pearson`][gradflow._stats.pearson]."""
+    `counts`, copies of one observation form tied pairs; `counts` as in [`pearson`][gradflow._analysis.stats.pearson]."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     sx, sy = _sign_matrix(x), _sign_matrix(y)
     if counts is None:  # sums over all ordered pairs count each pair twice
@@ -373,7 +373,7 @@ def correlate_resampled(a: Resampled, b: Resampled, counts: np.ndarray, confiden
 def correlate_counts(x, y, counts: np.ndarray, confidence: float) -> dict:
     """The three correlations of `x` and `y` (keys `pearson`, `spearman`, `kendall`) with
     percentile-bootstrap intervals at level `confidence` (keys `<stat>_lo`, `<stat>_hi`);
-    the bootstrap resamples are the rows of `counts` (see [`bootstrap_counts`][gradflow._stats.bootstrap_counts])."""
+    the bootstrap resamples are the rows of `counts` (see [`bootstrap_counts`][gradflow._analysis.stats.bootstrap_counts])."""
     counts = _as_counts(counts, len(np.asarray(x))).astype(np.float32)
     return correlate_resampled(Resampled(x, counts), Resampled(y, counts), counts, confidence)
 

@@ -1,0 +1,2 @@
+"""Plumbing shared by every layer: argument validation, atomic result files,
+progress bars."""

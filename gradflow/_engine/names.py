@@ -11,7 +11,7 @@ subsets below are derived from it, never listed by hand:
 - `GROUP_NAMES`: the estimators whose baseline is the rest of the group of samples drawn
   for a prompt (they need `samples >= 2`).
 
-Adding an estimator: its class (in `_estimators.py`) and one entry here; configs, the
+Adding an estimator: its class (in `estimators.py`) and one entry here; configs, the
 command line and the studies take their names from this table.
 """
 

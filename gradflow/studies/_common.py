@@ -122,6 +122,27 @@ def check_rewards(true_reward, proxy_reward) -> None:
         )
 
 
+def check_stalling_problem(problem) -> None:
+    """A `[problem]` section of the stalling problem (`true_reward`, `proxy_reward`,
+    `p_mediocre` and one `p_best` or several): the rewards as in `check_rewards`, and
+    every initial policy as in `stalling_probs`."""
+    check_rewards(problem.true_reward, problem.proxy_reward)
+    p_best = problem.p_best if isinstance(problem.p_best, tuple) else (problem.p_best,)
+    for p in p_best:
+        stalling_probs(p, problem.p_mediocre, len(problem.true_reward))
+
+
+def check_initial_probs(initial_probs, true_reward) -> None:
+    """A `[problem]` section's `initial_probs` sum to 1 and have one entry per output of
+    `true_reward` (at least 3)."""
+    probs, n = np.array(initial_probs), len(initial_probs)
+    if abs(probs.sum() - 1) > 1e-6 or len(true_reward) != n or n < 3:
+        raise ValueError(
+            "config: `problem.initial_probs` must sum to 1 and match `problem.true_reward` in length "
+            f"(at least 3 outputs); got {probs.tolist()} and {len(true_reward)} rewards."
+        )
+
+
 # --------------------------------------------------------------------- error labels
 
 LABEL_COLORS = {"harmful": "#d62728", "benign": "#bdbdbd", "beneficial": "#2ca02c", "failed": "black"}

@@ -20,7 +20,7 @@ from .._util.results import save_figure
 from ._base import StudyConfig, all_of, key, nonempty, one_of, positive, probability
 from ._common import (
     SEED_COLUMNS_NOTE,
-    check_rewards,
+    check_stalling_problem,
     exact_solver,
     report_summary,
     say,
@@ -70,8 +70,7 @@ class Config(StudyConfig):
     analysis: Analysis
 
     def __post_init__(self):
-        check_rewards(self.problem.true_reward, self.problem.proxy_reward)
-        stalling_probs(self.problem.p_best, self.problem.p_mediocre, len(self.problem.true_reward))
+        check_stalling_problem(self.problem)
 
 
 @dataclass(frozen=True)

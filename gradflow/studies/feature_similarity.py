@@ -26,7 +26,7 @@ from .._util import progress as _progress
 from .._util.results import save_figure
 from ..policies import LogLinear, TabularSoftmax
 from ._base import StudyConfig, all_of, key, nonempty, positive, probability
-from ._common import fmt, report_summary, say
+from ._common import check_initial_probs, fmt, report_summary, say
 
 NAME = "feature-similarity"
 SUMMARY = "log-linear policy: how the feature similarity of y* and y_med decides the stall"
@@ -63,12 +63,7 @@ class Config(StudyConfig):
     analysis: Analysis
 
     def __post_init__(self):
-        probs, n = np.array(self.problem.initial_probs), len(self.problem.initial_probs)
-        if abs(probs.sum() - 1) > 1e-6 or len(self.problem.true_reward) != n or n < 3:
-            raise ValueError(
-                "config: `problem.initial_probs` must sum to 1 and match `problem.true_reward` in length "
-                f"(at least 3 outputs); got {probs.tolist()} and {len(self.problem.true_reward)} rewards."
-            )
+        check_initial_probs(self.problem.initial_probs, self.problem.true_reward)
 
 
 @dataclass(frozen=True)

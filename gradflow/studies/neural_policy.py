@@ -27,7 +27,16 @@ from .._util import progress as _progress
 from .._util.results import save_figure
 from ..policies import NeuralPolicy, TabularSoftmax
 from ._base import StudyConfig, all_of, key, nonempty, one_of, positive, probability
-from ._common import LABEL_COLORS, fmt, label_code, list_files, say, table, write_csv
+from ._common import (
+    LABEL_COLORS,
+    check_initial_probs,
+    fmt,
+    label_code,
+    list_files,
+    say,
+    table,
+    write_csv,
+)
 
 NAME = "neural-policy"
 SUMMARY = ("an MLP policy over random features on the stalling problem: are the canonical errors categorised as "
@@ -71,11 +80,8 @@ class Config(StudyConfig):
     analysis: Analysis
 
     def __post_init__(self):
-        probs, r_true = np.array(self.problem.initial_probs), np.array(self.problem.true_reward)
-        k = probs.size
-        if abs(probs.sum() - 1) > 1e-6 or r_true.size != k or k < 3:
-            raise ValueError("config: `problem.initial_probs` must sum to 1 and match `problem.true_reward` in "
-                             f"length (at least 3 outputs); got {probs.tolist()} and {r_true.size} rewards.")
+        check_initial_probs(self.problem.initial_probs, self.problem.true_reward)
+        r_true = np.array(self.problem.true_reward)
         target = self.analysis.target
         if not r_true.min() < target < r_true.max():
             raise ValueError(f"config key `analysis.target`: expected a level in ({r_true.min():g}, "

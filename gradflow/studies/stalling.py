@@ -26,7 +26,7 @@ from .._util import progress as _progress
 from .._util.results import save_figure
 from ..policies import TabularSoftmax
 from ._base import StudyConfig, all_of, key, nonempty, positive, probability
-from ._common import check_rewards, fmt, list_files, say, stalling_probs, table, write_csv
+from ._common import check_stalling_problem, fmt, list_files, say, stalling_probs, table, write_csv
 
 NAME = "stalling"
 SUMMARY = ("training on the true reward stalls on a mediocre output; a wrong proxy escapes (what `gradflow demo` "
@@ -70,9 +70,7 @@ class Config(StudyConfig):
     analysis: Analysis
 
     def __post_init__(self):
-        check_rewards(self.problem.true_reward, self.problem.proxy_reward)
-        for p in self.problem.p_best:
-            stalling_probs(p, self.problem.p_mediocre, len(self.problem.true_reward))
+        check_stalling_problem(self.problem)
 
 
 @dataclass(frozen=True)

@@ -181,18 +181,77 @@ def test_stop_at_targets_and_bad_input():
                  stop_at_targets=True)
 
 
-def test_relu_network_finishes_with_the_documented_tolerances():
-    """A ReLU MLP's vector field has kinks: the documented option (rtol 1e-3) finishes."""
-    feats = jax.random.normal(jax.random.key(0), (1, 8, 4))
-    mlp = eqx.nn.MLP(4, 1, 16, 2, activation=jax.nn.relu, key=jax.random.key(1))
-    policy = gf.NeuralPolicy(mlp, feats)
-    r = jax.random.normal(jax.random.key(2), (8,))
-    target = float(r.max()) - 0.1
+class _Kink(eqx.Module):
+    """The score `-x |theta|`, written with a ReLU: `x (theta - 2 relu(theta))`."""
+
+    theta: jax.Array
+
+    def __call__(self, x):
+        return x[0] * (self.theta - 2 * jax.nn.relu(self.theta))
+
+
+def test_flow_slides_along_a_kink_with_default_settings():
+    """Two outputs, scores `-|theta|` and 0, rewards 1 and 0: the gradient jumps from
+    -1/4 to +1/4 at theta = 0, where J = 1/2 is largest, so the flow slides there (a
+    Filippov sliding mode). From theta = 2 the closed form is theta(t) solving
+    2 theta + e^theta - e^-theta = T - t, T = 4 + e^2 - e^-2 (the hit of the kink). The
+    default flow meets it to tolerance before the kink and stays at the kink after, to
+    first order in `jump_floor`, in steps across the jump that it counts; exact to
+    tolerance (`jump_floor=0`) it runs out of steps."""
+    policy = gf.NeuralPolicy(_Kink(jnp.asarray(2.0)), jnp.asarray([[1.0], [0.0]]))
+    r = jnp.asarray([1.0, 0.0])
 
     def run(**kw):
-        return gf.solve(policy, reward=r, method=gf.GradientFlow(**kw), t1=100.0, saveat=gf.SaveAt(n=2),
-                        targets=(target,))
+        return gf.solve(policy, reward=r, method=gf.GradientFlow(**kw), t1=100.0, saveat=gf.SaveAt(n=101),
+                        targets=(0.45,))
 
-    loose = run(rtol=1e-3, atol=1e-5)
-    assert loose.status == gf.Status.ok
-    assert 0 < float(loose.target_times[0]) < 100.0
+    T = 4 + np.e**2 - np.e**-2
+
+    def gap(sol):  # mean of 1/2 - J after the hit, in the saves
+        ts, value = np.asarray(sol.ts), np.asarray(sol.true_reward)
+        assert np.all(value[ts > T] <= 0.5 + 1e-6)
+        return float(np.mean(0.5 - value[ts > T]))
+
+    sol = run()
+    assert sol.status == gf.Status.ok and int(sol.num_jump_steps) > 0
+    assert int(sol.num_steps) + int(sol.num_rejected_steps) < 4096
+    theta = -np.log(0.45 / 0.55)  # sigma(-theta) = 0.45
+    hit = T - (2 * theta + np.exp(theta) - np.exp(-theta))
+    assert float(sol.target_times[0]) == pytest.approx(hit, rel=1e-5)
+    # After the hit it chatters across the kink, first order in the floor (0.01):
+    # a quarter of the floor, a quarter of the gap.
+    fine = run(jump_floor=0.0025)
+    assert gap(sol) < 2 * 0.01 and gap(fine) < gap(sol) / 2
+    assert run(jump_floor=0.0).status == gf.Status.max_steps
+
+
+def test_relu_network_finishes_with_default_settings():
+    """A ReLU MLP (equinox's default activation) slides along its kinks: the default
+    flow finishes, stepping across the jumps, and agrees with the flow integrated to
+    tolerance everywhere (`jump_floor=0`, 1e-4, about 20 times as many steps) to the
+    first-order accuracy of the steps across jumps."""
+    feats = jax.random.normal(jax.random.key(0), (1, 8, 4))
+    policy = gf.NeuralPolicy(eqx.nn.MLP(4, "scalar", 16, 2, key=jax.random.key(1)), feats)
+    r = jax.random.normal(jax.random.key(2), (8,))
+
+    def run(method):
+        return gf.solve(policy, reward=r, method=method, t1=30.0, saveat=gf.SaveAt(n=31))
+
+    sol = run(gf.GradientFlow())
+    assert sol.status == gf.Status.ok and int(sol.num_jump_steps) > 0
+    ref = run(gf.GradientFlow(rtol=1e-4, atol=1e-6, jump_floor=0.0, max_steps=100_000))
+    assert ref.status == gf.Status.ok and int(ref.num_jump_steps) == 0
+    assert int(ref.num_steps) > 5 * int(sol.num_steps)
+    np.testing.assert_allclose(sol.true_reward, ref.true_reward, atol=5e-3)
+
+
+def test_smooth_flow_meets_no_jump():
+    """A smooth vector field (here a tanh network's) meets no jump: the run is the same,
+    bit for bit, whether steps across jumps are allowed or not."""
+    feats = jax.random.normal(jax.random.key(0), (1, 5, 3))
+    pol = gf.NeuralPolicy(eqx.nn.MLP(3, "scalar", 4, 1, activation=jnp.tanh, key=jax.random.key(1)), feats)
+    a, b = (gf.solve(pol, reward=jnp.asarray(REF_TRUE), method=gf.GradientFlow(jump_floor=f), t1=500.0,
+                     saveat=gf.SaveAt(n=21), targets=(0.9,)) for f in (0.01, 0.0))
+    assert int(a.num_jump_steps) == 0 and int(a.num_steps) == int(b.num_steps)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)

@@ -87,6 +87,8 @@ def test_solve_rejects_bad_input(kwargs, name):
         (lambda: gf.GradientFlow(rtol=0.0), "`rtol`"),
         (lambda: gf.GradientFlow(atol=-1e-9), "`atol`"),
         (lambda: gf.GradientFlow(rtol=-1e-3), "`rtol`"),
+        (lambda: gf.GradientFlow(jump_floor=-0.1), "`jump_floor`"),
+        (lambda: gf.GradientFlow(jump_floor=1.0), "`jump_floor`"),
         (lambda: gf.GradientFlow(solver="rk4"), "`solver`"),
         (lambda: gf.SaveAt(every=0), "`every`"),
         (lambda: gf.SaveAt(n=0), "`n`"),

@@ -49,6 +49,7 @@ class Run(eqx.Module):
     params: PyTree[Array]
     num_steps: Int[Array, ""]
     num_rejected_steps: Int[Array, ""]
+    num_jump_steps: Int[Array, ""]
     target_times: Float[Array, " targets"]
     stall: Stall
     num_stalls: Int[Array, ""]
@@ -118,6 +119,7 @@ def integrate_discrete(method, problem: Problem, key, saveat, tracking: Tracking
         records=recs, steps=jnp.asarray([0] + stops), ts=None,
         status=Status.where(diverged, Status.diverged, Status.ok), params=params, num_steps=jnp.asarray(n),
         num_rejected_steps=jnp.asarray(0),
+        num_jump_steps=jnp.asarray(0),
         target_times=trk.hit, stall=trk.best, num_stalls=trk.count,
     )
 
@@ -272,7 +274,7 @@ def integrate_flow(method, problem: Problem, t1, saveat, tracking: Tracking, sto
         t1=t1,
         dt0=method.dt0,
         y0=problem.policy.params,
-        saveat=diffrax.SaveAt(subs=subs, solver_state=True),
+        saveat=diffrax.SaveAt(subs=subs, solver_state=True, controller_state=True),
         stepsize_controller=method.controller(dtype),
         max_steps=method.max_steps,
         adjoint=method.adjoint,
@@ -293,5 +295,8 @@ def integrate_flow(method, problem: Problem, t1, saveat, tracking: Tracking, sto
     return Run(
         records=recs, steps=None, ts=ts, status=status, params=final,
         num_steps=sol.stats["num_accepted_steps"], num_rejected_steps=sol.stats["num_rejected_steps"],
+        # Steps accepted across a jump of the vector field (`JumpController`; a constant
+        # step size keeps no state).
+        num_jump_steps=jnp.asarray(0) if sol.controller_state is None else sol.controller_state.num_jumps,
         target_times=hit, stall=stall, num_stalls=trk.count,
     )

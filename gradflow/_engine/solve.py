@@ -52,8 +52,9 @@ class Solution(eqx.Module):
 
     Summaries: `status` (a [`gradflow.Status`][] item; `gf.status_code(sol.status)` is
     its integer code), `params` (final parameters), `num_steps` (accepted solver steps,
-    or updates) and `num_rejected_steps` (rejected solver steps; 0 for discrete
-    methods), `targets` / `target_times` (crossings tracked online; `inf` if not
+    or updates), `num_rejected_steps` (rejected solver steps; 0 for discrete methods) and
+    `num_jump_steps` (flow steps accepted across a jump of the vector field, first-order
+    accurate; see `GradientFlow`'s `jump_floor`; 0 for a smooth flow), `targets` / `target_times` (crossings tracked online; `inf` if not
     reached, `nan` if the run failed first), `stall` (longest stall, tracked online) and
     `num_stalls`.
 
@@ -73,6 +74,7 @@ class Solution(eqx.Module):
     params: PyTree[Array]
     num_steps: Int[Array, ""]
     num_rejected_steps: Int[Array, ""]
+    num_jump_steps: Int[Array, ""]
     target_times: Float[Array, " targets"]
     stall: Stall
     num_stalls: Int[Array, ""]
@@ -254,6 +256,7 @@ def _solve(method, policy, reward, true_reward, t1, key, saveat, targets, normal
         params=run.params,
         num_steps=run.num_steps,
         num_rejected_steps=run.num_rejected_steps,
+        num_jump_steps=run.num_jump_steps,
         target_times=hit,
         stall=run.stall,
         num_stalls=run.num_stalls,

@@ -24,9 +24,8 @@ class Status(eqx.Enumeration):
     )
     max_steps = (
         "max steps hit: the flow needed more than `max_steps` solver steps (accepted plus rejected) "
-        "before `t1`. Raise `max_steps`, shorten `t1`, or loosen `rtol`/`atol` (a vector field with "
-        "kinks, such as a ReLU network's, needs `rtol` of about 1e-3); for a strongly regularised "
-        "(stiff) flow use `GradientFlow(solver=\"kvaerno5\")`, in float64."
+        "before `t1`. Raise `max_steps`, shorten `t1`, or loosen `rtol`/`atol`; for a strongly "
+        "regularised (stiff) flow use `GradientFlow(solver=\"kvaerno5\")`, in float64."
     )
     nonlinear_solve = (
         "nonlinear solve failed: the implicit solver's Newton iteration did not converge. Tighten "

@@ -344,7 +344,7 @@ def test_token_credit_quick_shows_stalling_at_the_token_level(quick_token_credit
     out, result, text = quick_token_credit
     for name in ("summary.csv", "map.csv", "true_reward.png", "categorization_map.png"):
         assert (out / name).stat().st_size > 0
-    assert len((out / "map.csv").read_text().splitlines()) == 1 + 6 * 5 * 5
+    assert len((out / "map.csv").read_text().splitlines()) == 1 + 6 * 3 * 3
     check_recorded_tables(out, "token-credit")
     rows = result["rows"]
     assert sorted({r["parameterisation"] for r in rows}) == ["bigram", "flat", "prefix"]
@@ -362,7 +362,7 @@ def test_token_credit_quick_shows_stalling_at_the_token_level(quick_token_credit
         assert r["demote_label"] == "beneficial"
         assert r["failed"] == 0 and 0 <= r["agreement"] <= 1
     for labels in result["maps"].values():
-        assert labels.shape == (5, 5) and set(np.unique(labels)) <= {"harmful", "benign", "beneficial"}
+        assert labels.shape == (3, 3) and set(np.unique(labels)) <= {"harmful", "benign", "beneficial"}
     assert figure_problems(result["figures"]) == {}
     assert redraw_differences(out, result["figures"]) == []
     check_summary(text, "Token credit:", "separate", "shared", "flat", "prefix", "bigram", "demotion",

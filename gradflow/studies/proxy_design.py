@@ -134,8 +134,8 @@ def compute(config: Config) -> Tables:
 
         # (i), (ii): the front over budgets, unconstrained and order-preserving.
         def front(order):
-            return jax.vmap(lambda b: design_proxy(policy, g, method=flow, target=target, t1=t1, budget=b,
-                                                   order_preserving=order, steps=steps))(jnp.asarray(budgets))
+            return jax.lax.map(lambda b: design_proxy(policy, g, method=flow, target=target, t1=t1, budget=b,
+                                                      order_preserving=order, steps=steps), jnp.asarray(budgets))
 
         with _progress.phase(f"proxy-design: designed proxies for {budgets.size} budgets, unconstrained and "
                              "order-preserving (compilation included)"):
@@ -172,9 +172,9 @@ def compute(config: Config) -> Tables:
         stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *pols)
         horizons = jnp.asarray([100.0 * problem.counts[-1] / ps for ps, _ in grid])
         with _progress.phase(f"proxy-design: partial credit designed on {len(grid)} cells (compilation included)"):
-            credit = jax.block_until_ready(jax.vmap(lambda pol, h: design_proxy(
-                pol, problem.true_reward(), method=flow, target=pc.target, t1=h, budget=pc.budget,
-                steps=steps, groups=problem.output_patterns(), mask=free))(stacked, horizons))
+            credit = jax.block_until_ready(jax.lax.map(lambda args: design_proxy(
+                args[0], problem.true_reward(), method=flow, target=pc.target, t1=args[1], budget=pc.budget,
+                steps=steps, groups=problem.output_patterns(), mask=free), (stacked, horizons)))
         credit_rows = []
         for k, (ps, pp) in enumerate(_progress.each(grid, "proxy-design: recommendations", unit="cell")):
             rec = recommend(ps, pp, problem=problem, target=pc.target, t1=float(horizons[k]),

@@ -9,7 +9,9 @@ millions of them. `JumpController` recognises such a step by how its error falls
 step is retried shorter: at most in proportion to `h` (observed order below 2), where a
 smooth step's falls like `h^5`. Such a step is accepted once it is no longer than
 `jump_floor * t`, and counted. Runs whose steps never meet a jump are stepped exactly as
-by `diffrax.PIDController`.
+by `diffrax.PIDController` (an error estimate that is rounding noise, at a tolerance below
+the float type's resolution, does not fall with `h` either: such steps are accepted at the
+floor too).
 """
 
 from __future__ import annotations

@@ -101,10 +101,13 @@ class GradientFlow(AbstractMethod):
       them when the flow slides. A rejected step whose error fell at most linearly when
       it was retried shorter (a jump, where a smooth step's error falls like `h^5`) is
       accepted once it is no longer than `jump_floor * t`: such steps are first-order
-      accurate, and `Solution.num_jump_steps` counts them. Default `0.03`: a sliding run
-      takes about 33 steps per e-fold of time. `0` never accepts a step above
+      accurate, and `Solution.num_jump_steps` counts them. Default `0.01`: a sliding run
+      takes about 100 steps per e-fold of time. `0` never accepts a step above
       tolerance. A flow whose vector field is smooth (every built-in policy, and a
-      network with a smooth activation) meets no jump, and is stepped the same either way.
+      network with a smooth activation) meets no jump, and is stepped the same either
+      way, unless `rtol` is below what the float type resolves (float32 at `rtol=1e-7`):
+      an error that is rounding noise does not fall with `h` either, and such a step is
+      accepted at the floor too.
     - `regularization`: a [`gradflow.Regularization`][].
 
     Crossings of `targets` and the ends of the longest stall are located inside the

@@ -52,11 +52,11 @@ class Solution(eqx.Module):
 
     Summaries: `status` (a [`gradflow.Status`][] item; `gf.status_code(sol.status)` is
     its integer code), `params` (final parameters), `num_steps` (accepted solver steps,
-    or updates), `num_rejected_steps` (rejected solver steps; 0 for discrete methods) and
+    or updates), `num_rejected_steps` (rejected solver steps; 0 for discrete methods),
     `num_jump_steps` (flow steps accepted across a jump of the vector field, first-order
-    accurate; see `GradientFlow`'s `jump_floor`; 0 for a smooth flow), `targets` / `target_times` (crossings tracked online; `inf` if not
-    reached, `nan` if the run failed first), `stall` (longest stall, tracked online) and
-    `num_stalls`.
+    accurate; see `GradientFlow`'s `jump_floor`; 0 for a smooth flow), `targets` /
+    `target_times` (crossings tracked online; `inf` if not reached, `nan` if the run
+    failed first), `stall` (longest stall, tracked online) and `num_stalls`.
 
     Context for the analysis functions: `initial_true_reward`, `min_true_reward` /
     `max_true_reward` (achievable range), `horizon` (`t1` or `steps`), `record_every`

@@ -132,7 +132,9 @@ def compute(config: Config) -> Tables:
         g = jnp.asarray(r_true)
         flow = make_method("flow")
 
-        # (i), (ii): the front over budgets, unconstrained and order-preserving.
+        # (i), (ii): the front over budgets, unconstrained and order-preserving. The designs
+        # are independent; lax.map traces one (vmap's batching of a differentiated flow's
+        # nested loops took most of the quick run's time).
         def front(order):
             return jax.lax.map(lambda b: design_proxy(policy, g, method=flow, target=target, t1=t1, budget=b,
                                                       order_preserving=order, steps=steps), jnp.asarray(budgets))

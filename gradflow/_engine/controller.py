@@ -28,6 +28,10 @@ from jaxtyping import Array, Float, Int, PyTree
 #: contains a jump in the vector field (a smooth step's error falls like `h^5`).
 JUMP_ORDER = 2.0
 
+#: The PID controller's step-size rule, handed the scaled error itself (a scalar: the
+#: error is computed once per step, by `JumpController`).
+_SCALED_PID = diffrax.PIDController(rtol=0.0, atol=1.0, norm=jnp.abs)
+
 
 class _JumpState(eqx.Module):
     pid: PyTree  # the PID controller's own state
@@ -49,18 +53,13 @@ class JumpController(diffrax.AbstractAdaptiveStepSizeController):
     norm: Callable[[PyTree], Float[Array, ""]]
     jump_floor: float
 
-    def _pid(self, scaled: bool = False) -> diffrax.PIDController:
-        """The PID controller; `scaled=True`: one that is handed the scaled error itself
-        (a scalar, so that it is computed once per step)."""
-        if scaled:
-            return diffrax.PIDController(rtol=0.0, atol=1.0, norm=jnp.abs)
-        return diffrax.PIDController(rtol=self.rtol, atol=self.atol, norm=self.norm)
-
     def wrap(self, direction):
         return self
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
-        next_t1, pid = self._pid().init(terms, t0, t1, y0, dt0, args, func, error_order)
+        # The first step is picked from the state itself, with the tolerances.
+        next_t1, pid = diffrax.PIDController(rtol=self.rtol, atol=self.atol, norm=self.norm).init(
+            terms, t0, t1, y0, dt0, args, func, error_order)
         zero = jnp.zeros((), jnp.result_type(t0, t1, next_t1))
         return next_t1, _JumpState(pid, zero - jnp.inf, zero, zero, zero, jnp.asarray(0))
 
@@ -71,7 +70,7 @@ class JumpController(diffrax.AbstractAdaptiveStepSizeController):
 
         error = self.norm(jax.tree.map(scale, y0, y1_candidate, y_error))
         zero = jnp.zeros((), error.dtype)
-        keep, next_t0, next_t1, made_jump, pid, result = self._pid(scaled=True).adapt_step_size(
+        keep, next_t0, next_t1, made_jump, pid, result = _SCALED_PID.adapt_step_size(
             t0, t1, zero, zero, args, error, error_order, state.pid)
         h = t1 - t0
         # A jump inside the step: retried shorter, its error fell at most linearly; or the
